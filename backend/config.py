@@ -1,0 +1,154 @@
+"""Pipeline configuration as data: one small dataclass per stage, grouped in :class:`PipelineConfig`.
+
+Presets (``fast``, ``balanced``, ``accurate``, ``naive``) are named instances. The config a run used is
+saved in ``run.json``; :meth:`PipelineConfig.stage_hash` decides which finished stages can be reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ImagesConfig:
+    """How inputs are read. ``background`` is the colour RGBA / LA images are composited onto."""
+
+    background: str = "white"  # "white" or "black"
+    default_focal_factor: float = 1.2  # focal prior = factor * max(W, H) px when EXIF has none (COLMAP's default)
+
+
+@dataclass
+class RetrievalConfig:
+    """Image-pair selection from global descriptors.
+
+    ``model``: ``"auto"`` (DINOv2-small if its weights are installed, else EfficientNet-Lite0),
+    ``"dinov2-small"``, ``"dinov2-base"``, ``"efficientnet-lite0"``.
+    All pairs are matched when there are at most ``exhaustive_below`` images (the IMC baseline uses 20);
+    otherwise each image's ``num_neighbors`` most similar images plus every pair with cosine similarity
+    of at least ``min_score``.
+    """
+
+    model: str = "auto"
+    num_neighbors: int = 10
+    min_score: float = 0.9
+    exhaustive_below: int = 20
+    resize: int = 448  # long side in px for the global descriptor network
+
+
+@dataclass
+class FeaturesConfig:
+    """ALIKED keypoints and descriptors (Zhao et al. 2023), through ``kornia.feature.ALIKED``."""
+
+    model: str = "aliked-n16"  # or "aliked-n16rot"
+    resize: int = 1024  # long side in px; images are never upscaled
+    max_keypoints: int = 4096
+    detection_threshold: float = 0.01
+    nms_radius: int = 2
+
+
+@dataclass
+class MatchingConfig:
+    """LightGlue (Lindenberger et al. 2023) on the selected pairs, through ``kornia.feature.LightGlue``."""
+
+    depth_confidence: float = 0.95  # early stopping (adaptive depth); -1 disables
+    width_confidence: float = 0.99  # point pruning (adaptive width); -1 disables
+    filter_threshold: float = 0.1
+    min_matches: int = 15  # pairs with fewer matches are not written to the database
+
+
+@dataclass
+class MappingConfig:
+    """Two-view geometric verification and incremental mapping with pycolmap (Schönberger & Frahm 2016)."""
+
+    camera_mode: str = "per_image"  # "per_image", "shared" or "auto" (shared when all images have one size)
+    camera_model: str = "SIMPLE_RADIAL"
+    ransac_max_error: float = 4.0  # px, two-view geometry
+    min_num_inliers: int = 15
+    min_model_size: int = 3
+    refine_focal_length: bool = True
+    refine_extra_params: bool = True
+    num_threads: int = -1  # -1: all cores
+    random_seed: int = 0
+    max_runtime_seconds: float = -1
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a run depends on, per stage."""
+
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    preset: str = "balanced"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
+        """Build from a (possibly partial) dict such as the ``config`` of a ``run.json``.
+
+        Raises:
+            ValueError: an unknown section or key.
+        """
+        cfg = cls()
+        for section, values in d.items():
+            if section == "preset":
+                cfg.preset = values
+                continue
+            if not hasattr(cfg, section):
+                raise ValueError(f"unknown config section {section!r}")
+            sub = getattr(cfg, section)
+            for k, v in values.items():
+                if not hasattr(sub, k):
+                    raise ValueError(f"unknown config key {section}.{k}")
+                setattr(sub, k, v)
+        return cfg
+
+    def stage_hash(self, *sections: str) -> str:
+        """Short hash of the given config sections (the inputs of one stage)."""
+        blob = json.dumps({s: dataclasses.asdict(getattr(self, s)) for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _preset(name: str, **sections: dict[str, Any]) -> PipelineConfig:
+    d: dict[str, Any] = {"preset": name}
+    d.update(sections)
+    return PipelineConfig.from_dict(d)
+
+
+PRESETS: dict[str, PipelineConfig] = {
+    "fast": _preset(
+        "fast",
+        retrieval={"num_neighbors": 6, "exhaustive_below": 12},
+        features={"resize": 800, "max_keypoints": 2048},
+        matching={"depth_confidence": 0.9, "width_confidence": 0.95},
+    ),
+    "balanced": _preset("balanced"),
+    "accurate": _preset(
+        "accurate",
+        retrieval={"num_neighbors": 20, "exhaustive_below": 40},
+        features={"resize": 1280, "max_keypoints": 8192},
+        matching={"depth_confidence": -1, "width_confidence": -1},
+    ),
+    # Mirrors the Kaggle IMC 2024/2025 baseline: all pairs, 4096 keypoints at 1024 px, no early stopping.
+    "naive": _preset(
+        "naive",
+        retrieval={"exhaustive_below": 100000},
+        features={"resize": 1024, "max_keypoints": 4096},
+        matching={"depth_confidence": -1, "width_confidence": -1},
+    ),
+}
+
+
+def get_preset(name: str) -> PipelineConfig:
+    """A fresh copy of preset ``name``. Raises ValueError naming the known presets."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PipelineConfig.from_dict(PRESETS[name].to_dict())

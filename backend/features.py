@@ -1,0 +1,171 @@
+"""Stage 3: ALIKED keypoints and descriptors (Zhao et al., "ALIKED: A Lighter Keypoint and Descriptor
+Extraction Network via Deformable Transformation", IEEE TIM 2023; github.com/Shiaoming/ALIKED) through
+``kornia.feature.ALIKED`` with the official weights.
+
+``features.h5`` holds one group per image name with
+
+- ``keypoints``: float32 [N, 2], (x, y) in pixels of the original image (as stored in the run folder),
+  **pixel centres at integer coordinates** (OpenCV convention: the top-left pixel's centre is (0, 0)).
+  COLMAP puts pixel centres at +0.5; :func:`to_colmap_keypoints` converts.
+- ``scores``: float32 [N], detection scores in (0, 1).
+- ``descriptors``: float16 [N, 128], L2-normalised.
+- attributes ``image_size`` (W, H) of the original and ``resized_size`` (W, H) the network saw.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import torch
+
+from .config import FeaturesConfig
+from .images import load_rgb
+from .weights import weight_path
+
+FEATURES_H5 = "features.h5"
+
+
+def get_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_aliked(cfg: FeaturesConfig, device: torch.device | None = None) -> torch.nn.Module:
+    """ALIKED in eval mode on ``device`` with the official weights from ``weights/``.
+
+    Raises:
+        MissingWeightsError: the weight file is missing or fails its sha256 check.
+    """
+    from kornia.feature import ALIKED
+
+    device = device or get_device()
+    model = ALIKED(
+        model_name=cfg.model,
+        max_num_keypoints=cfg.max_keypoints,
+        detection_threshold=cfg.detection_threshold,
+        nms_radius=cfg.nms_radius,
+    )
+    state = torch.load(weight_path(cfg.model), map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    learned = {n for n, _ in model.named_parameters()}
+    if any(k in learned for k in missing) or unexpected:
+        raise RuntimeError(f"ALIKED weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval().to(device)
+
+
+def scale_keypoints(kpts: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """Map (x, y) keypoints [N, 2] from a resized image to the original, pixel centres at integers on both sides.
+
+    A pixel centre at ``x`` in the resized image covers original pixels around ``(x + 0.5) * sx - 0.5``.
+    """
+    out = np.empty_like(kpts, dtype=np.float32)
+    out[:, 0] = (kpts[:, 0] + 0.5) * sx - 0.5
+    out[:, 1] = (kpts[:, 1] + 0.5) * sy - 0.5
+    return out
+
+
+def to_colmap_keypoints(kpts: np.ndarray) -> np.ndarray:
+    """Keypoints [N, 2] with pixel centres at integers -> COLMAP's convention (pixel centres at +0.5), float32."""
+    return (np.asarray(kpts, dtype=np.float32) + 0.5).astype(np.float32)
+
+
+@torch.inference_mode()
+def extract_one(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> dict[str, np.ndarray]:
+    """Run ALIKED on one uint8 RGB image [H, W, 3].
+
+    Returns ``keypoints`` float32 [N, 2] (pixels of ``image``, centres at integers), ``scores`` float32 [N],
+    ``descriptors`` float32 [N, 128].
+    """
+    t = torch.from_numpy(np.ascontiguousarray(image).copy()).to(device).permute(2, 0, 1)[None].float().div_(255.0)
+    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+        feats = model(t)[0]
+    return {
+        "keypoints": feats.keypoints.float().cpu().numpy(),
+        "scores": feats.keypoint_scores.float().cpu().numpy(),
+        "descriptors": feats.descriptors.float().cpu().numpy(),
+    }
+
+
+def run_features(
+    run_dir: Path,
+    names: list[str],
+    cfg: FeaturesConfig,
+    progress: Callable[[int, int, str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> dict:
+    """Extract features for ``names`` (images in ``run_dir/images``) into ``run_dir/features.h5``.
+
+    Images already in the file with the same config are kept (resumable). Image loading runs in a
+    background thread so that decoding overlaps with the network.
+
+    Returns counts: ``{"keypoints_total", "keypoints_mean", "keypoints_min", "device"}``.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / FEATURES_H5
+    device = get_device()
+    cfg_key = repr(sorted(vars(cfg).items()))
+    with h5py.File(path, "a") as f:
+        if f.attrs.get("config") != cfg_key:
+            for k in list(f.keys()):
+                del f[k]
+            f.attrs["config"] = cfg_key
+        todo = [n for n in names if n not in f]
+    model = load_aliked(cfg, device) if todo else None
+    done = len(names) - len(todo)
+    if progress:
+        progress(done, len(names), "cached")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = [pool.submit(load_rgb, run_dir / "images" / n, cfg.resize) for n in todo[:2]]
+        for i, name in enumerate(todo):
+            if cancel is not None and cancel.is_set():
+                raise InterruptedError("cancelled")
+            img, sx, sy = futures[i].result()
+            if i + 2 < len(todo):
+                futures.append(pool.submit(load_rgb, run_dir / "images" / todo[i + 2], cfg.resize))
+            out = extract_one(model, img, device)
+            kpts = scale_keypoints(out["keypoints"], sx, sy)
+            with h5py.File(path, "a") as f:
+                g = f.create_group(name)
+                g.create_dataset("keypoints", data=kpts)
+                g.create_dataset("scores", data=out["scores"].astype(np.float32))
+                g.create_dataset("descriptors", data=out["descriptors"].astype(np.float16))
+                g.attrs["image_size"] = [round(img.shape[1] * sx), round(img.shape[0] * sy)]
+                g.attrs["resized_size"] = [img.shape[1], img.shape[0]]
+            done += 1
+            if progress:
+                progress(done, len(names), name)
+    counts = list(read_keypoint_counts(path, names).values())
+    return {
+        "keypoints_total": int(sum(counts)),
+        "keypoints_mean": float(np.mean(counts)) if counts else 0.0,
+        "keypoints_min": int(min(counts)) if counts else 0,
+        "device": device.type,
+    }
+
+
+def read_keypoint_counts(path: Path, names: list[str]) -> dict[str, int]:
+    """Number of keypoints per image in ``features.h5``."""
+    with h5py.File(path, "r") as f:
+        return {n: int(f[n]["keypoints"].shape[0]) for n in names}
+
+
+def read_features(path: Path, name: str) -> dict[str, np.ndarray]:
+    """One image's features from ``features.h5``: ``keypoints`` float32 [N, 2], ``scores`` float32 [N],
+    ``descriptors`` float32 [N, D], ``image_size`` int [2] (W, H).
+
+    Raises:
+        KeyError: the image has no features in the file.
+    """
+    with h5py.File(path, "r") as f:
+        g = f[name]
+        return {
+            "keypoints": g["keypoints"][()],
+            "scores": g["scores"][()],
+            "descriptors": g["descriptors"][()].astype(np.float32),
+            "image_size": np.asarray(g.attrs["image_size"]),
+        }

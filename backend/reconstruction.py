@@ -1,0 +1,295 @@
+"""Stage 5: COLMAP database, two-view geometric verification and incremental mapping with pycolmap
+(Schönberger & Frahm, "Structure-from-Motion Revisited", CVPR 2016; github.com/colmap/colmap).
+
+Some pycolmap calls abort the whole process (SIGABRT) instead of raising, so :func:`run_mapping` does all of
+its pycolmap work in a child process (``spawn``) and turns a crash into :class:`MappingError`.
+
+Writes into the run folder:
+
+- ``database.db``: the COLMAP database (cameras with focal-length priors, keypoints in COLMAP's pixel
+  convention (centres at +0.5), raw matches, verified two-view geometries);
+- ``two_view.h5``: ``/<image0>/<image1>/inliers`` int32 [K, 2] (indices into ``features.h5``) and attribute
+  ``config`` (the two-view geometry type, e.g. ``CALIBRATED``) for every verified pair;
+- ``sparse/<k>/``: every reconstructed model (COLMAP binary), largest first;
+- ``mapping.json``: per model the number of registered images and points.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+
+from .config import MappingConfig
+
+DATABASE = "database.db"
+TWO_VIEW_H5 = "two_view.h5"
+SPARSE = "sparse"
+MAPPING_JSON = "mapping.json"
+
+
+class MappingError(RuntimeError):
+    """Verification or mapping failed, or pycolmap crashed; the message says what to try."""
+
+
+def _build_database(run_dir: Path, names: list[str], images: dict, pairs: list[tuple[str, str]], cfg: MappingConfig,
+                    min_matches: int, report) -> None:
+    import pycolmap
+
+    from .features import to_colmap_keypoints
+    from .matching import read_matches
+
+    db_path = run_dir / DATABASE
+    if db_path.exists():
+        db_path.unlink()
+    mode = {
+        "per_image": pycolmap.CameraMode.PER_IMAGE,
+        "shared": pycolmap.CameraMode.SINGLE,
+    }.get(cfg.camera_mode)
+    if cfg.camera_mode == "auto":
+        sizes = {(images[n]["width"], images[n]["height"], images[n]["focal_px"]) for n in names}
+        mode = pycolmap.CameraMode.SINGLE if len(sizes) == 1 else pycolmap.CameraMode.PER_IMAGE
+    if mode is None:
+        raise MappingError(f"unknown camera_mode {cfg.camera_mode!r}: use per_image, shared or auto")
+    pycolmap.Database.open(db_path).close()  # creates the schema
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = cfg.camera_model
+    pycolmap.import_images(db_path, run_dir / "images", mode, names, reader)
+    db = pycolmap.Database.open(db_path)
+    try:
+        name_to_id = {}
+        for im in db.read_all_images():
+            name_to_id[im.name] = im.image_id
+        # our own focal prior (EXIF FocalLengthIn35mmFilm or 1.2 max(W, H)) for every camera
+        for im in db.read_all_images():
+            info = images[im.name]
+            cam = pycolmap.Camera.create_from_model_name(
+                im.camera_id, cfg.camera_model, info["focal_px"], info["width"], info["height"]
+            )
+            cam.has_prior_focal_length = info["focal_source"] == "exif"
+            db.update_camera(cam)
+        with h5py.File(run_dir / "features.h5", "r") as f:
+            for n in names:
+                db.write_keypoints(name_to_id[n], to_colmap_keypoints(f[n]["keypoints"][()]))
+        written = []
+        for n0, n1 in pairs:
+            m, _ = read_matches(run_dir / "matches.h5", n0, n1)
+            if len(m) >= min_matches:
+                db.write_matches(name_to_id[n0], name_to_id[n1], m.astype(np.uint32))
+                written.append((n0, n1))
+    finally:
+        db.close()
+    with open(run_dir / "pairs_matched.txt", "w") as f:
+        for n0, n1 in written:
+            f.write(f"{n0} {n1}\n")
+    report("database", 1, 1, f"{len(written)} pairs with >= {min_matches} matches")
+
+
+def _verify(run_dir: Path, cfg: MappingConfig, report) -> dict:
+    import pycolmap
+
+    opts = pycolmap.TwoViewGeometryOptions()
+    opts.ransac.max_error = cfg.ransac_max_error
+    opts.ransac.max_num_trials = 20000
+    opts.ransac.min_inlier_ratio = 0.1
+    opts.min_num_inliers = cfg.min_num_inliers
+    opts.ransac.random_seed = cfg.random_seed
+    report("verification", 0, 1, "two-view geometry (RANSAC)")
+    pycolmap.verify_matches(run_dir / DATABASE, run_dir / "pairs_matched.txt", opts)
+    db = pycolmap.Database.open(run_dir / DATABASE)
+    id_to_name = {im.image_id: im.name for im in db.read_all_images()}
+    n_verified, inliers_total = 0, 0
+    with h5py.File(run_dir / TWO_VIEW_H5, "w") as f:
+        pair_ids, geoms = db.read_two_view_geometries()
+        for pid, geom in zip(pair_ids, geoms):
+            i0, i1 = _pair_id_to_image_ids(pid)
+            inl = np.asarray(geom.inlier_matches, dtype=np.int32).reshape(-1, 2)
+            g = f.require_group(id_to_name[i0]).create_group(id_to_name[i1])
+            g.create_dataset("inliers", data=inl)
+            g.attrs["config"] = str(geom.config).split(".")[-1]
+            if len(inl):
+                n_verified += 1
+                inliers_total += len(inl)
+    db.close()
+    report("verification", 1, 1, f"{n_verified} verified pairs")
+    return {"verified_pairs": n_verified, "inliers_total": inliers_total}
+
+
+def _pair_id_to_image_ids(pair_id: int) -> tuple[int, int]:
+    """COLMAP's pair id -> (image_id1, image_id2) (see colmap/scene/database.h, kMaxNumImages = 2^31 - 1)."""
+    k = 2147483647
+    i2 = pair_id % k
+    i1 = (pair_id - i2) // k
+    return int(i1), int(i2)
+
+
+def _map(run_dir: Path, n_images: int, cfg: MappingConfig, report) -> dict:
+    import pycolmap
+
+    out = run_dir / SPARSE
+    if out.exists():
+        shutil.rmtree(out)
+    tmp = run_dir / "sparse_tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    opts = pycolmap.IncrementalPipelineOptions()
+    opts.min_model_size = cfg.min_model_size
+    opts.multiple_models = True
+    opts.num_threads = cfg.num_threads
+    opts.random_seed = cfg.random_seed
+    opts.ba_refine_focal_length = cfg.refine_focal_length
+    opts.ba_refine_extra_params = cfg.refine_extra_params
+    if cfg.max_runtime_seconds > 0:
+        opts.max_runtime_seconds = cfg.max_runtime_seconds
+    registered = [0]
+
+    def next_image():
+        registered[0] += 1
+        report("mapping", min(registered[0], n_images), n_images, f"registering image {registered[0]}")
+
+    report("mapping", 0, n_images, "incremental mapping")
+    models = pycolmap.incremental_mapping(
+        run_dir / DATABASE, run_dir / "images", tmp, opts, next_image_callback=next_image
+    )
+    order = sorted(models.items(), key=lambda kv: (-kv[1].num_reg_images(), kv[0]))
+    out.mkdir()
+    summary = []
+    for k, (_, rec) in enumerate(order):
+        d = out / str(k)
+        d.mkdir()
+        rec.write(d)
+        summary.append({
+            "model": k,
+            "registered_images": rec.num_reg_images(),
+            "points": rec.num_points3D(),
+            "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
+            "mean_track_length": float(rec.compute_mean_track_length()),
+        })
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"models": summary}
+
+
+def _child_main(run_dir: str, names: list[str], images: dict, pairs: list, cfg: dict, min_matches: int,
+                q: "mp.Queue", stages: list[str]) -> None:
+    """Entry point of the mapping child process: report progress and the result through ``q``."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+    def report(stage, done, total, msg):
+        q.put(("progress", stage, done, total, msg))
+
+    try:
+        mcfg = MappingConfig(**cfg)
+        rd = Path(run_dir)
+        result: dict = {}
+        if "verification" in stages:
+            _build_database(rd, names, images, [tuple(p) for p in pairs], mcfg, min_matches, report)
+            result.update(_verify(rd, mcfg, report))
+        if "mapping" in stages:
+            result.update(_map(rd, len(names), mcfg, report))
+        q.put(("done", result))
+    except MappingError as e:
+        q.put(("error", str(e)))
+    except Exception as e:  # noqa: BLE001 - forwarded to the parent as a readable message
+        q.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"))
+
+
+def run_in_child(
+    run_dir: Path,
+    names: list[str],
+    images: dict,
+    pairs: list[tuple[str, str]],
+    cfg: MappingConfig,
+    min_matches: int,
+    stages: list[str],
+    progress: Callable[[str, int, int, str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> dict:
+    """Run ``stages`` (``"verification"``, ``"mapping"``) in a spawned child process.
+
+    Returns the merged result dicts of the stages. Progress arrives as ``progress(stage, done, total, msg)``.
+    The child's peak memory is added as ``child_peak_rss_mb``.
+
+    Raises:
+        MappingError: pycolmap raised, or the child died (e.g. SIGABRT), or ``cancel`` was set.
+    """
+    import psutil
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(
+        target=_child_main,
+        args=(str(run_dir), names, images, [list(x) for x in pairs], vars(cfg).copy(), min_matches, q, stages),
+        daemon=True,
+    )
+    p.start()
+    peak = 0.0
+    result = None
+    error = None
+    try:
+        ps = psutil.Process(p.pid)
+    except psutil.Error:
+        ps = None
+    while True:
+        try:
+            msg = q.get(timeout=0.2)
+        except queue.Empty:
+            msg = None
+        if ps is not None:
+            try:
+                peak = max(peak, ps.memory_info().rss / 2**20)
+            except psutil.Error:
+                pass
+        if msg is not None:
+            if msg[0] == "progress" and progress:
+                progress(*msg[1:])
+            elif msg[0] == "done":
+                result = msg[1]
+            elif msg[0] == "error":
+                error = msg[1]
+        if cancel is not None and cancel.is_set():
+            p.terminate()
+            p.join(5)
+            raise MappingError("cancelled")
+        if result is not None or error is not None:
+            break
+        if not p.is_alive():
+            # drain what is left
+            time.sleep(0.1)
+            try:
+                while True:
+                    msg = q.get_nowait()
+                    if msg[0] == "done":
+                        result = msg[1]
+                    elif msg[0] == "error":
+                        error = msg[1]
+            except queue.Empty:
+                pass
+            if result is None and error is None:
+                code = p.exitcode
+                sig = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                error = (
+                    f"pycolmap crashed ({sig}) during {'/'.join(stages)}. The stages before it are kept; try another "
+                    "preset, more keypoints, or per-image cameras, and look at the Matches page for weak pairs."
+                )
+            break
+    p.join(10)
+    if error is not None:
+        raise MappingError(error)
+    result["child_peak_rss_mb"] = round(peak, 1)
+    return result
+
+
+def read_mapping_summary(run_dir: Path) -> dict:
+    """``mapping.json`` of a run."""
+    return json.loads((Path(run_dir) / MAPPING_JSON).read_text())

