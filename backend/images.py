@@ -249,5 +249,5 @@ def load_rgb(path: Path, max_size: int | None = None) -> tuple[np.ndarray, float
             s = max_size / max(w, h)
             nw, nh = max(1, round(w * s)), max(1, round(h * s))
             img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
-        arr = np.asarray(img)
+        arr = np.array(img)  # writable copy (torch.from_numpy needs one)
     return arr, w / arr.shape[1], h / arr.shape[0]

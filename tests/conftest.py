@@ -1,0 +1,56 @@
+"""Shared fixtures: real scenes from ../shared/data, real weights, the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("SFM_DATA_DIR", REPO.parent / "shared" / "data"))
+SAMPLE = REPO / "samples" / "church_imc2024"
+
+
+def scene_dir(name: str) -> Path:
+    """Folder of a real scene; the bundled sample for church, else ../shared/data/<name>."""
+    if name == "church_imc2024" and SAMPLE.is_dir():
+        return SAMPLE
+    d = DATA / name
+    if not (d / "images").is_dir():
+        pytest.fail(f"scene {name} not found in {DATA} (set SFM_DATA_DIR to the folder holding the scenes)")
+    return d
+
+
+def run_cli(*args: str, timeout: float = 3000) -> subprocess.CompletedProcess:
+    """``python -m backend ARGS`` in a subprocess from the repo root; output captured as text."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "backend", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def evaluate(gt: Path, pred: Path, thresholds: Path) -> dict:
+    """mAA of a prediction through the CLI's ``evaluate --json``."""
+    res = run_cli("evaluate", str(gt), str(pred), "--thresholds", str(thresholds), "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+@pytest.fixture(scope="session")
+def reconstruct(tmp_path_factory):
+    """Reconstruct a scene once per session with the CLI; returns (run_dir, scene_dir, completed process)."""
+    cache: dict[tuple, tuple] = {}
+
+    def _run(scene: str, *extra: str):
+        key = (scene, extra)
+        if key not in cache:
+            d = scene_dir(scene)
+            out = tmp_path_factory.mktemp(scene) / "run"
+            res = run_cli("reconstruct", str(d / "images"), "--out", str(out), "--quiet", *extra)
+            cache[key] = (out, d, res)
+        return cache[key]
+
+    return _run

@@ -1,0 +1,58 @@
+"""Bad input: unreadable files are skipped and reported, too few images fail with a clear message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from conftest import run_cli, scene_dir
+
+
+def test_corrupt_files_are_skipped_and_reported(tmp_path):
+    src = scene_dir("reichstag_imc2020") / "images"
+    images = tmp_path / "images"
+    images.mkdir()
+    good = sorted(src.iterdir())[:6]
+    for p in good:
+        shutil.copy(p, images / p.name)
+    data = good[0].read_bytes()
+    (images / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (images / "notes.jpg").write_text("this is a text file, not a photo\n")
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "readme.txt").write_text("not an image")
+    out = tmp_path / "run"
+    res = run_cli("reconstruct", str(images), "--out", str(out), "--preset", "fast", "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = json.loads((out / "run.json").read_text())
+    skipped = record["stages"]["images"]["counts"]["skipped_files"]
+    reasons = {s.split(":")[0]: s for s in skipped}
+    assert set(reasons) == {"truncated.jpg", "notes.jpg", "empty.jpg", "readme.txt"}
+    assert "empty" in reasons["empty.jpg"] and "not an image" in reasons["notes.jpg"]
+    assert "corrupt" in reasons["truncated.jpg"] or "truncated" in reasons["truncated.jpg"].split(":", 1)[1]
+    for name in reasons:
+        assert f"skipped {name}" in res.stdout
+    assert record["summary"]["images"] == len(good)
+    assert record["summary"]["registered_images"] >= 4
+    rows = (out / "poses.csv").read_text().splitlines()[1:]
+    assert sorted(r.split(",")[0] for r in rows) == sorted(p.name for p in good)
+
+
+def test_single_image_fails_clearly(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    p = sorted((scene_dir("reichstag_imc2020") / "images").iterdir())[0]
+    shutil.copy(p, images / p.name)
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    res = run_cli("reconstruct", str(images), "--out", str(tmp_path / "run"), "--quiet")
+    assert res.returncode == 2
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "at least 2" in err[0] and "broken.png" in err[0], res.stderr
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["stages"]["images"]["status"] == "failed"
+
+
+def test_missing_folder_and_bad_preset(tmp_path):
+    res = run_cli("reconstruct", str(tmp_path / "nope"), "--out", str(tmp_path / "run"))
+    assert res.returncode == 2 and "not a folder" in res.stderr
+    res = run_cli("reconstruct", str(tmp_path), "--out", str(tmp_path / "run"), "--preset", "turbo")
+    assert res.returncode == 2 and "unknown preset" in res.stderr

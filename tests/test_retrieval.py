@@ -1,0 +1,96 @@
+"""Pair selection and the global descriptors: the DINOv2 code path with a tiny randomly initialised model (real
+DINOv2 weights cannot be downloaded here), and the EfficientNet-Lite0 fallback with its real weights."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from backend.config import RetrievalConfig
+from backend.retrieval import read_pairs, resolve_model, run_retrieval, select_pairs
+from backend.weights import manifest, weights_dir
+from conftest import scene_dir
+
+
+def test_select_pairs_topk_threshold_symmetric():
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(30, 8))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    sim = d @ d.T
+    cfg = RetrievalConfig(num_neighbors=3, min_score=0.95, exhaustive_below=20)
+    pairs = select_pairs(sim, cfg)
+    keys = {(i, j) for i, j, _ in pairs}
+    assert all(i < j for i, j in keys) and len(keys) == len(pairs)
+    for i in range(30):
+        order = [j for j in np.argsort(-sim[i]) if j != i][:3]
+        for j in order:
+            assert (min(i, j), max(i, j)) in keys
+    # all pairs below the exhaustive limit
+    assert len(select_pairs(sim[:10, :10], cfg)) == 45
+
+
+def _retrieval_run(tmp_path, names_src, monkeypatch):
+    run = tmp_path / "run"
+    (run / "images").mkdir(parents=True)
+    names = []
+    for p in names_src:
+        shutil.copy(p, run / "images" / p.name)
+        names.append(p.name)
+    return run, names
+
+
+@pytest.fixture
+def tiny_dinov2_weights(tmp_path, monkeypatch):
+    """A weights folder with the real weights plus a tiny random DINOv2 in dinov2-small/."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    wd = tmp_path / "weights"
+    wd.mkdir()
+    for name, entry in manifest().items():
+        if "file" in entry and (weights_dir() / entry["file"]).exists():
+            (wd / entry["file"]).symlink_to(weights_dir() / entry["file"])
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       patch_size=14, image_size=224)
+    folder = wd / "dinov2-small"
+    Dinov2Model(cfg).save_pretrained(folder, safe_serialization=True)
+    sums = subprocess.run(["sha256sum", "config.json", "model.safetensors"], cwd=folder, capture_output=True,
+                          text=True, check=True).stdout
+    (folder / "SHA256SUMS").write_text(sums)
+    monkeypatch.setenv("SFM_WEIGHTS_DIR", str(wd))
+    return folder
+
+
+def test_dinov2_code_path_with_tiny_model(tmp_path, monkeypatch, tiny_dinov2_weights):
+    assert resolve_model("auto") == ("dinov2-small", "")
+    imgs = sorted((scene_dir("temple_ring_middlebury") / "images").iterdir())[:6]
+    run, names = _retrieval_run(tmp_path, imgs, monkeypatch)
+    counts = run_retrieval(run, names, RetrievalConfig(exhaustive_below=3, num_neighbors=2))
+    assert counts["model"] == "dinov2-small" and counts["fallback_reason"] == ""
+    pairs = read_pairs(run)
+    assert len(pairs) >= 6 and all(a in names and b in names for a, b, _ in pairs)
+    # a corrupted model file is refused with the setup hint
+    (tiny_dinov2_weights / "model.safetensors").write_bytes(b"broken")
+    model, reason = resolve_model("auto")
+    assert model == "efficientnet-lite0" and "DINOv2" in reason
+
+
+def test_fallback_descriptor_finds_neighbours(tmp_path, monkeypatch):
+    """Without DINOv2 weights, EfficientNet-Lite0 is used and says so; on the temple ring, each image's nearest
+    neighbour by descriptor is an adjacent view."""
+    if (weights_dir() / "dinov2-small").exists():
+        pytest.skip("DINOv2 weights are installed here; the fallback is not used")
+    imgs = sorted((scene_dir("temple_ring_middlebury") / "images").iterdir())
+    run, names = _retrieval_run(tmp_path, imgs, monkeypatch)
+    counts = run_retrieval(run, names, RetrievalConfig(exhaustive_below=0, num_neighbors=2, min_score=2))
+    assert counts["model"] == "efficientnet-lite0" and "DINOv2" in counts["fallback_reason"]
+    import h5py
+
+    with h5py.File(run / "retrieval.h5") as f:
+        sim = f["similarity"][()]
+    np.fill_diagonal(sim, -1)
+    nearest = sim.argmax(1)
+    adjacent = np.abs(nearest - np.arange(len(names))) <= 2
+    assert adjacent.mean() >= 0.8
