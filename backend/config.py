@@ -45,7 +45,7 @@ class FeaturesConfig:
 
     model: str = "aliked-n16"  # or "aliked-n16rot"
     resize: int = 1024  # long side in px; images are never upscaled
-    max_keypoints: int = 4096
+    max_keypoints: int = 2048
     detection_threshold: float = 0.01
     nms_radius: int = 2
 
@@ -127,14 +127,14 @@ PRESETS: dict[str, PipelineConfig] = {
     "fast": _preset(
         "fast",
         retrieval={"num_neighbors": 6, "exhaustive_below": 12},
-        features={"resize": 800, "max_keypoints": 2048},
+        features={"resize": 800, "max_keypoints": 1024},
         matching={"depth_confidence": 0.9, "width_confidence": 0.95},
     ),
     "balanced": _preset("balanced"),
     "accurate": _preset(
         "accurate",
         retrieval={"num_neighbors": 20, "exhaustive_below": 40},
-        features={"resize": 1280, "max_keypoints": 8192},
+        features={"resize": 1280, "max_keypoints": 4096},
         matching={"depth_confidence": -1, "width_confidence": -1},
     ),
     # Mirrors the Kaggle IMC 2024/2025 baseline: all pairs, 4096 keypoints at 1024 px, no early stopping.

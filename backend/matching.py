@@ -11,6 +11,7 @@ official ALIKED weights and adaptive depth (early stopping) and width (point pru
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -115,19 +116,32 @@ def run_matching(
     done = len(pairs) - len(todo)
     if progress:
         progress(done, len(pairs), "cached")
-    with h5py.File(path, "a") as f:
+    buffer: list[tuple[str, str, np.ndarray, np.ndarray]] = []
+    last_flush = time.monotonic()
+
+    def flush():
+        # the file is opened only to write, so that readers (the app) can open it between writes
+        with h5py.File(path, "a") as f:
+            for a, b, m, s in buffer:
+                g = f.require_group(a).create_group(b)
+                g.create_dataset("matches", data=m)
+                g.create_dataset("scores", data=s.astype(np.float16))
+        buffer.clear()
+
+    try:
         for n0, n1 in todo:
             if cancel is not None and cancel.is_set():
                 raise InterruptedError("cancelled")
             m, s = match_pair(model, feats(n0), feats(n1), device)
-            g = f.require_group(n0).create_group(n1)
-            g.create_dataset("matches", data=m)
-            g.create_dataset("scores", data=s.astype(np.float16))
+            buffer.append((n0, n1, m, s))
             done += 1
-            if done % 10 == 0:
-                f.flush()
+            if time.monotonic() - last_flush > 5.0:
+                flush()
+                last_flush = time.monotonic()
             if progress:
                 progress(done, len(pairs), f"{n0} - {n1}: {len(m)} matches")
+    finally:
+        flush()
     counts = [len(read_matches(path, *p)[0]) for p in pairs]
     return {
         "pairs": len(pairs),

@@ -189,6 +189,10 @@ def _child_main(run_dir: str, names: list[str], images: dict, pairs: list, cfg: 
         q.put(("progress", stage, done, total, msg))
 
     try:
+        import pycolmap
+
+        if not os.environ.get("SFM_COLMAP_VERBOSE"):
+            pycolmap.logging.minloglevel = 2  # errors only; progress comes through the queue
         mcfg = MappingConfig(**cfg)
         rd = Path(run_dir)
         result: dict = {}

@@ -22,31 +22,52 @@ DEFAULT_TORCH_SPEC="torch==2.13.0"
 #   libgl1 libgomp1                  open3d / pycolmap / torch runtime libraries
 #   chromium chromium-driver         browser tests (Playwright drives /usr/bin/chromium)
 #   (the linter)  shellcheck         CI lint of setup/*.sh
-DEBIAN_PACKAGES=(
+# The runtime part is split out so that other bootstraps (setup/ec2_bootstrap.sh, which serves the app on
+# Ubuntu, where chromium is a snap) install the same runtime libraries without the test-only packages.
+DEBIAN_RUNTIME_PACKAGES=(
     libusb-1.0-0
     libvulkan1 mesa-vulkan-drivers
     libgl1 libgomp1
+)
+DEBIAN_TEST_PACKAGES=(
     chromium chromium-driver
     shellcheck
 )
+DEBIAN_PACKAGES=("${DEBIAN_RUNTIME_PACKAGES[@]}" "${DEBIAN_TEST_PACKAGES[@]}")
+
+# Seconds apt-get waits for the dpkg lock (a fresh cloud VM runs unattended-upgrades at boot).
+: "${APT_LOCK_TIMEOUT_S:=300}"
 
 _log() { printf '    %s\n' "$*"; }
 _err() { printf 'ERROR: %s\n' "$*" >&2; }
 
 _sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
+# debian_packages_wanted: print (one per line) $DEBIAN_PACKAGES, plus python3.11 and python3.11-venv when
+# $PYTHON_BIN cannot make a venv (a bare Debian 12 has python3.11 but not its venv module).
+debian_packages_wanted() {
+    printf '%s\n' "${DEBIAN_PACKAGES[@]}"
+    if ! "$PYTHON_BIN" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        printf '%s\n' python3.11 python3.11-venv
+    fi
+}
+
+# debian_packages_missing: print (one per line) the wanted packages that dpkg does not list as installed.
+# Read-only: bootstraps use it to show their plan (--dry-run) without running apt.
+debian_packages_missing() {
+    local pkg
+    while IFS= read -r pkg; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+            printf '%s\n' "$pkg"
+        fi
+    done < <(debian_packages_wanted)
+}
+
 # install_debian_packages: apt-get install the packages above that are missing (skips apt when none is).
 install_debian_packages() {
-    local missing=() pkg wanted=("${DEBIAN_PACKAGES[@]}")
-    # a bare Debian 12 has python3.11 but not its venv module: add Debian's when $PYTHON_BIN cannot make a venv
-    if ! "$PYTHON_BIN" -c 'import ensurepip, venv' >/dev/null 2>&1; then
-        wanted+=(python3.11 python3.11-venv)
-    fi
-    for pkg in "${wanted[@]}"; do
-        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
-            missing+=("$pkg")
-        fi
-    done
+    local missing=() wanted=()
+    mapfile -t wanted < <(debian_packages_wanted)
+    mapfile -t missing < <(debian_packages_missing)
     if ((${#missing[@]} == 0)); then
         _log "all ${#wanted[@]} Debian packages already installed; skipping apt"
         return 0
@@ -71,9 +92,10 @@ install_debian_packages() {
     local log
     log="$(mktemp "${TMPDIR:-/tmp}/sfm-apt.XXXXXX.log")"
     _log "apt-get update && apt-get install -y ${missing[*]}   (log: $log)"
-    if ! { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+    if ! { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+            -o DPkg::Lock::Timeout="$APT_LOCK_TIMEOUT_S" &&
         "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-            -o Dpkg::Use-Pty=0 "${missing[@]}"; } >"$log" 2>&1; then
+            -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout="$APT_LOCK_TIMEOUT_S" "${missing[@]}"; } >"$log" 2>&1; then
         tail -n 25 "$log" >&2
         _err "apt-get failed (full log: $log). Install by hand: apt-get update && apt-get install -y ${missing[*]}"
         return 1

@@ -1,0 +1,182 @@
+"""Read a run folder for display: the tables and arrays the app's pages show. Read-only (except thumbnails,
+written once into ``<run>/thumbs/``); nothing imports streamlit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .uploads import read_upload_json
+
+THUMBS = "thumbs"
+
+
+def images_info(run_dir: Path) -> dict:
+    """``{"images": [...], "skipped": [...], "upload_skipped": [...], "renamed": {...}}`` of a run: the validated
+    images (name, size, EXIF focal, camera make/model, ...) and every file that was not used, with the reason."""
+    run_dir = Path(run_dir)
+    p = run_dir / "images.json"
+    data = json.loads(p.read_text()) if p.exists() else {"images": [], "skipped": []}
+    up = read_upload_json(run_dir)
+    data["upload_skipped"] = up.get("skipped", [])
+    data["renamed"] = up.get("renamed", {})
+    return data
+
+
+def image_path(run_dir: Path, name: str) -> Path:
+    """Path of a validated image in the run folder.
+
+    Raises:
+        KeyError: ``name`` is not one of the run's images (names are never used as paths otherwise).
+    """
+    names = {i["name"] for i in images_info(run_dir)["images"]}
+    if name not in names:
+        raise KeyError(f"no image {name!r} in this run")
+    return Path(run_dir) / "images" / name
+
+
+def thumbnail_path(run_dir: Path, name: str, size: int = 320) -> Path:
+    """A JPEG thumbnail of one of the run's images (made once)."""
+    from .viz import thumbnail
+
+    src = image_path(run_dir, name)
+    return thumbnail(src, Path(run_dir) / THUMBS / f"{size}" / (name + ".jpg"), size)
+
+
+def retrieval_info(run_dir: Path) -> dict:
+    """``names``, ``similarity`` [N, N], ``model``, ``fallback_reason`` from ``retrieval.h5``."""
+    with h5py.File(Path(run_dir) / "retrieval.h5", "r") as f:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
+        return {
+            "names": names,
+            "similarity": f["similarity"][()],
+            "model": str(f.attrs.get("model", "")),
+            "fallback_reason": str(f.attrs.get("fallback_reason", "")),
+        }
+
+
+def pairs(run_dir: Path) -> list[tuple[str, str, float]]:
+    """The selected pairs ``(name0, name1, similarity)``."""
+    from .retrieval import read_pairs
+
+    return read_pairs(run_dir)
+
+
+def keypoint_counts(run_dir: Path) -> dict[str, int]:
+    """Keypoints per image from ``features.h5`` (images order of ``images.json``)."""
+    names = [i["name"] for i in images_info(run_dir)["images"]]
+    out = {}
+    with h5py.File(Path(run_dir) / "features.h5", "r") as f:
+        for n in names:
+            if n in f:
+                out[n] = int(f[n]["keypoints"].shape[0])
+    return out
+
+
+def features(run_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints [N, 2] and scores [N] of one image."""
+    with h5py.File(Path(run_dir) / "features.h5", "r") as f:
+        g = f[name]
+        return g["keypoints"][()], g["scores"][()]
+
+
+def matches(run_dir: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+    """LightGlue matches [M, 2] (indices into name0's / name1's keypoints) and scores [M] of a pair."""
+    from .matching import read_matches
+
+    return read_matches(Path(run_dir) / "matches.h5", name0, name1)
+
+
+def inliers(run_dir: Path, name0: str, name1: str) -> tuple[np.ndarray | None, str]:
+    """Verified inlier matches [K, 2] (name0's index, name1's index) and the two-view geometry type of a pair;
+    ``(None, "")`` when the pair was not verified (too few matches, or not in ``two_view.h5``)."""
+    p = Path(run_dir) / "two_view.h5"
+    if not p.exists():
+        return None, ""
+    with h5py.File(p, "r") as f:
+        for a, b, flip in ((name0, name1, False), (name1, name0, True)):
+            key = f"{a}/{b}"
+            if key in f:
+                g = f[key]
+                inl = g["inliers"][()].reshape(-1, 2)
+                return (inl[:, ::-1].copy() if flip else inl), str(g.attrs.get("config", ""))
+    return None, ""
+
+
+def inlier_mask(matches_: np.ndarray, inliers_: np.ndarray | None) -> np.ndarray:
+    """bool [M]: which of ``matches_`` rows are among the verified ``inliers_`` rows."""
+    m = np.asarray(matches_, dtype=np.int64).reshape(-1, 2)
+    if inliers_ is None or len(inliers_) == 0:
+        return np.zeros(len(m), bool)
+    inl = np.asarray(inliers_, dtype=np.int64).reshape(-1, 2)
+    key = lambda a: a[:, 0] * (1 << 32) + a[:, 1]  # noqa: E731
+    return np.isin(key(m), key(inl))
+
+
+def match_table(run_dir: Path):
+    """pandas DataFrame, one row per selected pair: ``image0, image1, similarity, matches, inliers,
+    inlier_ratio, geometry``. ``inliers`` is NaN where verification has not run or the pair was not used."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    rows = []
+    mpath, tpath = run_dir / "matches.h5", run_dir / "two_view.h5"
+    fm = h5py.File(mpath, "r") if mpath.exists() else None
+    ft = h5py.File(tpath, "r") if tpath.exists() else None
+    try:
+        for a, b, s in pairs(run_dir):
+            m = np.nan
+            if fm is not None:
+                for k in (f"{a}/{b}", f"{b}/{a}"):
+                    if k in fm:
+                        m = int(fm[k]["matches"].shape[0])
+                        break
+            inl, geom = (np.nan, "") if ft is None else (0, "not verified")
+            if ft is not None:
+                for k in (f"{a}/{b}", f"{b}/{a}"):
+                    if k in ft:
+                        inl = int(ft[k]["inliers"].shape[0])
+                        geom = str(ft[k].attrs.get("config", ""))
+                        break
+            rows.append({"image0": a, "image1": b, "similarity": round(float(s), 4), "matches": m,
+                         "inliers": inl, "geometry": geom})
+    finally:
+        for f in (fm, ft):
+            if f is not None:
+                f.close()
+    df = pd.DataFrame(rows, columns=["image0", "image1", "similarity", "matches", "inliers", "geometry"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df["inlier_ratio"] = (df["inliers"].astype(float) / df["matches"].astype(float)).round(3)
+    return df
+
+
+def models(run_dir: Path) -> list[dict]:
+    """The reconstructed models (largest first): ``model`` (index k of ``sparse/<k>``), ``registered_images``,
+    ``points``, ``mean_reprojection_error``, ``mean_track_length``."""
+    run_dir = Path(run_dir)
+    p = run_dir / "mapping.json"
+    if p.exists():
+        try:
+            out = json.loads(p.read_text()).get("models", [])
+        except ValueError:
+            out = []
+        return [m for m in out if (run_dir / "sparse" / str(m["model"]) / "images.bin").exists()]
+    return []
+
+
+def load_model(run_dir: Path, k: int):
+    """The pycolmap Reconstruction ``sparse/<k>`` of a run.
+
+    Raises:
+        FileNotFoundError: no such model.
+    """
+    import pycolmap
+
+    d = Path(run_dir) / "sparse" / str(int(k))
+    if not (d / "images.bin").exists():
+        raise FileNotFoundError(f"model {k} does not exist in this run")
+    return pycolmap.Reconstruction(d)

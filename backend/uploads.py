@@ -1,0 +1,328 @@
+"""Safe saving of uploaded photos (JPEG/PNG files, or zips of them) into a run's ``upload/`` folder.
+
+Nothing the user sends is ever used as a path: every saved file gets a sanitised name (letters, digits,
+``.``, ``_``, ``-``; no folders; de-duplicated) inside the destination folder. Zip entries are read as bytes
+and written under their sanitised base name, so an entry such as ``../../etc/passwd`` or ``/abs/x.jpg``
+never lands outside the folder (such entries are skipped and listed). Zip bombs are bounded: at most
+:data:`Limits.max_files` images, :data:`Limits.max_image_bytes` per image and
+:data:`Limits.max_total_bytes` in all, each checked while decompressing (the sizes a zip header claims are
+not trusted), plus a compression-ratio cap. Pixel bombs are caught later by the images stage (Pillow's
+decompression-bomb check).
+
+Everything that is not saved is returned in ``skipped`` with a reason a user can act on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import unicodedata
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import BinaryIO, Iterable, Union
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png"}
+UPLOAD_JSON = "upload.json"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upload limits (bytes). The page states them; ``.streamlit/config.toml`` caps one upload at
+    ``server.maxUploadSize`` MB before any of this runs."""
+
+    max_files: int = 500  # images per run
+    max_image_bytes: int = 50 * 2**20  # one photo (also one photo inside a zip)
+    max_total_bytes: int = 2 * 2**30  # all photos of a run, after unzipping
+    max_zip_entries: int = 5000  # entries looked at in one zip
+    max_ratio: float = 200.0  # uncompressed / compressed size of one zip entry (JPEG/PNG barely compress)
+
+    def describe(self) -> str:
+        return (f"JPEG or PNG photos (up to {self.max_image_bytes // 2**20} MB each) or zips of them; "
+                f"at most {self.max_files} photos and {self.max_total_bytes / 2**30:g} GB in all")
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass
+class UploadResult:
+    """``saved``: sanitised file names written into the folder; ``skipped``: ``{"name", "reason"}`` each, with
+    the name as the user gave it (for display only); ``renamed``: original -> saved name where they differ."""
+
+    saved: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)
+    total_bytes: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+Source = Union[bytes, bytearray, BinaryIO]
+
+
+def sanitize_name(name: str, max_len: int = 100) -> str:
+    """A safe file name from an untrusted one: its last path component (``/`` and ``\\`` both separate),
+    NFKC-normalised, characters other than letters, digits, ``.``, ``_``, ``-`` replaced by ``_``, no leading
+    dots, at most ``max_len`` characters (the extension is kept), never empty."""
+    base = re.split(r"[\\/]", str(name))[-1]
+    base = unicodedata.normalize("NFKC", base)
+    base = "".join(c if (c.isascii() and (c.isalnum() or c in "._-")) else "_" for c in base)
+    base = base.lstrip(".")
+    base = re.sub(r"_+", "_", base)
+    stem, dot, ext = base.rpartition(".")
+    if not dot:
+        stem, ext = base, ""
+    ext = ext[:10].lower()
+    stem = stem.strip("_-") or "image"
+    stem = stem[: max(1, max_len - len(ext) - 1)]
+    return f"{stem}.{ext}" if ext else stem
+
+
+def _display(name: str) -> str:
+    """A user-given name for messages only (never a path): printable, bounded."""
+    s = "".join(c if c.isprintable() else "?" for c in str(name))
+    return s if len(s) <= 120 else s[:117] + "..."
+
+
+def _kind(head: bytes) -> str:
+    if head.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if head.startswith(_PNG_MAGIC):
+        return "png"
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    return ""
+
+
+def _unsafe_member(name: str) -> str:
+    """Why a zip member name is refused ('' when fine): absolute paths, drive letters, ``..`` components."""
+    if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
+        return "absolute path inside the zip (not extracted)"
+    parts = re.split(r"[\\/]", name)
+    if any(p == ".." for p in parts):
+        return "path with '..' inside the zip (not extracted)"
+    return ""
+
+
+class _Saver:
+    def __init__(self, dest: Path, limits: Limits, result: UploadResult, existing: set[str]):
+        self.dest = dest
+        self.limits = limits
+        self.res = result
+        self.used = {n.lower() for n in existing}
+
+    def skip(self, name: str, reason: str) -> None:
+        self.res.skipped.append({"name": _display(name), "reason": reason})
+
+    def _unique(self, name: str) -> str:
+        stem, dot, ext = name.rpartition(".")
+        if not dot:
+            stem, ext = name, ""
+        cand, i = name, 1
+        while cand.lower() in self.used:
+            cand = f"{stem}_{i}.{ext}" if ext else f"{stem}_{i}"
+            i += 1
+        self.used.add(cand.lower())
+        return cand
+
+    def room(self) -> tuple[bool, str]:
+        if len(self.res.saved) >= self.limits.max_files:
+            return False, f"more than {self.limits.max_files} photos: the rest were not saved"
+        if self.res.total_bytes >= self.limits.max_total_bytes:
+            return False, f"the photos exceed {self.limits.max_total_bytes / 2**30:g} GB in all: not saved"
+        return True, ""
+
+    def save(self, shown: str, data: bytes) -> None:
+        """Save image bytes under a sanitised unique name (after the checks)."""
+        ok, why = self.room()
+        if not ok:
+            self.skip(shown, why)
+            return
+        ext = PurePosixPath(re.split(r"[\\/]", shown)[-1]).suffix.lower()
+        kind = _kind(data[:8])
+        if ext not in IMAGE_EXTENSIONS:
+            self.skip(shown, f"unsupported file type '{ext or 'none'}' (use JPEG or PNG photos, or a zip of them)")
+            return
+        if not data:
+            self.skip(shown, "empty file (0 bytes)")
+            return
+        if kind not in ("jpeg", "png"):
+            self.skip(shown, f"not a JPEG or PNG image although named '{ext}' (the content does not match)")
+            return
+        if len(data) > self.limits.max_image_bytes:
+            self.skip(shown, f"larger than {self.limits.max_image_bytes // 2**20} MB")
+            return
+        if self.res.total_bytes + len(data) > self.limits.max_total_bytes:
+            self.skip(shown, f"the photos exceed {self.limits.max_total_bytes / 2**30:g} GB in all: not saved")
+            return
+        name = self._unique(sanitize_name(shown))
+        if not name.lower().endswith(tuple(IMAGE_EXTENSIONS)):
+            name = self._unique(f"{PurePosixPath(name).stem}.{'png' if kind == 'png' else 'jpg'}")
+        target = self.dest / name
+        # defence in depth: the name has no separators, but check the resolved parent anyway
+        if target.resolve().parent != self.dest.resolve():
+            self.skip(shown, "unsafe file name")
+            return
+        target.write_bytes(data)
+        self.res.saved.append(name)
+        self.res.total_bytes += len(data)
+        short = re.split(r"[\\/]", shown)[-1]
+        if name != short:
+            self.res.renamed[_display(shown)] = name
+
+    def save_zip(self, shown: str, fileobj: BinaryIO) -> None:
+        try:
+            zf = zipfile.ZipFile(fileobj)
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            self.skip(shown, f"not a readable zip file ({e})")
+            return
+        with zf:
+            infos = zf.infolist()
+            if len(infos) > self.limits.max_zip_entries:
+                self.skip(shown, f"zip with {len(infos)} entries: only the first {self.limits.max_zip_entries} "
+                                 "were looked at")
+                infos = infos[: self.limits.max_zip_entries]
+            for info in infos:
+                member = info.filename
+                label = f"{_display(shown)}: {_display(member)}"
+                if info.is_dir():
+                    continue
+                base = re.split(r"[\\/]", member)[-1]
+                if member.startswith("__MACOSX/") or base.startswith("."):
+                    self.skip(label, "hidden or system metadata file")
+                    continue
+                why = _unsafe_member(member)
+                if why:
+                    self.skip(label, why)
+                    continue
+                if info.flag_bits & 0x1:
+                    self.skip(label, "encrypted zip entry (zip without a password)")
+                    continue
+                ext = PurePosixPath(base).suffix.lower()
+                if ext == ".zip":
+                    self.skip(label, "zip inside a zip (upload it separately)")
+                    continue
+                if ext not in IMAGE_EXTENSIONS:
+                    self.skip(label, f"unsupported file type '{ext or 'none'}' (use JPEG or PNG)")
+                    continue
+                ok, why = self.room()
+                if not ok:
+                    self.skip(label, why)
+                    continue
+                if info.file_size > self.limits.max_image_bytes:
+                    self.skip(label, f"larger than {self.limits.max_image_bytes // 2**20} MB")
+                    continue
+                if info.compress_size and info.file_size / max(info.compress_size, 1) > self.limits.max_ratio:
+                    self.skip(label, "suspicious compression ratio (possible zip bomb): not extracted")
+                    continue
+                data = self._read_bounded(zf, info)
+                if data is None:
+                    self.skip(label, f"larger than {self.limits.max_image_bytes // 2**20} MB when decompressed "
+                                     "(the zip header understated it)")
+                    continue
+                if isinstance(data, str):
+                    self.skip(label, data)
+                    continue
+                self._save_member(label, base, data)
+
+    def _save_member(self, label: str, base: str, data: bytes) -> None:
+        before = len(self.res.skipped)
+        self.save(base, data)
+        # report the zip-qualified name in a skip reason
+        if len(self.res.skipped) > before:
+            self.res.skipped[-1]["name"] = label
+
+    def _read_bounded(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo):
+        """The member's bytes, reading at most ``max_image_bytes`` (+1 to detect more); None when larger;
+        a string (the reason) when unreadable."""
+        cap = self.limits.max_image_bytes
+        buf = io.BytesIO()
+        try:
+            with zf.open(info) as f:
+                while True:
+                    chunk = f.read(min(_CHUNK, cap + 1 - buf.tell()))
+                    if not chunk:
+                        break
+                    buf.write(chunk)
+                    if buf.tell() > cap:
+                        return None
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, ValueError) as e:
+            return f"cannot be read from the zip ({e})"
+        return buf.getvalue()
+
+
+def _read_all(src: Source, cap: int) -> bytes | None:
+    """Bytes of an upload, or None when longer than ``cap``."""
+    if isinstance(src, (bytes, bytearray)):
+        return bytes(src) if len(src) <= cap else None
+    if hasattr(src, "seek"):
+        try:
+            src.seek(0)
+        except (OSError, ValueError):
+            pass
+    data = src.read(cap + 1)
+    return None if len(data) > cap else data
+
+
+def save_uploads(files: Iterable[tuple[str, Source]], dest: Path, limits: Limits = DEFAULT_LIMITS) -> UploadResult:
+    """Save uploaded photos and zips of photos into ``dest`` (created).
+
+    Args:
+        files: ``(name as the user gave it, bytes or a binary file object)`` per upload; the name is used only
+            to pick the kind (by extension and content) and, sanitised, as the saved file's name.
+        dest: destination folder (e.g. ``<run>/upload``).
+        limits: see :class:`Limits`.
+
+    Returns:
+        :class:`UploadResult`; also written to ``dest/../upload.json`` for the Images page.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    res = UploadResult()
+    saver = _Saver(dest, limits, res, {p.name for p in dest.iterdir()})
+    for shown, src in files:
+        shown = str(shown)
+        ext = PurePosixPath(re.split(r"[\\/]", shown)[-1]).suffix.lower()
+        if isinstance(src, (bytes, bytearray)):
+            head = bytes(src[:8])
+        else:
+            try:
+                src.seek(0)
+                head = src.read(8)
+                src.seek(0)
+            except (OSError, ValueError, AttributeError):
+                head = b""
+        if ext == ".zip" or _kind(head) == "zip" and ext not in IMAGE_EXTENSIONS:
+            fileobj = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray)) else src
+            saver.save_zip(shown, fileobj)
+            continue
+        data = _read_all(src, limits.max_image_bytes)
+        if data is None:
+            if ext in IMAGE_EXTENSIONS:
+                saver.skip(shown, f"larger than {limits.max_image_bytes // 2**20} MB")
+            else:
+                saver.skip(shown, f"unsupported file type '{ext or 'none'}' (use JPEG or PNG photos, or a zip of them)")
+            continue
+        saver.save(shown, data)
+    write_upload_json(dest.parent, res)
+    return res
+
+
+def write_upload_json(run_dir: Path, res: UploadResult) -> None:
+    (Path(run_dir) / UPLOAD_JSON).write_text(json.dumps(res.to_dict(), indent=1))
+
+
+def read_upload_json(run_dir: Path) -> dict:
+    """``upload.json`` of a run ({} when the run did not come from an upload)."""
+    p = Path(run_dir) / UPLOAD_JSON
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,387 @@
+"""Figures and drawings for the app: keypoints and matches drawn on images (numpy/PIL), the similarity heatmap,
+the pair graph, the 3D view of a reconstruction (sparse points and camera frusta), and ground-truth versus aligned
+predicted camera centres (plotly). Pure functions of arrays and files; nothing imports streamlit.
+
+Conventions: keypoints are (x, y) in pixels of the image as stored in the run folder, pixel centres at integers
+(as in ``features.h5``). Poses are COLMAP's ``cam_from_world`` (x_cam = R X + t), camera centre C = -Rᵀ t.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image, ImageDraw, ImageOps
+
+# viridis, sampled (matplotlib's data at 0, 1/8, ..., 1)
+_VIRIDIS = np.array([
+    [68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
+    [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]], dtype=np.float64)
+
+
+def colormap(values: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Viridis colours uint8 [N, 3] of ``values`` scaled from ``lo`` (purple) to ``hi`` (yellow)
+    (default: the values' 2nd and 98th percentiles)."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if v.size == 0:
+        return np.zeros((0, 3), np.uint8)
+    lo = float(np.percentile(v, 2)) if lo is None else lo
+    hi = float(np.percentile(v, 98)) if hi is None else hi
+    x = np.clip((v - lo) / (hi - lo), 0, 1) if hi > lo else np.full_like(v, 0.5)
+    pos = x * (len(_VIRIDIS) - 1)
+    i0 = np.floor(pos).astype(int).clip(0, len(_VIRIDIS) - 2)
+    f = (pos - i0)[:, None]
+    return np.round(_VIRIDIS[i0] * (1 - f) + _VIRIDIS[i0 + 1] * f).astype(np.uint8)
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """An image file as 8-bit RGB with its EXIF orientation applied (the run folder's copies already are)."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return im.convert("RGB")
+
+
+def _fit(img: Image.Image, max_side: int) -> tuple[Image.Image, float]:
+    w, h = img.size
+    s = min(1.0, max_side / max(w, h))
+    if s < 1.0:
+        img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
+    return img, s
+
+
+def thumbnail(src: Path, dst: Path, size: int = 320) -> Path:
+    """A JPEG thumbnail of ``src`` (long side ``size``) at ``dst``, made once and reused while newer than ``src``."""
+    dst = Path(dst)
+    if dst.exists() and dst.stat().st_mtime >= Path(src).stat().st_mtime:
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    img, _ = _fit(open_rgb(src), size)
+    tmp = dst.with_suffix(".tmp.jpg")
+    img.save(tmp, "JPEG", quality=85)
+    tmp.replace(dst)
+    return dst
+
+
+def draw_keypoints(image: Image.Image, keypoints: np.ndarray, scores: np.ndarray | None = None,
+                   max_side: int = 1280, radius: float | None = None) -> Image.Image:
+    """``image`` (downscaled to ``max_side``) with ``keypoints`` [N, 2] drawn as dots coloured by ``scores``
+    (viridis: purple low, yellow high). Highest scores are drawn last (on top)."""
+    img, s = _fit(image.convert("RGB"), max_side)
+    kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
+    sc = np.ones(len(kp)) if scores is None else np.asarray(scores, dtype=np.float64).reshape(-1)
+    colors = colormap(sc)
+    order = np.argsort(sc)
+    r = radius if radius is not None else max(1.5, max(img.size) / 400)
+    draw = ImageDraw.Draw(img)
+    for i in order:
+        x, y = (kp[i] + 0.5) * s - 0.5
+        c = tuple(int(v) for v in colors[i])
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=c, outline=(0, 0, 0))
+    return img
+
+
+def draw_matches(image0: Image.Image, image1: Image.Image, kpts0: np.ndarray, kpts1: np.ndarray,
+                 matches: np.ndarray, inliers: np.ndarray | None = None, scores: np.ndarray | None = None,
+                 height: int = 600, max_lines: int = 800, seed: int = 0) -> Image.Image:
+    """The two images side by side (both scaled to ``height`` px) with a line per match.
+
+    Args:
+        kpts0, kpts1: keypoints [N0, 2], [N1, 2] of the two images (original pixels).
+        matches: int [M, 2] indices into kpts0 / kpts1.
+        inliers: optional bool [M]: verified inliers green, the other (rejected) matches red.
+            Without it, lines are coloured by ``scores`` (viridis) or drawn in one colour.
+        max_lines: at most this many lines (a fixed random subset) so the drawing stays readable.
+    """
+    a, b = image0.convert("RGB"), image1.convert("RGB")
+    sa, sb = height / a.size[1], height / b.size[1]
+    a = a.resize((max(1, round(a.size[0] * sa)), height), Image.Resampling.LANCZOS)
+    b = b.resize((max(1, round(b.size[0] * sb)), height), Image.Resampling.LANCZOS)
+    gap = 10
+    canvas = Image.new("RGB", (a.size[0] + gap + b.size[0], height), (255, 255, 255))
+    canvas.paste(a, (0, 0))
+    canvas.paste(b, (a.size[0] + gap, 0))
+    m = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
+    idx = np.arange(len(m))
+    if len(idx) > max_lines:
+        idx = np.sort(np.random.default_rng(seed).choice(len(m), max_lines, replace=False))
+    if inliers is not None:
+        inl = np.asarray(inliers, dtype=bool).reshape(-1)
+        colors = np.where(inl[:, None], np.array([[20, 200, 60]]), np.array([[235, 50, 50]])).astype(np.uint8)
+        idx = idx[np.argsort(inl[idx], kind="stable")]  # inliers drawn last, on top
+    elif scores is not None and len(scores):
+        colors = colormap(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    else:
+        colors = np.tile(np.array([[30, 144, 255]], np.uint8), (len(m), 1))
+    p0 = (np.asarray(kpts0, np.float64)[m[:, 0]] + 0.5) * sa - 0.5 if len(m) else np.zeros((0, 2))
+    p1 = (np.asarray(kpts1, np.float64)[m[:, 1]] + 0.5) * sb - 0.5 if len(m) else np.zeros((0, 2))
+    if len(m):
+        p1[:, 0] += a.size[0] + gap
+    draw = ImageDraw.Draw(canvas)
+    w = max(1, round(height / 500))
+    for i in idx:
+        c = tuple(int(v) for v in colors[i])
+        draw.line([tuple(p0[i]), tuple(p1[i])], fill=c, width=w)
+        for p in (p0[i], p1[i]):
+            draw.ellipse([p[0] - 2 * w, p[1] - 2 * w, p[0] + 2 * w, p[1] + 2 * w], fill=c)
+    return canvas
+
+
+def keypoints_bar(names: list[str], counts: list[int], selected: str | None = None) -> go.Figure:
+    """Bar chart of keypoints per image."""
+    colors = ["#e4572e" if n == selected else "#4c78a8" for n in names]
+    fig = go.Figure(go.Bar(x=list(range(len(names))), y=counts, marker_color=colors, customdata=names,
+                           hovertemplate="%{customdata}<br>%{y} keypoints<extra></extra>"))
+    fig.update_layout(xaxis_title="image (index)", yaxis_title="keypoints", height=300,
+                      margin=dict(l=10, r=10, t=30, b=10), title="Keypoints per image")
+    return fig
+
+
+def similarity_heatmap(similarity: np.ndarray, names: list[str], pairs: list[tuple[str, str, float]] | None = None
+                       ) -> go.Figure:
+    """Heatmap of the global-descriptor cosine similarity [N, N]; dots mark the selected pairs."""
+    sim = np.asarray(similarity, dtype=np.float64)
+    n = len(names)
+    short = [f"{i}: {_short(nm)}" for i, nm in enumerate(names)]
+    hover = [[f"{names[i]}<br>{names[j]}<br>similarity {sim[i, j]:.3f}" for j in range(n)] for i in range(n)]
+    z = sim.copy()
+    np.fill_diagonal(z, np.nan)
+    fig = go.Figure(go.Heatmap(z=z, x=short, y=short, colorscale="Viridis", text=hover,
+                               hovertemplate="%{text}<extra></extra>", colorbar=dict(title="cosine")))
+    if pairs:
+        pos = {nm: i for i, nm in enumerate(names)}
+        xs, ys = [], []
+        for a, b, _ in pairs:
+            if a in pos and b in pos:
+                xs += [short[pos[b]], short[pos[a]]]
+                ys += [short[pos[a]], short[pos[b]]]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", marker=dict(size=5, color="white",
+                                 line=dict(width=1, color="black")), name="selected pair", hoverinfo="skip"))
+    fig.update_layout(height=max(400, min(900, 28 * n + 150)), margin=dict(l=10, r=10, t=40, b=10),
+                      title="Global-descriptor similarity (dots: selected pairs)",
+                      yaxis=dict(autorange="reversed"), showlegend=False)
+    return fig
+
+
+def _short(name: str, n: int = 18) -> str:
+    return name if len(name) <= n else name[: n - 3] + "..."
+
+
+def pair_graph(names: list[str], pairs: list[tuple[str, str, float]], weight_label: str = "similarity"
+               ) -> go.Figure:
+    """The pair graph: images on a circle, an edge per selected pair, colour and width by its weight."""
+    n = len(names)
+    ang = np.linspace(0, 2 * np.pi, n, endpoint=False) + np.pi / 2
+    xy = np.stack([np.cos(ang), np.sin(ang)], 1)
+    pos = {nm: i for i, nm in enumerate(names)}
+    edges = [(pos[a], pos[b], float(w)) for a, b, w in pairs if a in pos and b in pos]
+    fig = go.Figure()
+    if edges:
+        w = np.array([e[2] for e in edges])
+        finite = np.isfinite(w)
+        lo, hi = (float(w[finite].min()), float(w[finite].max())) if finite.any() else (0.0, 1.0)
+        bins = np.linspace(lo, hi + 1e-9, 6)
+        colors = colormap(0.5 * (bins[:-1] + bins[1:]), lo, hi)
+        for k in range(5):
+            xs, ys = [], []
+            for (i, j, wt) in edges:
+                if (bins[k] <= wt < bins[k + 1]) or (k == 4 and wt >= bins[k + 1]) or (not np.isfinite(wt) and k == 0):
+                    xs += [xy[i, 0], xy[j, 0], None]
+                    ys += [xy[i, 1], xy[j, 1], None]
+            if xs:
+                c = "rgb(%d,%d,%d)" % tuple(colors[k])
+                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(width=1 + k * 0.8, color=c),
+                                         hoverinfo="skip", name=f"{bins[k]:.2f}-{bins[k + 1]:.2f}"))
+        mids = np.array([(xy[i] + xy[j]) / 2 for i, j, _ in edges])
+        fig.add_trace(go.Scatter(x=mids[:, 0], y=mids[:, 1], mode="markers", marker=dict(size=8, opacity=0),
+                                 text=[f"{names[i]} - {names[j]}<br>{weight_label} {wt:.3f}" for i, j, wt in edges],
+                                 hovertemplate="%{text}<extra></extra>", showlegend=False))
+    degree = np.zeros(n, int)
+    for i, j, _ in edges:
+        degree[i] += 1
+        degree[j] += 1
+    fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers+text", text=[str(i) for i in range(n)],
+                             textposition="middle center", marker=dict(size=22, color="#f0f0f0",
+                             line=dict(width=1.5, color="#333")), customdata=[[nm, d] for nm, d in zip(names, degree)],
+                             hovertemplate="%{customdata[0]}<br>%{customdata[1]} pairs<extra></extra>",
+                             showlegend=False))
+    fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10), title=f"Pair graph (edges: {weight_label})",
+                      xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"),
+                      legend=dict(title=weight_label), plot_bgcolor="white")
+    return fig
+
+
+# ---- 3D --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class CameraView:
+    """A registered image of a reconstruction: ``R``, ``t`` of ``cam_from_world``, ``K``, size, centre."""
+
+    name: str
+    image_id: int
+    R: np.ndarray
+    t: np.ndarray
+    K: np.ndarray
+    width: int
+    height: int
+    num_points: int = 0
+
+    @property
+    def center(self) -> np.ndarray:
+        return -self.R.T @ self.t
+
+
+def reconstruction_arrays(rec) -> tuple[np.ndarray, np.ndarray, list[CameraView]]:
+    """Points xyz float [N, 3], colours uint8 [N, 3] and the registered cameras of a pycolmap Reconstruction."""
+    pts = list(rec.points3D.values())
+    xyz = np.array([p.xyz for p in pts], dtype=np.float64).reshape(-1, 3)
+    rgb = np.array([p.color for p in pts], dtype=np.uint8).reshape(-1, 3)
+    cams = []
+    for image in rec.images.values():
+        if not image.has_pose:
+            continue
+        pose = image.cam_from_world()
+        cam = rec.cameras[image.camera_id]
+        cams.append(CameraView(
+            name=image.name, image_id=int(image.image_id),
+            R=np.asarray(pose.rotation.matrix(), dtype=np.float64),
+            t=np.asarray(pose.translation, dtype=np.float64),
+            K=np.asarray(cam.calibration_matrix(), dtype=np.float64),
+            width=int(cam.width), height=int(cam.height),
+            num_points=int(image.num_points3D)))
+    cams.sort(key=lambda c: c.name)
+    return xyz, rgb, cams
+
+
+def scene_scale(xyz: np.ndarray, cams: list[CameraView]) -> float:
+    """A robust size of the scene (for frustum size): the 90th percentile of the points' distance to their
+    median, or the spread of the camera centres, whichever is larger; 1 when empty."""
+    vals = []
+    if len(xyz):
+        d = np.linalg.norm(xyz - np.median(xyz, 0), axis=1)
+        vals.append(float(np.percentile(d, 90)))
+    if len(cams) >= 2:
+        c = np.array([cv.center for cv in cams])
+        vals.append(float(np.linalg.norm(c - c.mean(0), axis=1).max()))
+    v = max(vals) if vals else 1.0
+    return v if v > 0 and math.isfinite(v) else 1.0
+
+
+def frustum_lines(cam: CameraView, depth: float) -> np.ndarray:
+    """World points [16, 3] of a camera frustum as line segments (centre to the 4 image corners at ``depth``,
+    then the image rectangle), with NaN rows separating the pieces."""
+    Kinv = np.linalg.inv(cam.K)
+    corners = np.array([[0, 0, 1], [cam.width, 0, 1], [cam.width, cam.height, 1], [0, cam.height, 1]], float)
+    rays = corners @ Kinv.T
+    rays = rays / rays[:, 2:3] * depth
+    world = (rays - cam.t) @ cam.R  # R^T (x - t) for each row
+    c = cam.center
+    nan = np.full(3, np.nan)
+    seq = []
+    for w in world:
+        seq += [c, w, nan]
+    seq += [world[0], world[1], world[2], world[3], world[0], nan]
+    return np.array(seq[:-1])
+
+
+def reconstruction_figure(xyz: np.ndarray, rgb: np.ndarray, cams: list[CameraView], selected: str | None = None,
+                          max_points: int = 100_000, point_size: float = 2.0, frustum_scale: float = 0.06,
+                          height: int = 700) -> go.Figure:
+    """Interactive 3D view: sparse points in their image colours, a frustum per registered camera (hover: image
+    name; the camera centres carry the name as ``customdata`` for click selection), ``selected`` highlighted."""
+    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    rgb = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
+    if len(xyz) > max_points:
+        keep = np.sort(np.random.default_rng(0).choice(len(xyz), max_points, replace=False))
+        xyz, rgb = xyz[keep], rgb[keep]
+    fig = go.Figure()
+    if len(xyz):
+        fig.add_trace(go.Scatter3d(
+            x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="markers", name=f"points ({len(xyz)})",
+            marker=dict(size=point_size, color=[f"rgb({r},{g},{b})" for r, g, b in rgb]), hoverinfo="skip"))
+    depth = frustum_scale * scene_scale(xyz, cams)
+    for highlight in (False, True):
+        group = [c for c in cams if (c.name == selected) == highlight]
+        if not group:
+            continue
+        lines = np.concatenate([np.vstack([frustum_lines(c, depth * (1.6 if highlight else 1.0)),
+                                           np.full((1, 3), np.nan)]) for c in group])
+        fig.add_trace(go.Scatter3d(
+            x=lines[:, 0], y=lines[:, 1], z=lines[:, 2], mode="lines", hoverinfo="skip",
+            line=dict(color="#e4572e" if highlight else "#d62728", width=6 if highlight else 2),
+            name="selected camera" if highlight else f"cameras ({len(group)})", showlegend=not highlight))
+    if cams:
+        c = np.array([cv.center for cv in cams])
+        fig.add_trace(go.Scatter3d(
+            x=c[:, 0], y=c[:, 1], z=c[:, 2], mode="markers", name="camera centres",
+            marker=dict(size=[9 if cv.name == selected else 5 for cv in cams],
+                        color=["#ffbf00" if cv.name == selected else "#d62728" for cv in cams], symbol="diamond"),
+            customdata=[cv.name for cv in cams], text=[f"{cv.name}<br>{cv.num_points} points" for cv in cams],
+            hovertemplate="%{text}<extra></extra>", showlegend=False))
+    fig.update_layout(
+        height=height, margin=dict(l=0, r=0, t=10, b=0), legend=dict(x=0, y=1),
+        scene=dict(aspectmode="data", xaxis=dict(visible=False), yaxis=dict(visible=False),
+                   zaxis=dict(visible=False), camera=dict(up=dict(x=0, y=-1, z=0), eye=dict(x=0, y=-0.6, z=-1.8)),
+                   bgcolor="white"),
+        uirevision="keep")
+    return fig
+
+
+def point_cloud_figure(xyz: np.ndarray, rgb: np.ndarray, height: int = 520, title: str = "") -> go.Figure:
+    """Plain 3D scatter of coloured points (the plotly fallback of the Open3D preview)."""
+    return reconstruction_figure(xyz, rgb, [], height=height).update_layout(title=title)
+
+
+# ---- evaluation --------------------------------------------------------------------------------------------------
+
+def aligned_centres(gt: dict, pred: dict, threshold: float) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Register the predicted camera centres onto the ground truth (as the mAA does, at ``threshold``).
+
+    Args:
+        gt, pred: pose dicts ``{name: (R, t) or None}`` (see :mod:`backend.evaluate`).
+
+    Returns:
+        ``(names, gt_centres [N, 3], aligned_pred_centres [N, 3], inlier bool [N])`` for the images registered
+        in both.
+
+    Raises:
+        ValueError: fewer than 3 images registered in both, or a degenerate configuration.
+    """
+    from .evaluate import camera_centers, register_centers
+
+    g = camera_centers({n: p for n, p in gt.items() if p is not None})
+    p = camera_centers({n: q for n, q in pred.items() if q is not None})
+    names = sorted(set(g) & set(p))
+    if len(names) < 3:
+        raise ValueError(f"only {len(names)} image(s) have both a ground-truth and a predicted pose; "
+                         "at least 3 are needed to align them")
+    G = np.stack([g[n] for n in names])
+    P = np.stack([p[n] for n in names])
+    s, R, t, inl = register_centers(P, G, threshold)
+    return names, G, s * P @ R.T + t, inl
+
+
+def gt_vs_prediction_figure(names: list[str], gt_c: np.ndarray, pred_c: np.ndarray,
+                            inliers: np.ndarray | None = None, height: int = 600) -> go.Figure:
+    """Ground-truth camera centres beside the aligned predicted ones, a grey line joining each pair."""
+    fig = go.Figure()
+    seg = []
+    for a, b in zip(gt_c, pred_c):
+        seg += [a, b, [np.nan] * 3]
+    seg = np.array(seg, dtype=np.float64).reshape(-1, 3)
+    fig.add_trace(go.Scatter3d(x=seg[:, 0], y=seg[:, 1], z=seg[:, 2], mode="lines", name="error",
+                               line=dict(color="#888", width=3), hoverinfo="skip"))
+    err = np.linalg.norm(gt_c - pred_c, axis=1)
+    fig.add_trace(go.Scatter3d(x=gt_c[:, 0], y=gt_c[:, 1], z=gt_c[:, 2], mode="markers", name="ground truth",
+                               marker=dict(size=6, color="#1f77b4"), text=names,
+                               hovertemplate="%{text} (GT)<extra></extra>"))
+    sym = ["circle" if (inliers is None or i) else "x" for i in (inliers if inliers is not None else [True] * len(names))]
+    fig.add_trace(go.Scatter3d(x=pred_c[:, 0], y=pred_c[:, 1], z=pred_c[:, 2], mode="markers",
+                               name="prediction (aligned)", marker=dict(size=5, color="#ff7f0e", symbol=sym),
+                               text=[f"{n}<br>error {e:.3g}" for n, e in zip(names, err)],
+                               hovertemplate="%{text}<extra></extra>"))
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=10, b=0), legend=dict(x=0, y=1),
+                      scene=dict(aspectmode="data"))
+    return fig
