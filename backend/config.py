@@ -64,7 +64,9 @@ class MatchingConfig:
 class MappingConfig:
     """Two-view geometric verification and incremental mapping with pycolmap (Schönberger & Frahm 2016)."""
 
-    camera_mode: str = "per_image"  # "per_image", "shared" or "auto" (shared when all images have one size)
+    # "auto": one camera per image, then one shared camera for each same-size group whose refined focal lengths
+    # agree (a second mapping pass); "per_image"; "shared" (one camera for all; needs one image size)
+    camera_mode: str = "auto"
     camera_model: str = "SIMPLE_RADIAL"
     ransac_max_error: float = 4.0  # px, two-view geometry
     min_num_inliers: int = 15

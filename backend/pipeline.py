@@ -244,6 +244,7 @@ class Pipeline:
             "mean_reprojection_error": best.get("mean_reprojection_error"),
             "mean_track_length": best.get("mean_track_length"),
             "model_sizes": [m["registered_images"] for m in models],
+            "cameras": res.get("cameras"),
             "child_peak_rss_mb": res.get("child_peak_rss_mb"),
         }
 

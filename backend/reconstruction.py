@@ -43,7 +43,13 @@ class MappingError(RuntimeError):
 
 
 def _build_database(run_dir: Path, names: list[str], images: dict, pairs: list[tuple[str, str]], cfg: MappingConfig,
-                    min_matches: int, report) -> None:
+                    min_matches: int, report, groups: list[dict] | None = None) -> None:
+    """Write ``database.db``: cameras, images, keypoints and the raw matches of pairs with >= ``min_matches``.
+
+    ``groups``: images that share one camera, as ``[{"names": [...], "focal_px": f}]``; every other image gets its
+    own camera. ``camera_mode`` ``shared`` puts all images in one group; ``per_image`` and ``auto`` (first pass)
+    use no groups.
+    """
     import pycolmap
 
     from .features import to_colmap_keypoints
@@ -52,31 +58,44 @@ def _build_database(run_dir: Path, names: list[str], images: dict, pairs: list[t
     db_path = run_dir / DATABASE
     if db_path.exists():
         db_path.unlink()
-    mode = {
-        "per_image": pycolmap.CameraMode.PER_IMAGE,
-        "shared": pycolmap.CameraMode.SINGLE,
-    }.get(cfg.camera_mode)
-    if cfg.camera_mode == "auto":
-        sizes = {(images[n]["width"], images[n]["height"], images[n]["focal_px"]) for n in names}
-        mode = pycolmap.CameraMode.SINGLE if len(sizes) == 1 else pycolmap.CameraMode.PER_IMAGE
-    if mode is None:
+    if cfg.camera_mode not in ("per_image", "shared", "auto"):
         raise MappingError(f"unknown camera_mode {cfg.camera_mode!r}: use per_image, shared or auto")
+    if groups is None and cfg.camera_mode == "shared":
+        sizes = {(images[n]["width"], images[n]["height"]) for n in names}
+        if len(sizes) > 1:
+            raise MappingError(f"camera_mode 'shared' needs images of one size, these have {len(sizes)} sizes: "
+                               "use per_image or auto")
+        groups = [{"names": list(names), "focal_px": images[names[0]]["focal_px"]}]
+    groups = groups or []
     pycolmap.Database.open(db_path).close()  # creates the schema
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = cfg.camera_model
-    pycolmap.import_images(db_path, run_dir / "images", mode, names, reader)
+    grouped = set()
+    focal_override = {}
+    for g in groups:
+        pycolmap.import_images(db_path, run_dir / "images", pycolmap.CameraMode.SINGLE, g["names"], reader)
+        grouped.update(g["names"])
+        focal_override.update({n: g["focal_px"] for n in g["names"]})
+    rest = [n for n in names if n not in grouped]
+    if rest:
+        pycolmap.import_images(db_path, run_dir / "images", pycolmap.CameraMode.PER_IMAGE, rest, reader)
     db = pycolmap.Database.open(db_path)
     try:
         name_to_id = {}
         for im in db.read_all_images():
             name_to_id[im.name] = im.image_id
-        # our own focal prior (EXIF FocalLengthIn35mmFilm or 1.2 max(W, H)) for every camera
+        # our own focal prior (EXIF FocalLengthIn35mmFilm or 1.2 max(W, H), or a shared group's estimate)
+        done_cams = set()
         for im in db.read_all_images():
+            if im.camera_id in done_cams:
+                continue
+            done_cams.add(im.camera_id)
             info = images[im.name]
+            focal = focal_override.get(im.name, info["focal_px"])
             cam = pycolmap.Camera.create_from_model_name(
-                im.camera_id, cfg.camera_model, info["focal_px"], info["width"], info["height"]
+                im.camera_id, cfg.camera_model, focal, info["width"], info["height"]
             )
-            cam.has_prior_focal_length = info["focal_source"] == "exif"
+            cam.has_prior_focal_length = info["focal_source"] == "exif" or im.name in focal_override
             db.update_camera(cam)
         with h5py.File(run_dir / "features.h5", "r") as f:
             for n in names:
@@ -133,12 +152,10 @@ def _pair_id_to_image_ids(pair_id: int) -> tuple[int, int]:
     return int(i1), int(i2)
 
 
-def _map(run_dir: Path, n_images: int, cfg: MappingConfig, report) -> dict:
+def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "") -> dict:
+    """Incremental mapping of ``database.db``: {index: pycolmap.Reconstruction}."""
     import pycolmap
 
-    out = run_dir / SPARSE
-    if out.exists():
-        shutil.rmtree(out)
     tmp = run_dir / "sparse_tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -158,10 +175,67 @@ def _map(run_dir: Path, n_images: int, cfg: MappingConfig, report) -> dict:
         registered[0] += 1
         report("mapping", min(registered[0], n_images), n_images, f"registering image {registered[0]}")
 
-    report("mapping", 0, n_images, "incremental mapping")
+    report("mapping", 0, n_images, f"incremental mapping{label}")
     models = pycolmap.incremental_mapping(
         run_dir / DATABASE, run_dir / "images", tmp, opts, next_image_callback=next_image
     )
+    shutil.rmtree(tmp, ignore_errors=True)
+    return models
+
+
+def shared_camera_groups(rec, images: dict, names: list[str], max_spread: float = 1.08,
+                         min_registered: float = 0.8) -> list[dict]:
+    """Groups of images that evidently share intrinsics, from a reconstruction with one camera per image.
+
+    Images are grouped by size (W, H); a group of >= 3 images is shared when at least ``min_registered`` of it is
+    registered and the refined focal lengths of its registered images agree within ``max_spread`` (max / min).
+    Returns ``[{"names": [...], "focal_px": median focal}]``. Phone photos from a wide and a tele camera, or
+    internet photos, stay per image; a video or a turntable becomes one camera.
+    """
+    by_size: dict[tuple, list[str]] = {}
+    for n in names:
+        by_size.setdefault((images[n]["width"], images[n]["height"]), []).append(n)
+    focal = {}
+    for im in rec.images.values():
+        if im.has_pose:
+            focal[im.name] = float(rec.cameras[im.camera_id].mean_focal_length())
+    groups = []
+    for members in by_size.values():
+        f = [focal[n] for n in members if n in focal]
+        if len(members) >= 3 and len(f) >= max(3, min_registered * len(members)) and max(f) / min(f) <= max_spread:
+            groups.append({"names": members, "focal_px": float(np.median(f))})
+    return groups
+
+
+def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: MappingConfig, min_matches: int,
+         report) -> dict:
+    """Mapping; with ``camera_mode="auto"`` a second pass with shared cameras where the first pass (one camera per
+    image) shows that images share intrinsics (see :func:`shared_camera_groups`); the pass that registers more
+    images wins, the shared one on a tie."""
+    out = run_dir / SPARSE
+    if out.exists():
+        shutil.rmtree(out)
+    n_images = len(names)
+    models = _incremental(run_dir, n_images, cfg, report)
+    camera_info: dict = {"mode": cfg.camera_mode, "shared_groups": []}
+    if cfg.camera_mode == "auto" and models:
+        best = max(models.values(), key=lambda r: r.num_reg_images())
+        groups = shared_camera_groups(best, images, names)
+        if groups:
+            first_reg = best.num_reg_images()
+            _build_database(run_dir, names, images, pairs, cfg, min_matches, report, groups=groups)
+            _verify(run_dir, cfg, report)
+            models2 = _incremental(run_dir, n_images, cfg, report, " (shared cameras)")
+            reg2 = max((r.num_reg_images() for r in models2.values()), default=0)
+            camera_info["first_pass_registered"] = first_reg
+            camera_info["shared_pass_registered"] = reg2
+            if reg2 >= first_reg:
+                models = models2
+                camera_info["shared_groups"] = [{"images": len(g["names"]), "focal_px": round(g["focal_px"], 1)}
+                                                for g in groups]
+            else:  # restore the database of the pass that is kept
+                _build_database(run_dir, names, images, pairs, cfg, min_matches, report)
+                _verify(run_dir, cfg, report)
     order = sorted(models.items(), key=lambda kv: (-kv[1].num_reg_images(), kv[0]))
     out.mkdir()
     summary = []
@@ -176,8 +250,7 @@ def _map(run_dir: Path, n_images: int, cfg: MappingConfig, report) -> dict:
             "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
             "mean_track_length": float(rec.compute_mean_track_length()),
         })
-    shutil.rmtree(tmp, ignore_errors=True)
-    return {"models": summary}
+    return {"models": summary, "cameras": camera_info}
 
 
 def _child_main(run_dir: str, names: list[str], images: dict, pairs: list, cfg: dict, min_matches: int,
@@ -200,7 +273,7 @@ def _child_main(run_dir: str, names: list[str], images: dict, pairs: list, cfg: 
             _build_database(rd, names, images, [tuple(p) for p in pairs], mcfg, min_matches, report)
             result.update(_verify(rd, mcfg, report))
         if "mapping" in stages:
-            result.update(_map(rd, len(names), mcfg, report))
+            result.update(_map(rd, names, images, [tuple(p) for p in pairs], mcfg, min_matches, report))
         q.put(("done", result))
     except MappingError as e:
         q.put(("error", str(e)))

@@ -19,7 +19,9 @@
 #   --user NAME             user the service runs as (default: the invoking non-root user)
 #   --repo-dir DIR          the SfM Explorer checkout (default: the one holding this script)
 #   --dinov2 WHICH          DINOv2 weights to fetch: small, base, small,base or none (default: small,base)
-#   --torch SPEC            install this torch instead of the detected one (torch==2.13.0+cpu, ...+cu126)
+#   --cpu                   install the CPU torch even when a GPU is found
+#   --torch SPEC            install this torch instead of the detected one (e.g. torch==2.13.0+cu126; the
+#   --torch-index URL       PyTorch index is derived from +cpu/+cuXXX, or given with --torch-index)
 #   --no-service            set everything up, install no service
 #   --only STEPS            run only these steps: system,python,weights,data,service,proxy
 #   --dry-run               print every step and the commands it would run; change nothing
@@ -40,7 +42,8 @@ NGINX_SITE=/etc/nginx/sites-available/$SERVICE_NAME
 NGINX_ENABLED=/etc/nginx/sites-enabled/$SERVICE_NAME
 NGINX_DEFAULT_ENABLED=/etc/nginx/sites-enabled/default
 HTPASSWD=/etc/nginx/$SERVICE_NAME.htpasswd
-KAGGLE_VERSION=2.2.5
+# the Kaggle CLI, in its own venv (not the app's): 2.2.4 checked here; it imports six without declaring it
+KAGGLE_PIP=(kaggle==2.2.4 six==1.17.0)
 IMDS=http://169.254.169.254/latest
 ALL_STEPS=(system python weights data service proxy)
 
@@ -57,6 +60,8 @@ PORT=8501
 SVC_USER=""
 DINOV2=small,base
 TORCH_SPEC=""
+TORCH_INDEX=""
+FORCE_CPU=0
 SERVICE=1
 ONLY=""
 DRY_RUN=0
@@ -68,7 +73,7 @@ while (($#)); do
     case "$opt" in
         --*=*) val="${opt#*=}"; opt="${opt%%=*}" ;;
         --data | --data-dir | --kaggle-competition | --kaggle-scenes | --password | --auth-user | --port | \
-            --user | --repo-dir | --dinov2 | --torch | --only)
+            --user | --repo-dir | --dinov2 | --torch | --torch-index | --only)
             (($# >= 2)) || die_usage "$opt needs a value"
             val="$2"; shift ;;
     esac
@@ -86,6 +91,8 @@ while (($#)); do
         --repo-dir) REPO_DIR="$val" ;;
         --dinov2) DINOV2="$val" ;;
         --torch) TORCH_SPEC="$val" ;;
+        --torch-index) TORCH_INDEX="$val" ;;
+        --cpu) FORCE_CPU=1 ;;
         --no-service) SERVICE=0 ;;
         --only) ONLY="$val" ;;
         --dry-run) DRY_RUN=1 ;;
@@ -266,16 +273,24 @@ torch_index() {
 
 has_nvidia_pci() { grep -qsx '0x10de' /sys/bus/pci/devices/*/vendor; }
 
-# detect_torch: set TORCH_SPEC / TORCH_WHY from nvidia-smi (the driver's CUDA version picks the wheel)
+# detect_torch: set TORCH_SPEC / TORCH_INDEX / TORCH_WHY; on a GPU the driver's CUDA version (nvidia-smi)
+# picks the wheel. The CPU build is requirements' pin from the PyTorch CPU index: PyPI's Linux torch would
+# pull several GB of CUDA libraries.
 TORCH_WHY=""
+CPU_INDEX=https://download.pytorch.org/whl/cpu
 detect_torch() {
     local base="$DEFAULT_TORCH_SPEC" # torch==2.13.0, the pin of requirements.txt
     if [[ -n "$TORCH_SPEC" ]]; then
         TORCH_WHY="given with --torch"
+        [[ -n "$TORCH_INDEX" ]] || TORCH_INDEX="$(torch_index "$TORCH_SPEC")"
+        return 0
+    fi
+    if ((FORCE_CPU)); then
+        TORCH_SPEC="$base" TORCH_INDEX="$CPU_INDEX" TORCH_WHY="--cpu: CPU build"
         return 0
     fi
     if ! command -v nvidia-smi >/dev/null 2>&1; then
-        TORCH_SPEC="$base+cpu"
+        TORCH_SPEC="$base" TORCH_INDEX="$CPU_INDEX"
         TORCH_WHY="no nvidia-smi: CPU build"
         if has_nvidia_pci; then
             warn "an NVIDIA GPU is attached but nvidia-smi is missing (no driver): installing the CPU torch."
@@ -287,10 +302,10 @@ detect_torch() {
     local out
     if ! out="$(nvidia-smi 2>&1)"; then
         printf '%s\n' "$out" | tail -n 5 >&2
-        fail "nvidia-smi failed: the NVIDIA driver is not working (after a driver install, reboot). Fix it and re-run, or pass --torch $base+cpu for the CPU build"
+        fail "nvidia-smi failed: the NVIDIA driver is not working (after a driver install, reboot). Fix it and re-run, or pass --cpu for the CPU build"
     fi
     if [[ ! "$out" =~ CUDA\ Version:\ *([0-9]+)\.([0-9]+) ]]; then
-        fail "nvidia-smi printed no 'CUDA Version: X.Y'; pass --torch $base+cu128 (or +cu126) or --torch $base+cpu"
+        fail "nvidia-smi printed no 'CUDA Version: X.Y'; pass --torch $base+cu128 (or +cu126), or --cpu"
     fi
     local major="${BASH_REMATCH[1]}" minor="${BASH_REMATCH[2]}" cu
     local v=$((major * 100 + minor))
@@ -299,17 +314,16 @@ detect_torch() {
     elif ((v >= 1206)); then
         cu=cu126
     else
-        fail "the NVIDIA driver supports CUDA $major.$minor, but torch ${base#torch==} CUDA builds need 12.6 or newer: upgrade the driver (e.g. sudo apt-get install -y nvidia-driver-570-server; reboot) or pass --torch $base+cpu"
+        fail "the NVIDIA driver supports CUDA $major.$minor, but torch ${base#torch==} CUDA builds need 12.6 or newer: upgrade the driver (e.g. sudo apt-get install -y nvidia-driver-570-server; reboot) or pass --cpu for the CPU build"
     fi
     local gpu
     gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
     TORCH_SPEC="$base+$cu"
+    TORCH_INDEX="$(torch_index "$TORCH_SPEC")"
     TORCH_WHY="GPU ${gpu:-found}, driver CUDA $major.$minor -> $cu"
 }
 
-# The CPU build needs the PyTorch CPU index: PyPI's Linux torch pulls several GB of CUDA libraries.
 detect_torch
-TORCH_INDEX="$(torch_index "$TORCH_SPEC")"
 
 # Which steps run as the service user (python, weights, data) and which as root (system, service, proxy)
 USER_STEPS=()
@@ -355,7 +369,7 @@ step_system() {
     if ((free_gb < 20)); then
         warn "only ${free_gb} GB free on $REPO_ROOT: the venv, weights and data need 15-25 GB (grow the EBS volume)"
     fi
-    _log "torch: $TORCH_SPEC ($TORCH_WHY)"
+    _log "torch: $TORCH_SPEC${TORCH_INDEX:+ from $TORCH_INDEX} ($TORCH_WHY)"
 
     # Python 3.11: Debian 12 has it; Ubuntu 22.04 and 24.04 get it from the deadsnakes PPA
     if "$PYTHON_BIN" -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -469,9 +483,9 @@ ensure_kaggle_cli() { # set KAGGLE_BIN: the kaggle on PATH, else one (pinned) in
         _log "Kaggle CLI: $KAGGLE_BIN"
         return 0
     fi
-    _log "installing the Kaggle CLI (kaggle==$KAGGLE_VERSION) into its own venv $venv"
+    _log "installing the Kaggle CLI (${KAGGLE_PIP[*]}) into its own venv $venv"
     run "$PYTHON_BIN" -m venv "$venv"
-    run "$venv/bin/python" -m pip install -q --disable-pip-version-check "kaggle==$KAGGLE_VERSION"
+    run "$venv/bin/python" -m pip install -q --disable-pip-version-check "${KAGGLE_PIP[@]}"
 }
 
 step_data() {
@@ -488,19 +502,18 @@ step_data() {
     done
     if ((!KAGGLE)); then return 0; fi
 
-    local token
-    token="$(kaggle_token)"
-    if [[ -z "$token" ]]; then
-        local msg="--kaggle needs a Kaggle API token: create one at https://www.kaggle.com/settings/api, then put it in ~/.kaggle/kaggle.json (chmod 600) or export KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), and re-run"
-        if ((DRY_RUN)); then warn "$msg"; else fail "$msg"; fi
-    else
-        _log "Kaggle token: $token"
-    fi
-    local dl="$DATA_DIR/.downloads/kaggle" zip
+    local dl="$DATA_DIR/.downloads/kaggle" zip token
     zip="$dl/$KAGGLE_COMPETITION.zip"
     if [[ -f "$zip" ]] && "$SYS_PYTHON" -c 'import sys, zipfile; sys.exit(not zipfile.is_zipfile(sys.argv[1]))' "$zip"; then
         _log "$zip already downloaded (delete it to download again)"
     else
+        token="$(kaggle_token)"
+        if [[ -z "$token" ]]; then
+            local msg="--kaggle needs a Kaggle API token: create one at https://www.kaggle.com/settings/api, then put it in ~/.kaggle/kaggle.json (chmod 600) or export KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), and re-run"
+            if ((DRY_RUN)); then warn "$msg"; else fail "$msg"; fi
+        else
+            _log "Kaggle token: $token"
+        fi
         ensure_kaggle_cli
         if ((!DRY_RUN)); then rm -f "$zip"; fi # a partial download
         if ! run "$KAGGLE_BIN" competitions download "$KAGGLE_COMPETITION" -p "$dl"; then
@@ -538,7 +551,7 @@ step_service() {
         warn "$REPO_ROOT/streamlit_app.py not found: the service will not start until it exists"
     fi
     if ! systemd_running; then
-        local msg="systemd is not running here (a container?): start the app by hand (see below) or pass --no-service"
+        local msg="systemd is not running here (a container?): pass --no-service and start the app by hand: cd $REPO_ROOT && .venv/bin/python -m streamlit run streamlit_app.py --server.address 127.0.0.1 --server.port $PORT --server.headless true"
         if ((DRY_RUN)); then warn "$msg"; else fail "$msg"; fi
     fi
     local unit changed=0
@@ -627,7 +640,10 @@ step_proxy() {
 
     # the site
     local site reload=0 current=""
-    site="$(render "$REPO_ROOT/setup/ec2/nginx-$SERVICE_NAME.conf" @PORT@ "$PORT" @HTPASSWD@ "$HTPASSWD")"
+    local upload_mb
+    upload_mb="$(sed -n 's/^ *maxUploadSize *= *\([0-9][0-9]*\).*/\1/p' "$REPO_ROOT/.streamlit/config.toml" 2>/dev/null | head -n 1)"
+    site="$(render "$REPO_ROOT/setup/ec2/nginx-$SERVICE_NAME.conf" @PORT@ "$PORT" @HTPASSWD@ "$HTPASSWD" \
+        @MAX_BODY@ "$((${upload_mb:-200} + 16))m")"
     current="$(cat "$NGINX_SITE" 2>/dev/null || true)"
     if [[ "$current" == *"managed by Certbot"* ]]; then
         _log "nginx site $NGINX_SITE was edited by certbot (TLS): left as it is"
@@ -702,6 +718,10 @@ print_access() {
     printf '    It listens on 127.0.0.1:%s only. From your computer, open an SSH tunnel:\n' "$PORT"
     printf '        ssh -i ~/.ssh/YOUR_KEY.pem -L %s:localhost:%s %s@%s\n' "$PORT" "$PORT" "$login" "$host"
     printf '    and browse to http://localhost:%s\n' "$PORT"
+    if ((!PUBLIC)) && [[ -e "$NGINX_ENABLED" ]]; then
+        warn "the public site from an earlier --public run is still enabled on port 80; to close it:"
+        warn "sudo rm $NGINX_ENABLED && sudo systemctl reload nginx"
+    fi
     if ((PUBLIC)); then
         printf '    Public (--public): http://%s/ through nginx, basic auth user "%s"\n' "$host" "$AUTH_USER"
         if [[ -n "$NEW_PASSWORD" ]]; then
@@ -744,6 +764,7 @@ for s in "${STEPS[@]}"; do
             IFS=,
             echo "${USER_STEPS[*]}"
         )" --user "$SVC_USER" --repo-dir "$REPO_ROOT" --data-dir "$DATA_DIR" --dinov2 "$DINOV2" --torch "$TORCH_SPEC")
+        if [[ -n "$TORCH_INDEX" ]]; then child+=(--torch-index "$TORCH_INDEX"); fi
         for d in "${DATA_SOURCES[@]}"; do child+=(--data "$d"); done
         if ((KAGGLE)); then child+=(--kaggle --kaggle-competition "$KAGGLE_COMPETITION"); fi
         if [[ -n "$KAGGLE_SCENES" ]]; then child+=(--kaggle-scenes "$KAGGLE_SCENES"); fi

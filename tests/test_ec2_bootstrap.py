@@ -116,9 +116,8 @@ def test_dry_run_gpu_plan(tmp_path, stubs):
     res = run_script("--dry-run", "--user", "ubuntu", path_prefix=[stub_dir, fake_gpu(tmp_path, "12.8")])
     out = res.stdout
     assert res.returncode == 0, out + res.stderr
-    assert "torch==2.13.0+cu128" in out
-    assert "--index-url https://download.pytorch.org/whl/cu128" in out
-    assert "+cpu" not in out
+    assert "pip install --index-url https://download.pytorch.org/whl/cu128 torch==2.13.0+cu128\n" in out
+    assert "whl/cpu" not in out
     # the pinned requirements and the weights, through setup/common.sh
     assert "pip install -r" in out and "requirements.txt" in out
     assert "setup/fetch_weights.py --dinov2 small,base" in out
@@ -138,8 +137,9 @@ def test_dry_run_cpu_plan(tmp_path, stubs):
     res = run_script("--dry-run", "--user", "ubuntu", path_prefix=[stub_dir], no_gpu=True)
     out = res.stdout
     assert res.returncode == 0, out + res.stderr
-    assert "torch==2.13.0+cpu" in out and "CPU build" in out
-    assert "https://download.pytorch.org/whl/cpu" in out
+    # requirements' pin, from the PyTorch CPU index (PyPI's Linux torch would bring the CUDA libraries)
+    assert "pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0\n" in out
+    assert "CPU build" in out
     assert "cu128" not in out and "cu126" not in out
     assert "sfm-explorer.service" in out
     assert "ssh -i" in out and "-L 8501:localhost:8501" in out
@@ -151,13 +151,19 @@ def test_dry_run_cpu_plan(tmp_path, stubs):
 def test_dry_run_cuda_variant(tmp_path, stubs, cuda, expect):
     res = run_script("--dry-run", "--only", "python", path_prefix=[stubs[0], fake_gpu(tmp_path, cuda)])
     assert res.returncode == 0, res.stdout + res.stderr
-    assert f"torch==2.13.0+{expect}" in res.stdout
+    assert f"--index-url https://download.pytorch.org/whl/{expect} torch==2.13.0+{expect}" in res.stdout
+
+
+def test_dry_run_cpu_forced_on_a_gpu(tmp_path, stubs):
+    res = run_script("--dry-run", "--only", "python", "--cpu", path_prefix=[stubs[0], fake_gpu(tmp_path, "12.8")])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0\n" in res.stdout
 
 
 def test_old_driver_fails_clearly(tmp_path, stubs):
     res = run_script("--dry-run", path_prefix=[stubs[0], fake_gpu(tmp_path, "11.8")])
     assert res.returncode == 1
-    assert "CUDA 11.8" in res.stderr and "--torch torch==2.13.0+cpu" in res.stderr
+    assert "CUDA 11.8" in res.stderr and "--cpu" in res.stderr
     assert "FAILED" in res.stderr and "re-run" in res.stderr
 
 
@@ -177,6 +183,7 @@ def test_dry_run_public_plan(tmp_path, stubs):
     assert "--server.address 127.0.0.1 --server.port 8600" in out  # the app itself stays on localhost
     assert "-L 8600:localhost:8600" in out
     assert "certbot" in out
+    assert "@" + "MAX_BODY@" not in out and "client_max_body_size " in out
     assert "s3cret-Pw" not in out + res.stderr  # never printed, never on a command line
     assert not log.exists(), "dry run called: " + log.read_text()
 
@@ -375,6 +382,6 @@ def test_kaggle_unknown_scene_and_missing_token(tmp_path, fake_kaggle):
     res = run_script("--only", "data", "--data-dir", str(data), "--kaggle-scenes", "nope",
                      path_prefix=[bindir], env_extra=env)
     assert res.returncode == 1 and "no such folder" in res.stderr and "train/ETs" in res.stderr
-    res = run_script("--only", "data", "--data-dir", str(data), "--kaggle", path_prefix=[bindir],
+    res = run_script("--only", "data", "--data-dir", str(tmp_path / "data2"), "--kaggle", path_prefix=[bindir],
                      env_extra={"HOME": str(tmp_path / "nohome")})
     assert res.returncode == 1 and "kaggle.json" in res.stderr and "KAGGLE_USERNAME" in res.stderr

@@ -1,0 +1,219 @@
+"""Shared pieces of the app's pages: which run is open (session state and ``?run=<id>``), the progress panel,
+readable errors, and small cached readers. Pages stay thin: they read run folders through ``backend`` and
+render; all computation lives in ``backend/``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from backend import jobs
+from backend.pipeline import STAGES
+
+PAGES = {  # url path -> (file, title, icon)
+    "images": ("pages/images.py", "Images", ":material/photo_library:"),
+    "pairs": ("pages/pairs.py", "Pairs", ":material/hub:"),
+    "features": ("pages/features.py", "Features", ":material/scatter_plot:"),
+    "matches": ("pages/matches.py", "Matches", ":material/compare:"),
+    "reconstruction": ("pages/reconstruction.py", "Reconstruction", ":material/view_in_ar:"),
+    "evaluate": ("pages/evaluate.py", "Evaluate", ":material/analytics:"),
+}
+STAGE_PAGE = {"images": "images", "retrieval": "pairs", "features": "features", "matching": "matches",
+              "verification": "matches", "mapping": "reconstruction", "exports": "reconstruction"}
+STATUS_LABEL = {
+    "new": ":grey[not started]", "queued": ":orange[queued]", "running": ":blue[running]",
+    "paused": ":violet[paused after a stage]", "done": ":green[finished]", "failed": ":red[failed]",
+    "cancelled": ":orange[cancelled]", "interrupted": ":orange[interrupted]",
+}
+STAGE_ICON = {"done": ":green[:material/check_circle:]", "running": ":blue[:material/progress_activity:]",
+              "failed": ":red[:material/error:]", "cancelled": ":orange[:material/cancel:]",
+              "stopped": ":orange[:material/pause_circle:]", "pending": ":grey[:material/radio_button_unchecked:]"}
+
+
+# ---- which run is open ----------------------------------------------------------------------------------------
+
+def sync_run_from_query() -> None:
+    """Called by the router on every rerun: ``?run=<id>`` opens that run in this session; the open run's id is
+    written back into the URL (so a refresh or a shared link reopens it)."""
+    ss = st.session_state
+    ss.setdefault("my_runs", [])
+    qp = st.query_params.get("run")
+    if qp is not None and qp != ss.get("run_id"):
+        if jobs.valid_run_id(qp) and jobs.run_exists(qp):
+            open_run(qp)
+        else:
+            ss["bad_run"] = qp
+            ss["run_id"] = None
+            del st.query_params["run"]
+    if ss.get("run_id"):
+        st.query_params["run"] = ss["run_id"]
+
+
+def open_run(run_id: str) -> None:
+    """Make ``run_id`` the open run of this session (and list it under 'runs of this session')."""
+    ss = st.session_state
+    ss["run_id"] = run_id
+    ss.pop("bad_run", None)
+    if run_id not in ss.setdefault("my_runs", []):
+        ss["my_runs"].append(run_id)
+    st.query_params["run"] = run_id
+
+
+def show_bad_run() -> bool:
+    """Shows the message for a run id that does not exist; True when there was one."""
+    bad = st.session_state.get("bad_run")
+    if bad is None:
+        return False
+    shown = str(bad)[:80]
+    if jobs.valid_run_id(bad):
+        st.error(f"There is no run with the id **{shown}**. Check the id (it was printed when the run started and "
+                 "is in the address bar as `?run=...`), or start a new run on the Home page.")
+    else:
+        st.error(f"**{shown}** is not a run id: ids are letters, digits, '-' and '_' only. "
+                 "Check the link, or start a new run on the Home page.")
+    return True
+
+
+def current_run() -> tuple[str, Path, dict]:
+    """The open run ``(run_id, run_dir, run_state)``; otherwise shows what to do and stops the page."""
+    if show_bad_run():
+        st.page_link(home_page(), label="Go to Home", icon=":material/home:")
+        st.stop()
+    run_id = st.session_state.get("run_id")
+    if not run_id:
+        st.info("No run is open. Start a run or reopen one on the Home page (or open a link with `?run=<id>`).")
+        st.page_link(home_page(), label="Go to Home", icon=":material/home:")
+        st.stop()
+    run_dir = jobs.run_dir_for(run_id)
+    return run_id, run_dir, jobs.run_state(run_dir)
+
+
+NAV: dict = {}  # key -> st.Page, filled by the router (streamlit_app.py) on every run
+
+
+def home_page():
+    return NAV.get("home", "streamlit_app.py")
+
+
+def page_link(key: str, label: str | None = None) -> None:
+    file, title, icon = PAGES[key]
+    st.page_link(NAV.get(key, file), label=label or title, icon=icon)
+
+
+# ---- errors ---------------------------------------------------------------------------------------------------
+
+def guarded(fn):
+    """Run a page body; an unexpected error becomes a readable message instead of a stack trace."""
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except Exception as e:  # noqa: BLE001 - shown to the user, never a traceback
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            st.error(f"This view could not be shown: {msg}. The run's files may be incomplete or still being "
+                     "written: wait for the stage to finish and reload the page, or resume the run on Home.")
+    return wrapper
+
+
+# ---- stage gating on pages ----------------------------------------------------------------------------------
+
+def require_stage(state: dict, stage: str, what: str) -> bool:
+    """True when ``stage`` is finished; otherwise explains why ``what`` is not there yet (and keeps polling
+    while the run works, so the page fills in as soon as the stage finishes)."""
+    if jobs.stage_done(state, stage):
+        return True
+    title = jobs.STAGE_TITLES[stage]
+    st_stage = state["stages"][stage]["status"]
+    if state["status"] in ("running", "queued"):
+        st.info(f"{what} will appear when the stage **{title}** finishes; the run is working "
+                f"(see its progress on Home). This page refreshes by itself.")
+        _watch(state["run_id"], stage)
+    elif st_stage in ("failed", "cancelled"):
+        st.error(state.get("error") or f"The stage {title} did not finish.")
+        st.page_link(home_page(), label="Resume the run on Home", icon=":material/home:")
+    else:
+        st.info(f"{what} is not computed yet: the stage **{title}** has not run. "
+                "Continue the run from the Home page.")
+        st.page_link(home_page(), label="Go to Home", icon=":material/home:")
+    return False
+
+
+@st.fragment(run_every=2.0)
+def _watch(run_id: str, stage: str) -> None:
+    state = jobs.run_state(jobs.run_dir_for(run_id))
+    if jobs.stage_done(state, stage) or state["status"] not in ("running", "queued"):
+        st.rerun(scope="app")
+
+
+# ---- progress panel ---------------------------------------------------------------------------------------------
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return ""
+    s = float(s)
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(int(round(s)), 60)
+    return f"{m} min {sec:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+def _counts_text(stage: str, counts: dict) -> str:
+    c = counts or {}
+    if stage == "images":
+        return f"{c.get('images', 0)} images, {c.get('skipped', 0)} skipped"
+    if stage == "retrieval":
+        return f"{c.get('pairs', 0)} pairs ({c.get('model', '')})"
+    if stage == "features":
+        return f"{c.get('keypoints_total', 0):,} keypoints ({c.get('keypoints_mean', 0):.0f} per image)"
+    if stage == "matching":
+        return f"{c.get('matches_total', 0):,} matches over {c.get('pairs', 0)} pairs"
+    if stage == "verification":
+        return f"{c.get('verified_pairs', 0)} verified pairs, {c.get('inliers_total', 0):,} inliers"
+    if stage == "mapping":
+        mre = c.get("mean_reprojection_error")
+        return (f"{c.get('registered_images', 0)} images registered, {c.get('points', 0):,} points"
+                + (f", {mre:.2f} px error" if mre is not None else ""))
+    if stage == "exports":
+        return "poses CSV, COLMAP model, PLY"
+    return ""
+
+
+def render_stage_table(state: dict) -> None:
+    """One row per stage: icon, title, progress bar or result counts, time."""
+    for s in STAGES:
+        info = state["stages"][s]
+        stt = info["status"]
+        c1, c2, c3 = st.columns([3, 6, 2], vertical_alignment="center")
+        c1.markdown(f"{STAGE_ICON.get(stt, STAGE_ICON['pending'])} **{jobs.STAGE_TITLES[s]}**")
+        if stt == "done":
+            c2.markdown(_counts_text(s, info["counts"]))
+        elif stt == "running" and state["status"] in ("running", "queued"):
+            done, total = info.get("done") or 0, info.get("total") or 0
+            frac = min(1.0, done / total) if total else 0.0
+            c2.progress(frac, text=f"{done}/{total} {info.get('message') or ''}"[:90] if total else
+                        (info.get("message") or "starting")[:90])
+        elif stt in ("failed", "cancelled", "stopped"):
+            c2.markdown(f":red[{stt}]" if stt == "failed" else f":orange[{stt}]")
+        else:
+            c2.markdown(":grey[waiting]")
+        c3.markdown(fmt_seconds(info.get("seconds")))
+
+
+def status_line(state: dict) -> str:
+    label = STATUS_LABEL.get(state["status"], state["status"])
+    el = fmt_seconds(state.get("elapsed")) if state.get("elapsed") else ""
+    extra = ""
+    if state["status"] == "queued":
+        n = state.get("queue_position", 0)
+        extra = f" — waiting for {n + 1} other run(s) to finish" if n else " — waiting for another run to finish"
+    if state.get("where") == "elsewhere":
+        extra = " (in another app process)"
+    return f"Status: **{label}**{extra}" + (f" · elapsed {el}" if el else "")
+
+
+def now() -> float:
+    return time.time()

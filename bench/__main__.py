@@ -1,0 +1,165 @@
+"""``python -m bench``: our presets, a naive IMC-baseline configuration and COLMAP-SIFT on the real scenes, in one
+process tree on one machine; per scene and configuration: registered images, mAA, wall time per stage, total,
+peak memory, and ratios of ours to each peer.
+
+    python -m bench [--scenes temple_ring_middlebury,...] [--configs fast,balanced,accurate,naive,colmap-sift]
+                    [--scaling] [--out bench/out]
+
+Writes ``bench/out/results.json``, ``bench/out/*.png`` and ``bench/RESULTS.md`` (generated). Every configuration
+runs as its own subprocess; peak memory is the largest resident set of its process tree, sampled every 0.1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("SFM_DATA_DIR", REPO.parent / "shared" / "data"))
+OURS = ["fast", "balanced", "accurate"]
+PEERS = ["naive", "colmap-sift"]
+
+
+def run_tree(cmd: list[str], timeout: float) -> tuple[int, float, float, str]:
+    """Run ``cmd``; returns (exit code, wall seconds, peak RSS of the process tree in MB, stderr tail)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = psutil.Process(p.pid)
+    peak = 0.0
+    out_chunks = []
+    while p.poll() is None:
+        try:
+            rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+            peak = max(peak, rss / 2**20)
+        except psutil.Error:
+            pass
+        if time.perf_counter() - t0 > timeout:
+            p.kill()
+            break
+        time.sleep(0.1)
+    _, err = p.communicate()
+    out_chunks.append(err or "")
+    return p.returncode, time.perf_counter() - t0, peak, "".join(out_chunks)[-2000:]
+
+
+def images_of(scene: str) -> Path:
+    return DATA / scene / "images"
+
+
+def subset_dir(scene: str, n: int, root: Path) -> Path:
+    """A folder of symlinks to the first ``n`` images of ``scene`` (for the scaling runs)."""
+    d = root / f"{scene}_{n}"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    for p in sorted(images_of(scene).iterdir())[:n]:
+        (d / p.name).symlink_to(p)
+    return d
+
+
+def evaluate(scene: str, poses: Path) -> dict:
+    from backend.evaluate import evaluate_files
+
+    try:
+        return evaluate_files(DATA / scene / "gt.csv", poses, DATA / scene / "thresholds.txt").to_dict()
+    except (OSError, ValueError) as e:
+        return {"mAA": 0.0, "error": str(e)}
+
+
+def run_config(scene: str, config: str, out: Path, images: Path | None = None, timeout: float = 3600) -> dict:
+    """One (scene, configuration) measurement."""
+    images = images or images_of(scene)
+    run_dir = out / "runs" / f"{images.name if images.name != 'images' else scene}__{config}"
+    if config == "colmap-sift":
+        cmd = [sys.executable, "-m", "bench.colmap_sift", str(images), str(run_dir), "--max-image-size", "1024"]
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        cmd = [sys.executable, "-m", "backend", "reconstruct", str(images), "--out", str(run_dir),
+               "--preset", config, "--quiet"]
+    code, wall, peak, err = run_tree(cmd, timeout)
+    row = {"scene": scene, "config": config, "exit_code": code, "wall_seconds": round(wall, 2),
+           "peak_rss_mb": round(peak, 1), "n_images": len(list(images.iterdir()))}
+    if code != 0:
+        row["error"] = err.strip().splitlines()[-1] if err.strip() else f"exit {code}"
+    if config == "colmap-sift":
+        res = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").exists() else {}
+        row["stage_seconds"] = {k: round(v, 2) for k, v in res.get("stage_seconds", {}).items()}
+        row["registered_images"] = res.get("registered_images", 0)
+        row["pairs"] = row["n_images"] * (row["n_images"] - 1) // 2
+    else:
+        rec = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+        st = rec.get("stages", {})
+        row["stage_seconds"] = {k: v.get("seconds") for k, v in st.items()}
+        row["stage_peak_rss_mb"] = {k: max(v.get("peak_rss_mb") or 0, v.get("child_peak_rss_mb") or 0)
+                                    for k, v in st.items()}
+        s = rec.get("summary", {})
+        row["registered_images"] = s.get("registered_images", 0)
+        row["pairs"] = s.get("pairs")
+        row["keypoints_mean"] = s.get("keypoints_mean")
+        row["retrieval_model"] = s.get("retrieval_model")
+    if (run_dir / "poses.csv").exists() and (DATA / scene / "gt.csv").exists():
+        ev = evaluate(scene, run_dir / "poses.csv")
+        row["mAA"] = round(ev["mAA"], 4)
+        row["accuracies"] = ev.get("accuracies")
+    else:
+        row["mAA"] = 0.0
+    print(f"  {scene:<24} {config:<12} reg {row['registered_images']}/{row['n_images']}  mAA {row['mAA']:.3f}  "
+          f"{row['wall_seconds']:.1f} s  {row['peak_rss_mb']:.0f} MB" + (f"  ERROR {row.get('error')}" if code else ""),
+          flush=True)
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--scenes", default="temple_ring_middlebury,reichstag_imc2020,church_imc2024,fox_instant_ngp,"
+                                        "lego_nerf_synthetic")
+    ap.add_argument("--configs", default=",".join(OURS + PEERS))
+    ap.add_argument("--scaling", action="store_true", help="also time each stage against the number of images")
+    ap.add_argument("--scaling-scene", default="fox_instant_ngp")
+    ap.add_argument("--scaling-sizes", default="10,20,40,50")
+    ap.add_argument("--out", default=str(REPO / "bench" / "out"))
+    ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from results.json")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {"rows": [], "scaling": []}
+    if not a.report_only:
+        for scene in a.scenes.split(","):
+            for config in a.configs.split(","):
+                row = run_config(scene, config, out, timeout=a.timeout)
+                results["rows"] = [r for r in results["rows"] if (r["scene"], r["config"]) != (scene, config)]
+                results["rows"].append(row)
+                results_path.write_text(json.dumps(results, indent=1))
+        if a.scaling:
+            for n in [int(x) for x in a.scaling_sizes.split(",")]:
+                d = subset_dir(a.scaling_scene, n, out / "subsets")
+                for config in ["balanced", "naive"]:
+                    row = run_config(a.scaling_scene, config, out, images=d, timeout=a.timeout)
+                    row["subset"] = n
+                    results["scaling"] = [r for r in results["scaling"]
+                                          if (r["subset"], r["config"]) != (n, config)]
+                    results["scaling"].append(row)
+                    results_path.write_text(json.dumps(results, indent=1))
+        results["machine"] = {"cpu_count": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30)}
+        results_path.write_text(json.dumps(results, indent=1))
+    from .report import write_report
+
+    write_report(results, out, REPO / "bench" / "RESULTS.md")
+    print(f"wrote {REPO / 'bench' / 'RESULTS.md'} and {results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

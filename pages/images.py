@@ -1,0 +1,48 @@
+"""Images: thumbnails with size, EXIF focal length and camera; skipped files and why."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import app_common as ui
+from backend import runview
+
+
+@ui.guarded
+def page() -> None:
+    st.title("Images")
+    run_id, run_dir, state = ui.current_run()
+    info = runview.images_info(run_dir)
+    skipped = [{"file": s["name"], "reason": s["reason"], "when": "upload"} for s in info["upload_skipped"]]
+    skipped += [{"file": s["name"], "reason": s["reason"], "when": "validation"} for s in info["skipped"]]
+    if not ui.require_stage(state, "images", "The validated images"):
+        if skipped:
+            st.subheader("Skipped files")
+            st.dataframe(skipped, hide_index=True, width="stretch")
+        return
+    images = info["images"]
+    n_exif = sum(1 for i in images if i.get("focal_source") == "exif")
+    st.markdown(f"**{len(images)}** images used, **{len(skipped)}** skipped · focal length from EXIF for "
+                f"{n_exif} of {len(images)} (others use the prior 1.2 × the long side)")
+    if info.get("renamed"):
+        with st.expander(f"{len(info['renamed'])} file name(s) were cleaned up"):
+            st.dataframe([{"uploaded as": k, "saved as": v} for k, v in info["renamed"].items()], hide_index=True)
+    per_row = st.select_slider("Thumbnails per row", [2, 3, 4, 5, 6, 8], value=4, key="thumbs_per_row")
+    for start in range(0, len(images), per_row):
+        cols = st.columns(per_row)
+        for col, im in zip(cols, images[start:start + per_row]):
+            with col:
+                st.image(str(runview.thumbnail_path(run_dir, im["name"])), width="stretch")
+                focal = (f"{im['exif_focal_mm']:.1f} mm EXIF" if im.get("exif_focal_mm") else "no EXIF focal")
+                prior = f"prior {im['focal_px']:.0f} px ({'EXIF 35 mm' if im['focal_source'] == 'exif' else 'default'})"
+                camera = " ".join(x for x in (im.get("make"), im.get("model")) if x) or "camera unknown"
+                st.markdown(f"**{im['name']}**  \n{im['width']}×{im['height']} px · {focal}  \n{prior}  \n{camera}"
+                            + (f"  \n:orange[{im['conversion']}]" if im.get("conversion") else ""))
+    st.subheader("Skipped files")
+    if skipped:
+        st.dataframe(skipped, hide_index=True, width="stretch")
+    else:
+        st.caption("None: every file was used.")
+
+
+page()

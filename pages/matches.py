@@ -1,0 +1,72 @@
+"""Matches: a pair's LightGlue matches drawn between the two images, raw versus verified inliers; a sortable
+table of matches and inliers per pair."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import app_common as ui
+from backend import jobs, runview, viz
+
+VIEWS = {
+    "raw": "Raw LightGlue matches (colour: confidence)",
+    "verified": "Verified inliers (green) and rejected matches (red)",
+    "inliers": "Verified inliers only",
+}
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _drawing(run_dir: str, a: str, b: str, view: str, max_lines: int, mtime: float):
+    m, sc = runview.matches(run_dir, a, b)
+    inl, geom = runview.inliers(run_dir, a, b) if view != "raw" else (None, "")
+    mask = runview.inlier_mask(m, inl)
+    if view == "inliers":
+        m, sc, mask = m[mask], sc[mask], mask[mask]
+    ka, _ = runview.features(run_dir, a)
+    kb, _ = runview.features(run_dir, b)
+    ia = viz.open_rgb(runview.image_path(run_dir, a))
+    ib = viz.open_rgb(runview.image_path(run_dir, b))
+    img = viz.draw_matches(ia, ib, ka, kb, m, inliers=None if view == "raw" else mask, scores=sc,
+                           height=560, max_lines=max_lines)
+    return img, len(m), int(mask.sum()), geom
+
+
+@ui.guarded
+def page() -> None:
+    st.title("Matches")
+    run_id, run_dir, state = ui.current_run()
+    if not ui.require_stage(state, "matching", "The matches"):
+        return
+    verified = jobs.stage_done(state, "verification")
+    table = runview.match_table(run_dir)
+    if not verified:
+        st.info("Geometric verification has not run yet: only raw matches are shown. Continue the run on Home to "
+                "see which matches survive.")
+    labels = {}
+    for a, b, m, i in zip(table["image0"], table["image1"], table["matches"], table["inliers"]):
+        extra = f", {int(i)} inliers" if verified and i == i else ""
+        labels[(a, b)] = f"{a} — {b} ({int(m) if m == m else 0} matches{extra})"
+    if not labels:
+        st.warning("No pairs were selected for this run.")
+        return
+    pairs = sorted(labels, key=lambda p: -float(table.loc[(table.image0 == p[0]) & (table.image1 == p[1]),
+                                                          "inliers" if verified else "matches"].fillna(0).iloc[0]))
+    c1, c2, c3 = st.columns([4, 3, 2])
+    pair = c1.selectbox("Pair (most " + ("inliers" if verified else "matches") + " first)", pairs,
+                        format_func=lambda p: labels[p], key="match_pair")
+    view = c2.radio("Show", list(VIEWS) if verified else ["raw"], format_func=VIEWS.get, key="match_view")
+    max_lines = c3.select_slider("Lines drawn (at most)", [100, 200, 400, 800, 2000], value=200, key="match_lines")
+    mtime = (run_dir / "matches.h5").stat().st_mtime
+    img, n, n_inl, geom = _drawing(str(run_dir), pair[0], pair[1], view, max_lines, mtime)
+    text = f"{n} matches shown (a random subset of at most {max_lines} lines is drawn)"
+    if view != "raw":
+        text += f"; {n_inl} verified inliers" + (f", two-view geometry: {geom}" if geom else "")
+    st.image(img, width="stretch", caption=text)
+    st.subheader("All pairs")
+    st.caption("Click a column header to sort. Pairs with fewer matches than the minimum are not verified.")
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={"inlier_ratio": st.column_config.ProgressColumn("inlier ratio", min_value=0,
+                                                                                max_value=1, format="%.2f")})
+
+
+page()

@@ -1,0 +1,165 @@
+"""Reconstruction: interactive 3D of the sparse points and camera frusta, statistics, model picker, Open3D
+clean-up with an offscreen preview, and downloads."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import app_common as ui
+from backend import jobs, pointcloud, runview, viz
+
+DOWNLOADS = [
+    ("poses.csv", "Poses CSV (IMC: image_name, R, t, K)", "text/csv"),
+    ("poses_imc2024.csv", "Poses CSV (IMC 2024 submission layout)", "text/csv"),
+    ("model.zip", "COLMAP model (zip: binary + text)", "application/zip"),
+    ("points.ply", "Point cloud (PLY)", "application/octet-stream"),
+]
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _model(run_dir: str, k: int, mtime: float):
+    rec = runview.load_model(run_dir, k)
+    xyz, rgb, cams = viz.reconstruction_arrays(rec)
+    stats = {
+        "registered": rec.num_reg_images(), "points": rec.num_points3D(),
+        "track": rec.compute_mean_track_length() if rec.num_points3D() else None,
+        "error": rec.compute_mean_reprojection_error() if rec.num_points3D() else None,
+    }
+    return xyz, rgb, cams, stats
+
+
+def _camera_from_event(key: str) -> str | None:
+    """The camera name picked by clicking a camera centre in the 3D chart (its state under ``key``)."""
+    ev = st.session_state.get(key)
+    try:
+        points = ev["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for p in points or []:
+        cd = p.get("customdata")
+        if isinstance(cd, list) and cd:
+            cd = cd[0]
+        if isinstance(cd, str):
+            return cd
+    return None
+
+
+@ui.guarded
+def page() -> None:
+    st.title("Reconstruction")
+    run_id, run_dir, state = ui.current_run()
+    if not ui.require_stage(state, "mapping", "The 3D model"):
+        return
+    models = runview.models(run_dir)
+    n_images = state["record"].get("summary", {}).get("images", 0)
+    if not models:
+        st.warning("No 3D model could be built from these photos: the mapper found no good initial pair of images. "
+                   "What to try: more photos with overlap taken from different positions (not only zooming or "
+                   "turning on the spot), the 'accurate' preset or more keypoints, and check the Matches page for "
+                   "pairs with many verified inliers.")
+        _downloads(run_dir, state)
+        return
+    if len(models) > 1:
+        k = st.selectbox("Model", [m["model"] for m in models], key="rec_model",
+                         format_func=lambda i: f"model {i}: {models[i]['registered_images']} images, "
+                                               f"{models[i]['points']} points" + (" (largest)" if i == 0 else ""))
+        st.caption(f"The photos split into {len(models)} separate models (no overlap links them). "
+                   "The exports are of the largest one.")
+    else:
+        k = models[0]["model"]
+    mtime = (run_dir / "sparse" / str(k) / "images.bin").stat().st_mtime
+    xyz, rgb, cams, stats = _model(str(run_dir), int(k), mtime)
+    c = st.columns(4)
+    c[0].metric("Registered images", f"{stats['registered']} / {n_images}")
+    c[1].metric("3D points", f"{stats['points']:,}")
+    c[2].metric("Mean track length", f"{stats['track']:.2f}" if stats["track"] is not None else "–")
+    c[3].metric("Mean reprojection error", f"{stats['error']:.3f} px" if stats["error"] is not None else "–")
+
+    names = [cv.name for cv in cams]
+    picked = _camera_from_event(f"rec3d_{k}")
+    if picked in names and picked != st.session_state.get("_rec_last_pick"):
+        st.session_state["_rec_last_pick"] = picked
+        st.session_state["rec_camera"] = picked
+    left, right = st.columns([3, 1])
+    with right:
+        sel = st.selectbox("Camera", ["(none)"] + names, key="rec_camera",
+                           help="or click a camera (a red diamond) in the 3D view")
+        sel = None if sel == "(none)" else sel
+        size = st.slider("Point size", 1.0, 6.0, 2.0, 0.5, key="rec_point_size")
+        if sel:
+            cv = next(x for x in cams if x.name == sel)
+            st.image(str(runview.thumbnail_path(run_dir, sel, 640)), caption=f"{sel} · {cv.num_points} points seen",
+                     width="stretch")
+    with left:
+        fig = viz.reconstruction_figure(xyz, rgb, cams, selected=sel, point_size=size)
+        st.plotly_chart(fig, width="stretch", key=f"rec3d_{k}", on_select="rerun", selection_mode="points",
+                        config={"displaylogo": False})
+        st.caption("Drag to rotate, scroll to zoom; hover a camera for its image name, click it to see the photo. "
+                   "Red frusta: registered cameras.")
+    unregistered = [i["name"] for i in runview.images_info(run_dir)["images"] if i["name"] not in set(names)]
+    if unregistered:
+        st.caption(f"Not registered in this model ({len(unregistered)}): " + ", ".join(unregistered))
+
+    _open3d(run_dir, int(k), xyz, rgb)
+    _downloads(run_dir, state)
+
+
+def _open3d(run_dir, k: int, xyz, rgb) -> None:
+    st.subheader("Clean-up with Open3D")
+    st.caption("Statistical outlier removal (drops points far from their neighbours), then voxel downsampling; "
+               "the preview is rendered offscreen by Open3D.")
+    c1, c2, c3 = st.columns(3)
+    nb = c1.slider("Neighbours", 5, 100, 20, key="o3d_nb", help="points looked at around each point")
+    ratio = c2.slider("Std ratio", 0.5, 5.0, 2.0, 0.1, key="o3d_ratio",
+                      help="lower removes more: a point goes when its mean neighbour distance exceeds the mean by "
+                           "this many standard deviations")
+    auto = pointcloud.auto_voxel_size(xyz)
+    voxel = c3.number_input("Voxel size (0: off)", 0.0, value=0.0, format="%.4f", key="o3d_voxel",
+                            help=f"in scene units; about {auto:.4f} merges points closer than 1/300 of the scene")
+    if st.button("Clean and render", icon=":material/auto_fix_high:", key="o3d_go"):
+        key = pointcloud.params_key(k, nb, ratio, voxel, len(xyz))
+        out_dir = run_dir / "cleaned"
+        out_dir.mkdir(exist_ok=True)
+        ply = out_dir / f"model{k}_{key}.ply"
+        with st.spinner("Cleaning and rendering..."):
+            cx, crgb, stats = pointcloud.clean(xyz, rgb, nb, ratio, voxel)
+            pointcloud.write_ply(ply, cx, crgb)
+            png, err = None, None
+            try:
+                png = pointcloud.render_png(ply)
+            except pointcloud.RenderError as e:
+                err = str(e)
+        st.session_state["o3d_result"] = {"run": run_dir.name, "ply": ply.name, "stats": stats.to_dict(),
+                                          "png": png, "error": err}
+    res = st.session_state.get("o3d_result")
+    if res and res["run"] == run_dir.name and (run_dir / "cleaned" / res["ply"]).exists():
+        s = res["stats"]
+        st.markdown(f"{s['input_points']:,} points → {s['after_outliers']:,} after outlier removal → "
+                    f"**{s['output_points']:,}**" + (f" after voxel downsampling ({s['voxel_size']:.4g})"
+                                                     if s["voxel_size"] else ""))
+        ply = run_dir / "cleaned" / res["ply"]
+        if res["png"]:
+            st.image(res["png"], caption="Open3D offscreen rendering of the cleaned point cloud", width=720)
+        else:
+            st.warning(f"The Open3D preview could not be rendered on this server: {res['error']} "
+                       "Showing an interactive plotly view of the cleaned cloud instead.")
+            cx, crgb = pointcloud.read_ply(ply)
+            st.plotly_chart(viz.point_cloud_figure(cx, crgb), width="stretch")
+        st.download_button("Download the cleaned PLY", ply.read_bytes(), file_name=f"{run_dir.name}_cleaned.ply",
+                           mime="application/octet-stream", key="dl_cleaned")
+
+
+def _downloads(run_dir, state) -> None:
+    st.subheader("Downloads")
+    if not jobs.stage_done(state, "exports"):
+        st.info("The exports are written by the last stage, which has not finished yet.")
+        return
+    cols = st.columns(len(DOWNLOADS))
+    for col, (fname, label, mime) in zip(cols, DOWNLOADS):
+        p = run_dir / fname
+        if p.exists():
+            col.download_button(label, p.read_bytes(), file_name=f"{run_dir.name}_{fname}", mime=mime,
+                                key=f"dl_{fname}", icon=":material/download:")
+
+
+page()

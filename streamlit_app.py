@@ -1,0 +1,305 @@
+"""SfM Explorer, the app: ``streamlit run streamlit_app.py``.
+
+This file is the router (``st.navigation`` over the pages in ``pages/``) and the Home page: start a run from
+uploaded photos or the bundled sample scene, choose a preset and advanced options, follow each stage's progress,
+cancel, continue stage by stage, and reopen past runs. Runs work in the background (``backend.jobs``); pages
+read the run folder (``runs/<run_id>/``) and never compute themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import streamlit as st
+
+import app_common as ui
+from backend import jobs, uploads
+from backend.config import get_preset
+from backend.pipeline import STAGES
+
+PRESET_HELP = {
+    "fast": "fewer keypoints (2048) at 800 px, fewer pairs: quickest, fine for small sets",
+    "balanced": "4096 keypoints at 1024 px (the default)",
+    "accurate": "8192 keypoints at 1280 px, more pairs, no early stopping: slowest",
+}
+RETRIEVAL_MODELS = ["auto", "dinov2-small", "dinov2-base", "efficientnet-lite0"]
+CAMERA_MODES = {"per_image": "one camera per image (safe for mixed cameras)",
+                "shared": "one shared camera (all photos from one camera and zoom)",
+                "auto": "shared when all photos have the same size and focal prior"}
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------------
+
+def _weights_note(model: str) -> str:
+    from backend.retrieval import resolve_model
+
+    try:
+        used, reason = resolve_model(model)
+    except ValueError as e:
+        return str(e)
+    return f"uses {used}" + (f" — {reason}" if reason else "")
+
+
+def options_form() -> tuple[str, dict]:
+    """Preset and advanced options; returns ``(preset, overrides)`` for :func:`backend.jobs.build_config`."""
+    preset = st.radio("Preset", list(PRESET_HELP), index=1, horizontal=True, key="preset",
+                      captions=[PRESET_HELP[p] for p in PRESET_HELP])
+    base = get_preset(preset)
+    with st.expander("Advanced options"):
+        k = f"_{preset}"  # each preset has its own widgets, so switching presets shows that preset's values
+        c1, c2 = st.columns(2)
+        model = c1.selectbox("Global descriptor (pair selection)", RETRIEVAL_MODELS, key="opt_model" + k,
+                             index=RETRIEVAL_MODELS.index(base.retrieval.model),
+                             help="auto: DINOv2-small when its weights are installed, else EfficientNet-Lite0")
+        c1.caption(_weights_note(model))
+        nn = c2.number_input("Pairs per image (k)", 1, 200, base.retrieval.num_neighbors, key="opt_k" + k,
+                             help=f"top-k most similar images per image; all pairs are matched when there are at "
+                                  f"most {base.retrieval.exhaustive_below} images")
+        resize = c1.number_input("Resize (long side, px)", 256, 4096, base.features.resize, step=64,
+                                 key="opt_resize" + k, help="the image size ALIKED sees; never upscales")
+        kp = c2.number_input("Maximum keypoints per image", 256, 16384, base.features.max_keypoints, step=256,
+                             key="opt_kp" + k)
+        aliked = c1.selectbox("ALIKED variant", ["aliked-n16", "aliked-n16rot"], key="opt_aliked" + k,
+                              index=["aliked-n16", "aliked-n16rot"].index(base.features.model),
+                              help="n16rot copes with rotated photos (portrait/landscape mixes, drone shots)")
+        cam = c2.selectbox("Cameras", list(CAMERA_MODES), key="opt_cam" + k,
+                           index=list(CAMERA_MODES).index(base.mapping.camera_mode),
+                           format_func=lambda m: f"{m}: {CAMERA_MODES[m]}")
+        mm = c1.number_input("Minimum matches per pair", 1, 1000, base.matching.min_matches, key="opt_mm" + k,
+                             help="pairs with fewer LightGlue matches are not used for the reconstruction")
+    return preset, dict(retrieval_model=model, num_neighbors=int(nn), resize=int(resize), max_keypoints=int(kp),
+                        aliked=aliked, camera_mode=cam, min_matches=int(mm))
+
+
+def _fingerprint(source: str, files, cfg: dict) -> str:
+    items = sorted((f.name, f.size) for f in files) if files else []
+    return hashlib.sha256(json.dumps([source, items, cfg], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def start_new_run(source: str, files, preset: str, overrides: dict, until: str | None) -> None:
+    """Save the uploads (or pick the sample), start the background run, open it in this session."""
+    ss = st.session_state
+    cfg = jobs.build_config(preset, **overrides)
+    fp = _fingerprint(source, files, cfg.to_dict())
+    last = ss.get("last_start")
+    if last and last[0] == fp and jobs.run_exists(last[1]):
+        ui.open_run(last[1])
+        ss["flash"] = (f"These photos and options were already started as run **{last[1]}**; it is shown here "
+                       "(nothing was started twice).")
+        st.rerun()
+    if source == "sample":
+        default = cfg.to_dict() == get_preset("balanced").to_dict()
+        run_id = jobs.SAMPLE_RUN_ID if default else jobs.new_run_id()
+        run_dir = jobs.run_dir_for(run_id)
+        state = jobs.run_state(run_dir)
+        if not (default and state["status"] in ("done", "running", "queued")):
+            jobs.start_run(run_dir, jobs.SAMPLE_IMAGES, cfg, until)
+    else:
+        if not files:
+            st.warning("Add photos first: drop JPEG/PNG files or a .zip of them into the box above.")
+            return
+        run_id = jobs.new_run_id()
+        run_dir = jobs.run_dir_for(run_id)
+        res = uploads.save_uploads(((f.name, f) for f in files), run_dir / "upload")
+        if len(res.saved) < 2:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            st.error(f"{len(res.saved)} usable photo(s): a reconstruction needs at least two JPEG or PNG photos of "
+                     "the same scene. Add more photos and press Start again.")
+            if res.skipped:
+                st.dataframe(res.skipped, hide_index=True, width="stretch")
+            return
+        jobs.start_run(run_dir, run_dir / "upload", cfg, until)
+        ss["upload_nonce"] = ss.get("upload_nonce", 0) + 1  # clears the uploader
+    ss["last_start"] = (fp, run_id)
+    ui.open_run(run_id)
+    st.rerun()
+
+
+# ---- the open run --------------------------------------------------------------------------------------------
+
+def _panel(run_id: str, was: str) -> None:
+    run_dir = jobs.run_dir_for(run_id)
+    state = jobs.run_state(run_dir)
+    if state["status"] != was and (was in ("running", "queued") or state["status"] in ("running", "queued")):
+        st.rerun(scope="app")  # the run started or ended: redraw the whole page (buttons, results)
+    st.markdown(ui.status_line(state))
+    ui.render_stage_table(state)
+    if state["status"] in ("running", "queued"):
+        if state["progress"].get("state") == "running" or state["status"] == "queued":
+            if st.button("Cancel run", icon=":material/cancel:", key="cancel_run"):
+                jobs.cancel(run_id)
+                st.toast("Cancelling: the current stage stops at its next step; finished stages are kept.")
+
+
+@st.fragment(run_every=1.0)
+def live_panel(run_id: str, was: str) -> None:
+    _panel(run_id, was)
+
+
+def run_section(run_id: str) -> None:
+    run_dir = jobs.run_dir_for(run_id)
+    state = jobs.run_state(run_dir)
+    if not state["exists"]:
+        st.error(f"Run **{run_id}** has no files on the server any more. Start a new run below.")
+        return
+    rec = state["record"]
+    st.subheader(f"Run `{run_id}`")
+    cfg = rec.get("config") or jobs.read_json(run_dir / jobs.REQUEST_JSON).get("config", {})
+    st.caption(f"Preset **{cfg.get('preset', '?')}** · created {rec.get('created', '')} · link: `?run={run_id}`")
+    if (flash := st.session_state.pop("flash", None)):
+        st.info(flash)
+    if state["status"] in ("running", "queued"):
+        live_panel(run_id, state["status"])
+    else:
+        _panel(run_id, state["status"])
+        if state["error"]:
+            st.error(state["error"])
+        nxt = state["next_stage"]
+        if state["status"] != "done" and nxt:
+            if state["status"] == "paused":
+                done = [s for s in STAGES if jobs.stage_done(state, s)]
+                if done:
+                    key = ui.STAGE_PAGE[done[-1]]
+                    st.info(f"Stage **{jobs.STAGE_TITLES[done[-1]]}** is done. Look at its result before going on:")
+                    ui.page_link(key, f"Open {ui.PAGES[key][1]}")
+            resume = state["status"] in ("failed", "cancelled", "interrupted")
+            c1, c2 = st.columns(2)
+            if c1.button(f"Run next stage: {jobs.STAGE_TITLES[nxt]}", icon=":material/skip_next:", key="next_stage"):
+                _continue(run_dir, nxt)
+            if c2.button("Resume: run all remaining stages" if resume else "Run all remaining stages",
+                         icon=":material/fast_forward:", type="primary", key="run_rest"):
+                _continue(run_dir, None)
+    summary_and_links(state)
+    with st.expander("Configuration of this run"):
+        st.json(cfg, expanded=False)
+
+
+def _continue(run_dir, until) -> None:
+    try:
+        jobs.continue_run(run_dir, until)
+    except jobs.JobError as e:
+        st.error(str(e))
+        return
+    st.rerun()
+
+
+def summary_and_links(state: dict) -> None:
+    s = state["record"].get("summary", {})
+    if jobs.stage_done(state, "mapping"):
+        c = st.columns(4)
+        c[0].metric("Registered images", f"{s.get('registered_images', 0)} / {s.get('images', 0)}")
+        c[1].metric("3D points", f"{s.get('points') or 0:,}")
+        mtl, mre = s.get("mean_track_length"), s.get("mean_reprojection_error")
+        c[2].metric("Mean track length", f"{mtl:.2f}" if mtl is not None else "–")
+        c[3].metric("Mean reprojection error", f"{mre:.2f} px" if mre is not None else "–")
+    cols = st.columns(len(ui.PAGES))
+    for col, key in zip(cols, ui.PAGES):
+        with col:
+            ui.page_link(key)
+
+
+# ---- reopen ------------------------------------------------------------------------------------------------------
+
+def reopen_section() -> None:
+    ss = st.session_state
+    st.subheader("Reopen a run")
+    mine = [r for r in ss.get("my_runs", []) if r != ss.get("run_id")]
+    if mine:
+        st.caption("Runs of this session")
+        for r in reversed(mine):
+            state = jobs.run_state(jobs.run_dir_for(r))
+            c1, c2, c3 = st.columns([4, 3, 2], vertical_alignment="center")
+            n = state["record"].get("summary", {}).get("images")
+            c1.markdown(f"`{r}`" + (f" · {n} images" if n else ""))
+            c2.markdown(ui.STATUS_LABEL.get(state["status"], state["status"]))
+            if c3.button("Open", key=f"open_{r}"):
+                ui.open_run(r)
+                st.rerun()
+    if jobs.run_exists(jobs.SAMPLE_RUN_ID) and ss.get("run_id") != jobs.SAMPLE_RUN_ID:
+        if st.button("Open the sample-scene run (church, 16 photos)", icon=":material/church:", key="open_sample"):
+            ui.open_run(jobs.SAMPLE_RUN_ID)
+            st.rerun()
+    c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+    rid = c1.text_input("Run id", key="reopen_id", placeholder="e.g. 20261121-073000-3f9a1c2b4d5e",
+                        help="The id is shown when a run starts and is in the address bar as ?run=<id>.")
+    if c2.button("Open run", key="open_by_id"):
+        rid = (rid or "").strip()
+        if jobs.valid_run_id(rid) and jobs.run_exists(rid):
+            ui.open_run(rid)
+            st.rerun()
+        elif not jobs.valid_run_id(rid):
+            st.error("A run id has letters, digits, '-' and '_' only (for example 20261121-073000-3f9a1c2b4d5e).")
+        else:
+            st.error(f"There is no run with the id **{rid}**. Check the id and try again.")
+
+
+# ---- home ------------------------------------------------------------------------------------------------------
+
+@ui.guarded
+def home() -> None:
+    ss = st.session_state
+    st.title("SfM Explorer")
+    st.caption("Photos of a scene in, cameras and a sparse 3D point cloud out: DINOv2/EfficientNet pair selection, "
+               "ALIKED keypoints, LightGlue matching, COLMAP (pycolmap) incremental mapping.")
+    ui.show_bad_run()
+    run_id = ss.get("run_id")
+    if run_id:
+        with st.container(border=True):
+            run_section(run_id)
+
+    with st.container(border=True):
+        st.subheader("Start a new run")
+        source = st.radio("Photos", ["upload", "sample"], horizontal=True, key="source",
+                          format_func=lambda s: {"upload": "Upload photos",
+                                                 "sample": "Sample scene: church (16 photos)"}[s])
+        files = None
+        if source == "upload":
+            files = st.file_uploader("Photos of one scene (JPEG/PNG), several files or one .zip",
+                                     accept_multiple_files=True, key=f"uploader_{ss.get('upload_nonce', 0)}")
+            st.caption(f"{uploads.DEFAULT_LIMITS.describe()}; at most "
+                       f"{st.get_option('server.maxUploadSize')} MB per uploaded file. Other files are listed as "
+                       "skipped with the reason. Names are cleaned up (letters, digits, . _ -).")
+        else:
+            st.caption("The IMC 2024 'church' scene bundled with the app (Apache-2.0): a wide and a ~3x tele camera, "
+                       "no EXIF. Its ground truth is available on the Evaluate page. With the default options this "
+                       "opens the shared, precomputed sample run.")
+        preset, overrides = options_form()
+        try:
+            cfg = jobs.build_config(preset, **overrides)
+            ss["pending_config"] = cfg.to_dict()
+        except ValueError as e:
+            st.error(f"Invalid option: {e}")
+            return
+        c1, c2 = st.columns(2)
+        until = None
+        go = c1.button("Start run", type="primary", icon=":material/play_arrow:", key="start",
+                       help="run every stage in the background; you can leave this page and come back")
+        if c2.button("Run stage by stage", icon=":material/step:", key="start_steps",
+                     help="run only the first stage, then look at each result and continue"):
+            go, until = True, STAGES[0]
+        if go:
+            try:
+                start_new_run(source, files, preset, overrides, until)
+            except (jobs.JobError, ValueError) as e:
+                st.error(str(e))
+
+    with st.container(border=True):
+        reopen_section()
+
+
+# ---- router ----------------------------------------------------------------------------------------------------
+
+st.set_page_config(page_title="SfM Explorer", page_icon=":material/view_in_ar:", layout="wide")
+_home = st.Page(home, title="Home", icon=":material/home:", default=True)
+_pages = {k: st.Page(f, title=t, icon=i, url_path=k) for k, (f, t, i) in ui.PAGES.items()}
+ui.NAV.update(home=_home, **_pages)
+_nav = st.navigation([_home, *_pages.values()])
+ui.sync_run_from_query()
+with st.sidebar:
+    if st.session_state.get("run_id"):
+        st.caption(f"Open run: `{st.session_state['run_id']}`")
+    else:
+        st.caption("No run open: start or reopen one on Home.")
+_nav.run()
