@@ -19,15 +19,11 @@ from backend import jobs, uploads
 from backend.config import get_preset
 from backend.pipeline import STAGES
 
-PRESET_HELP = {
-    "fast": "fewer keypoints (2048) at 800 px, fewer pairs: quickest, fine for small sets",
-    "balanced": "4096 keypoints at 1024 px (the default)",
-    "accurate": "8192 keypoints at 1280 px, more pairs, no early stopping: slowest",
-}
+PRESET_HELP = {"fast": "quickest", "balanced": "the default", "accurate": "slowest"}
 RETRIEVAL_MODELS = ["auto", "dinov2-small", "dinov2-base", "efficientnet-lite0"]
-CAMERA_MODES = {"per_image": "one camera per image (safe for mixed cameras)",
-                "shared": "one shared camera (all photos from one camera and zoom)",
-                "auto": "shared when all photos have the same size and focal prior"}
+CAMERA_MODES = {"auto": "per image first, then shared where the refined focal lengths agree",
+                "per_image": "one camera per image (safe for mixed cameras)",
+                "shared": "one shared camera (one camera and zoom; one image size)"}
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
@@ -42,10 +38,15 @@ def _weights_note(model: str) -> str:
     return f"uses {used}" + (f" — {reason}" if reason else "")
 
 
+def _preset_caption(name: str) -> str:
+    c = get_preset(name)
+    return f"{c.features.max_keypoints} keypoints at {c.features.resize} px: {PRESET_HELP[name]}"
+
+
 def options_form() -> tuple[str, dict]:
     """Preset and advanced options; returns ``(preset, overrides)`` for :func:`backend.jobs.build_config`."""
     preset = st.radio("Preset", list(PRESET_HELP), index=1, horizontal=True, key="preset",
-                      captions=[PRESET_HELP[p] for p in PRESET_HELP])
+                      captions=[_preset_caption(p) for p in PRESET_HELP])
     base = get_preset(preset)
     with st.expander("Advanced options"):
         k = f"_{preset}"  # each preset has its own widgets, so switching presets shows that preset's values

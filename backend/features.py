@@ -7,7 +7,7 @@ Extraction Network via Deformable Transformation", IEEE TIM 2023; github.com/Shi
 - ``keypoints``: float32 [N, 2], (x, y) in pixels of the original image (as stored in the run folder),
   **pixel centres at integer coordinates** (OpenCV convention: the top-left pixel's centre is (0, 0)).
   COLMAP puts pixel centres at +0.5; :func:`to_colmap_keypoints` converts.
-- ``scores``: float32 [N], detection scores in (0, 1).
+- ``scores``: float32 [N], detection scores in (0, 1), sorted in decreasing order.
 - ``descriptors``: float16 [N, 128], L2-normalised.
 - attributes ``image_size`` (W, H) of the original and ``resized_size`` (W, H) the network saw.
 """
@@ -128,6 +128,8 @@ def run_features(
             if i + 2 < len(todo):
                 futures.append(pool.submit(load_rgb, run_dir / "images" / todo[i + 2], cfg.resize))
             out = extract_one(model, img, device)
+            order = np.argsort(-out["scores"], kind="stable")  # strongest first: a prefix is a smaller budget
+            out = {k: v[order] for k, v in out.items()}
             kpts = scale_keypoints(out["keypoints"], sx, sy)
             with h5py.File(path, "a") as f:
                 g = f.create_group(name)

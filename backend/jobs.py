@@ -175,9 +175,12 @@ class ProgressWriter:
 
     def __call__(self, stage: str, done: int, total: int, message: str = "") -> None:
         with self._lock:
-            if stage not in STAGES:  # the mapping child reports sub-steps such as "database"
+            cur = self.state["stage"]
+            # the mapping child reports sub-steps ("database", or "verification" again during a second mapping
+            # pass): they belong to the pipeline's current stage, which only moves forward within a run
+            if cur is not None and (stage not in STAGES or STAGES.index(stage) < STAGES.index(cur)):
                 message = f"{stage}: {message}"
-                stage = self.state["stage"] or stage
+                stage = cur
             now = time.time()
             st = self.state["stages"].setdefault(stage, {"started": now})
             st.update(done=int(done), total=int(total), message=str(message)[:200], updated=now)

@@ -13,6 +13,17 @@ import numpy as np
 from .uploads import read_upload_json
 
 THUMBS = "thumbs"
+# COLMAP's TwoViewGeometry::ConfigurationType (two_view.h5 may hold the number as text)
+GEOMETRY_NAMES = {0: "undefined", 1: "degenerate", 2: "calibrated", 3: "uncalibrated", 4: "planar", 5: "panoramic",
+                  6: "planar or panoramic", 7: "watermark", 8: "multiple", 9: "calibrated (rig)"}
+
+
+def geometry_name(config: str) -> str:
+    """Readable two-view geometry type from ``two_view.h5``'s ``config`` attribute (a number or a name)."""
+    s = str(config).strip()
+    if s.lstrip("-").isdigit():
+        return GEOMETRY_NAMES.get(int(s), s)
+    return s.lower().replace("_", " ")
 
 
 def images_info(run_dir: Path) -> dict:
@@ -103,7 +114,7 @@ def inliers(run_dir: Path, name0: str, name1: str) -> tuple[np.ndarray | None, s
             if key in f:
                 g = f[key]
                 inl = g["inliers"][()].reshape(-1, 2)
-                return (inl[:, ::-1].copy() if flip else inl), str(g.attrs.get("config", ""))
+                return (inl[:, ::-1].copy() if flip else inl), geometry_name(g.attrs.get("config", ""))
     return None, ""
 
 
@@ -140,7 +151,7 @@ def match_table(run_dir: Path):
                 for k in (f"{a}/{b}", f"{b}/{a}"):
                     if k in ft:
                         inl = int(ft[k]["inliers"].shape[0])
-                        geom = str(ft[k].attrs.get("config", ""))
+                        geom = geometry_name(ft[k].attrs.get("config", ""))
                         break
             rows.append({"image0": a, "image1": b, "similarity": round(float(s), 4), "matches": m,
                          "inliers": inl, "geometry": geom})

@@ -323,7 +323,7 @@ def reconstruction_figure(xyz: np.ndarray, rgb: np.ndarray, cams: list[CameraVie
     fig.update_layout(
         height=height, margin=dict(l=0, r=0, t=10, b=0), legend=dict(x=0, y=1),
         scene=dict(aspectmode="data", xaxis=dict(visible=False), yaxis=dict(visible=False),
-                   zaxis=dict(visible=False), camera=dict(up=dict(x=0, y=-1, z=0), eye=dict(x=0, y=-0.6, z=-1.8)),
+                   zaxis=dict(visible=False), camera=dict(up=dict(x=0, y=-1, z=0), eye=dict(x=0.0, y=-0.35, z=-1.05)),
                    bgcolor="white"),
         uirevision="keep")
     return fig

@@ -27,7 +27,8 @@ def page() -> None:
     if info.get("renamed"):
         with st.expander(f"{len(info['renamed'])} file name(s) were cleaned up"):
             st.dataframe([{"uploaded as": k, "saved as": v} for k, v in info["renamed"].items()], hide_index=True)
-    per_row = st.select_slider("Thumbnails per row", [2, 3, 4, 5, 6, 8], value=4, key="thumbs_per_row")
+    per_row = st.columns([1, 3])[0].select_slider("Thumbnails per row", [2, 3, 4, 5, 6, 8], value=4,
+                                                  key="thumbs_per_row")
     for start in range(0, len(images), per_row):
         cols = st.columns(per_row)
         for col, im in zip(cols, images[start:start + per_row]):

@@ -9,10 +9,12 @@ import app_common as ui
 from backend import jobs, pointcloud, runview, viz
 
 DOWNLOADS = [
-    ("poses.csv", "Poses CSV (IMC: image_name, R, t, K)", "text/csv"),
-    ("poses_imc2024.csv", "Poses CSV (IMC 2024 submission layout)", "text/csv"),
-    ("model.zip", "COLMAP model (zip: binary + text)", "application/zip"),
-    ("points.ply", "Point cloud (PLY)", "application/octet-stream"),
+    ("poses.csv", "poses.csv", "text/csv", "IMC convention: image_name, rotation_matrix (world-to-camera), "
+     "translation_vector, calibration_matrix"),
+    ("poses_imc2024.csv", "poses_imc2024.csv", "text/csv", "IMC 2024 submission layout: image_path, dataset, scene, "
+     "rotation_matrix, translation_vector"),
+    ("model.zip", "model.zip", "application/zip", "every COLMAP model (binary) and the largest as text"),
+    ("points.ply", "points.ply", "application/octet-stream", "the sparse points with colours (binary PLY)"),
 ]
 
 
@@ -155,11 +157,12 @@ def _downloads(run_dir, state) -> None:
         st.info("The exports are written by the last stage, which has not finished yet.")
         return
     cols = st.columns(len(DOWNLOADS))
-    for col, (fname, label, mime) in zip(cols, DOWNLOADS):
+    for col, (fname, label, mime, help_) in zip(cols, DOWNLOADS):
         p = run_dir / fname
         if p.exists():
             col.download_button(label, p.read_bytes(), file_name=f"{run_dir.name}_{fname}", mime=mime,
-                                key=f"dl_{fname}", icon=":material/download:")
+                                key=f"dl_{fname}", icon=":material/download:", help=help_)
+    st.caption("Exports are of the largest model. Poses are world-to-camera (x_cam = R X + t), K in pixels.")
 
 
 page()

@@ -1,0 +1,565 @@
+"""The explorer app's logic: Streamlit AppTest of every page on a real finished run (made once with the CLI on
+5 Reichstag photos, fast preset), bad run ids, the Home page's options and start flow, and unit tests of the
+background job manager, the upload sanitiser, the figures and the Open3D clean-up.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, run_cli, scene_dir
+
+from backend import jobs, pointcloud, uploads, viz
+from backend.config import get_preset
+
+APP = str(REPO / "streamlit_app.py")
+# five Reichstag photos with enough baseline to reconstruct (the first five by name do not: all frontal)
+SUBSET = ["05534141_6340060522.jpg", "05791347_12791964625.jpg", "05866831_3427466899.jpg",
+          "05936329_2458217347.jpg", "05978621_9257964873.jpg"]
+PAGES = ["images", "pairs", "features", "matches", "reconstruction", "evaluate"]
+
+
+def _jpeg(w=64, h=48, color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _png(w=64, h=48) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 200, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def runs_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def finished_run(runs_root, tmp_path_factory) -> str:
+    """A real finished run folder ``<runs_root>/reichstag5`` (CLI, fast preset), with the scene's ground truth
+    beside its input images."""
+    src = scene_dir("reichstag_imc2020")
+    scene = tmp_path_factory.mktemp("reichstag5")
+    (scene / "images").mkdir()
+    for n in SUBSET:
+        shutil.copy(src / "images" / n, scene / "images" / n)
+    for f in ("gt.csv", "thresholds.txt"):
+        shutil.copy(src / f, scene / f)
+    res = run_cli("reconstruct", str(scene / "images"), "--out", str(runs_root / "reichstag5"), "--preset", "fast",
+                  "--quiet", timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return "reichstag5"
+
+
+@pytest.fixture
+def app(runs_root, monkeypatch):
+    """An AppTest of the router with ``SFM_RUNS_DIR`` pointing at the session's runs folder."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("SFM_RUNS_DIR", str(runs_root))
+    return AppTest.from_file(APP, default_timeout=120)
+
+
+def _texts(at) -> str:
+    parts = []
+    for kind in ("markdown", "error", "info", "warning", "caption", "title", "subheader", "success"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    parts += [m.label + " " + str(m.value) for m in at.metric]
+    return "\n".join(parts)
+
+
+# ---- pages ----------------------------------------------------------------------------------------------------
+
+def test_home_renders_without_a_run(app):
+    app.run()
+    assert not app.exception
+    text = _texts(app)
+    assert "SfM Explorer" in text and "Start a new run" in text and "Reopen a run" in text
+    assert [b.label for b in app.button if b.key in ("start", "start_steps")] == ["Start run", "Run stage by stage"]
+    assert "500 MB" in text  # the size limit is stated (server.maxUploadSize)
+
+
+def test_options_produce_the_config(app):
+    app.run()
+    app.radio(key="preset").set_value("fast").run()
+    assert app.session_state["pending_config"] == get_preset("fast").to_dict()
+    app.selectbox(key="opt_model_fast").set_value("efficientnet-lite0")
+    app.number_input(key="opt_k_fast").set_value(4)
+    app.number_input(key="opt_resize_fast").set_value(640)
+    app.number_input(key="opt_kp_fast").set_value(512)
+    app.selectbox(key="opt_aliked_fast").set_value("aliked-n16rot")
+    app.selectbox(key="opt_cam_fast").set_value("shared")
+    app.number_input(key="opt_mm_fast").set_value(30)
+    app.run()
+    assert not app.exception
+    cfg = app.session_state["pending_config"]
+    assert cfg["preset"] == "fast"
+    assert cfg["retrieval"]["model"] == "efficientnet-lite0" and cfg["retrieval"]["num_neighbors"] == 4
+    assert cfg["features"] == {**get_preset("fast").to_dict()["features"], "resize": 640, "max_keypoints": 512,
+                               "model": "aliked-n16rot"}
+    assert cfg["mapping"]["camera_mode"] == "shared" and cfg["matching"]["min_matches"] == 30
+    # the other sections keep the preset's values
+    assert cfg["matching"]["depth_confidence"] == get_preset("fast").matching.depth_confidence
+
+
+def test_build_config_matches_cli_overrides():
+    cfg = jobs.build_config("accurate", max_keypoints=1000, camera_mode="per_image")
+    ref = get_preset("accurate")
+    ref.features.max_keypoints, ref.mapping.camera_mode = 1000, "per_image"
+    assert cfg.to_dict() == ref.to_dict()
+    with pytest.raises(ValueError):
+        jobs.build_config("turbo")
+    with pytest.raises(ValueError):
+        jobs.build_config("fast", camera_mode="sideways")
+
+
+@pytest.mark.parametrize("page", ["home"] + PAGES)
+def test_finished_run_shows_on_every_page(app, finished_run, page):
+    app.query_params["run"] = finished_run
+    app.run()
+    if page != "home":
+        app.switch_page(f"pages/{page}.py").run()
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
+    text = _texts(app)
+    expect = {
+        "home": ["finished", "Registered images"],
+        "images": ["**5** images used", "05534141_6340060522.jpg"],
+        "pairs": ["Global descriptor", "10** pairs selected"],
+        "features": ["keypoints in all"],
+        "matches": ["All pairs"],
+        "reconstruction": ["Registered images", "3D points", "Mean track length", "Mean reprojection error",
+                           "Downloads"],
+        "evaluate": ["mAA", "Ground truth and aligned prediction"],
+    }[page]
+    for e in expect:
+        assert e in text, f"{e!r} not on the {page} page"
+    if page == "reconstruction":
+        assert len(app.get("plotly_chart")) >= 1
+        labels = [b.proto.label for b in app.get("download_button")]
+        assert {"poses.csv", "poses_imc2024.csv", "model.zip", "points.ply"} <= set(labels)
+    if page == "matches":
+        assert "most inliers first" in app.selectbox(key="match_pair").label
+        assert app.get("image")
+    if page == "evaluate":
+        maa = next(m for m in app.metric if m.label == "mAA")
+        assert 0.0 <= float(maa.value) <= 1.0
+
+
+def test_matches_page_views(app, finished_run):
+    app.query_params["run"] = finished_run
+    app.run()
+    app.switch_page("pages/matches.py").run()
+    for view in ("raw", "verified", "inliers"):
+        app.radio(key="match_view").set_value(view).run()
+        assert not app.exception and not app.error
+        assert app.get("image")
+
+
+def test_reconstruction_camera_pick_and_open3d(app, finished_run):
+    app.query_params["run"] = finished_run
+    app.run()
+    app.switch_page("pages/reconstruction.py").run()
+    app.selectbox(key="rec_camera").set_value(SUBSET[0]).run()
+    assert not app.exception
+    captions = [c for im in app.get("image") for c in im.captions]
+    assert any(SUBSET[0] in c for c in captions)  # the picked camera's photo is shown with its name
+    app.button(key="o3d_go").click().run()
+    assert not app.exception and not app.error
+    text = _texts(app)
+    assert "after outlier removal" in text
+    # either the Open3D rendering, or the readable fallback message with a plotly view
+    rendered = any("Open3D offscreen rendering" in c for im in app.get("image") for c in im.captions)
+    assert rendered or "could not be rendered" in text
+
+
+@pytest.mark.parametrize("page", ["home", "images", "reconstruction"])
+def test_bad_run_id_is_a_readable_message(app, page, runs_root):
+    app.query_params["run"] = "no-such-run-123"
+    app.run()
+    if page != "home":
+        app.switch_page(f"pages/{page}.py").run()
+    assert not app.exception
+    assert any("no run with the id" in e.value for e in app.error), [e.value for e in app.error]
+
+
+def test_malformed_run_id_never_becomes_a_path(app):
+    app.query_params["run"] = "../../etc"
+    app.run()
+    assert not app.exception
+    assert any("is not a run id" in e.value for e in app.error)
+
+
+def test_pages_without_a_run_say_what_to_do(app):
+    app.run()
+    for page in PAGES:
+        app.switch_page(f"pages/{page}.py").run()
+        assert not app.exception
+        assert any("No run is open" in i.value for i in app.info), page
+
+
+def test_unfinished_stage_explains_itself(app, runs_root, finished_run):
+    """A run paused after 'features' shows its images and keypoints; later pages say what is missing."""
+    import json
+
+    rid = "paused-copy"
+    d = runs_root / rid
+    if not d.exists():
+        shutil.copytree(runs_root / finished_run, d)
+        rec = json.loads((d / "run.json").read_text())
+        for s in ("matching", "verification", "mapping", "exports"):
+            rec["stages"].pop(s)
+        rec["status"] = "paused"
+        (d / "run.json").write_text(json.dumps(rec))
+    app.query_params["run"] = rid
+    app.run()
+    assert not app.exception
+    assert any(b.key == "next_stage" for b in app.button)
+    app.switch_page("pages/features.py").run()
+    assert not app.exception and not app.error
+    app.switch_page("pages/reconstruction.py").run()
+    assert any("has not run" in i.value for i in app.info)
+
+
+# ---- starting runs from Home (the background job is replaced by a recorder) -----------------------------------
+
+@pytest.fixture
+def recorded_starts(monkeypatch):
+    calls = []
+
+    def fake_start(run_dir, images_dir, config, until=None, **kw):
+        calls.append({"run_dir": Path(run_dir), "images_dir": Path(images_dir), "config": config.to_dict(),
+                      "until": until})
+        (Path(run_dir) / jobs.REQUEST_JSON).write_text("{}")
+        return None
+
+    monkeypatch.setattr(jobs, "start_run", fake_start)
+    return calls
+
+
+def _upload_widget(at):
+    return next(u for u in at.get("file_uploader") if u.proto.id and "uploader_" in u.proto.id)
+
+
+def test_upload_start_saves_sanitised_files_and_never_starts_twice(app, recorded_starts, runs_root):
+    app.run()
+    app.radio(key="preset").set_value("fast").run()
+    files = [("a b (1).JPG", _jpeg(), "image/jpeg"), ("second.png", _png(), "image/png"),
+             ("notes.txt", b"hello", "text/plain")]
+    _upload_widget(app).set_value(files)
+    app.run()
+    app.button(key="start").click().run()
+    assert not app.exception, app.exception
+    assert len(recorded_starts) == 1
+    call = recorded_starts[0]
+    assert call["until"] is None and call["config"] == get_preset("fast").to_dict()
+    run_dir = call["run_dir"]
+    assert run_dir.parent == runs_root and call["images_dir"] == run_dir / "upload"
+    assert sorted(p.name for p in (run_dir / "upload").iterdir()) == ["a_b_1.jpg", "second.png"]
+    assert app.session_state["run_id"] == run_dir.name
+    assert app.query_params["run"] == run_dir.name
+    # the same photos and options again (a double click, a re-submit): reopened, not started twice
+    _upload_widget(app).set_value(files)
+    app.run()
+    app.button(key="start").click().run()
+    assert len(recorded_starts) == 1
+    assert any("nothing was started twice" in i.value for i in app.info)
+
+
+def test_upload_with_fewer_than_two_photos_is_refused(app, recorded_starts):
+    app.run()
+    _upload_widget(app).set_value([("one.jpg", _jpeg(), "image/jpeg"), ("x.exe", b"MZ..", "application/x")])
+    app.run()
+    app.button(key="start").click().run()
+    assert not recorded_starts
+    assert any("at least two" in e.value for e in app.error)
+
+
+def test_stage_by_stage_starts_only_the_first_stage(app, recorded_starts):
+    app.run()
+    _upload_widget(app).set_value([("a.jpg", _jpeg(), "image/jpeg"), ("b.jpg", _jpeg(color=(0, 0, 255)),
+                                                                      "image/jpeg")])
+    app.run()
+    app.button(key="start_steps").click().run()
+    assert [c["until"] for c in recorded_starts] == ["images"]
+
+
+# ---- uploads ----------------------------------------------------------------------------------------------------
+
+def _zip(entries: dict[str, bytes], compress=zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compress) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_zip_slip_entries_are_never_extracted_outside(tmp_path):
+    dest = tmp_path / "run" / "upload"
+    z = _zip({"../../evil.jpg": _jpeg(), "/abs/path.jpg": _jpeg(), "C:\\win\\x.jpg": _jpeg(),
+              "ok/dir/good.jpg": _jpeg(), "sub\\..\\..\\bad.jpg": _jpeg()})
+    res = uploads.save_uploads([("photos.zip", z)], dest)
+    assert res.saved == ["good.jpg"]
+    reasons = {s["name"]: s["reason"] for s in res.skipped}
+    assert any("'..'" in r for n, r in reasons.items() if "evil" in n)
+    assert any("absolute" in r for n, r in reasons.items() if "abs/path" in n)
+    assert any("absolute" in r for n, r in reasons.items() if "win" in n)
+    # nothing was written anywhere but dest
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["run/upload.json", "run/upload/good.jpg"]
+
+
+def test_non_images_are_skipped_with_a_reason(tmp_path):
+    files = [("photo.jpg", _jpeg()), ("shot.PNG", _png()), ("readme.txt", b"text"), ("fake.jpg", b"GIF89a...."),
+             ("empty.png", b""), ("movie.mp4", b"\x00\x00\x00\x18ftyp"), ("noext", b"abc")]
+    res = uploads.save_uploads(files, tmp_path / "upload")
+    assert sorted(res.saved) == ["photo.jpg", "shot.png"]
+    reasons = {s["name"]: s["reason"] for s in res.skipped}
+    assert "unsupported file type '.txt'" in reasons["readme.txt"]
+    assert "not a JPEG or PNG" in reasons["fake.jpg"]
+    assert "empty" in reasons["empty.png"]
+    assert "unsupported" in reasons["movie.mp4"] and "unsupported" in reasons["noext"]
+    assert uploads.read_upload_json(tmp_path)["skipped"] == res.skipped
+
+
+def test_names_are_sanitised_and_deduplicated(tmp_path):
+    files = [("../../x/IMG 001.jpg", _jpeg()), ("IMG_001.jpg", _jpeg()), ("img 001.jpg", _jpeg()),
+             ("..hidden.jpg", _jpeg()), ("été/café.jpeg", _jpeg()), ("a" * 300 + ".png", _png()),
+             ("C:\\Users\\me\\DSC 5.JPG", _jpeg())]
+    res = uploads.save_uploads(files, tmp_path / "up")
+    for n in res.saved:
+        assert n == uploads.sanitize_name(n) or n.rsplit(".", 1)[0].rsplit("_", 1)[-1].isdigit()
+        assert "/" not in n and "\\" not in n and not n.startswith(".") and len(n) <= 100
+        assert (tmp_path / "up" / n).is_file()
+    assert len(set(x.lower() for x in res.saved)) == len(res.saved) == 7
+    assert "IMG_001.jpg" in res.saved and "IMG_001_1.jpg" in res.saved
+    assert "DSC_5.jpg" in res.saved
+    assert uploads.sanitize_name("") == "image" and uploads.sanitize_name("../..") == "image"
+
+
+def test_zip_bombs_and_limits_are_bounded(tmp_path):
+    limits = uploads.Limits(max_files=3, max_image_bytes=200_000, max_total_bytes=10**9, max_ratio=50)
+    bomb = b"\xff\xd8\xff" + b"\x00" * 5_000_000  # compresses ~1000x
+    z = _zip({"bomb.jpg": bomb, "a.jpg": _jpeg(), "b.jpg": _jpeg(), "c.jpg": _jpeg(), "d.jpg": _jpeg(),
+              "inner.zip": _zip({"x.jpg": _jpeg()}), "__MACOSX/._a.jpg": b"meta", ".DS_Store": b"x"})
+    res = uploads.save_uploads([("set.zip", z)], tmp_path / "up", limits)
+    assert res.saved == ["a.jpg", "b.jpg", "c.jpg"]
+    reasons = " | ".join(f"{s['name']}: {s['reason']}" for s in res.skipped)
+    assert "bomb.jpg: " in reasons and ("larger than" in reasons or "compression ratio" in reasons)
+    assert "d.jpg: more than 3 photos" in reasons
+    assert "zip inside a zip" in reasons and "metadata" in reasons
+    assert sum(p.stat().st_size for p in (tmp_path / "up").iterdir()) < 200_000
+
+
+def test_zip_header_lying_about_size_is_caught(tmp_path):
+    """An entry whose header claims a small size but decompresses to more is cut off while reading."""
+    limits = uploads.Limits(max_image_bytes=100_000, max_ratio=10**9)
+    big = b"\xff\xd8\xff" + os.urandom(300_000)
+    raw = bytearray(_zip({"big.jpg": big}, zipfile.ZIP_STORED))
+    # patch the sizes in the central directory and the local header to 1000 bytes
+    import struct
+
+    cd = raw.rfind(b"PK\x01\x02")
+    struct.pack_into("<I", raw, cd + 24, 1000)
+    struct.pack_into("<I", raw, 22, 1000)
+    res = uploads.save_uploads([("lie.zip", bytes(raw))], tmp_path / "up", limits)
+    assert res.saved == []
+    assert res.skipped and ("larger than" in res.skipped[0]["reason"] or "cannot be read" in res.skipped[0]["reason"])
+
+
+def test_broken_zip_is_reported(tmp_path):
+    res = uploads.save_uploads([("broken.zip", b"PK\x03\x04garbage")], tmp_path / "up")
+    assert res.saved == [] and "not a readable zip" in res.skipped[0]["reason"]
+
+
+# ---- the job manager --------------------------------------------------------------------------------------------
+
+def test_run_ids_are_validated(monkeypatch, tmp_path):
+    monkeypatch.setenv("SFM_RUNS_DIR", str(tmp_path))
+    for bad in ["", "../x", "a/b", "..", "-x", "x" * 65, "a b", "é"]:
+        assert not jobs.valid_run_id(bad)
+        with pytest.raises(jobs.JobError):
+            jobs.run_dir_for(bad)
+    rid = jobs.new_run_id()
+    assert jobs.valid_run_id(rid) and jobs.run_dir_for(rid) == tmp_path / rid
+    assert not jobs.run_exists(rid)
+
+
+def _two_images(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    src = scene_dir("reichstag_imc2020") / "images"
+    for n in SUBSET[:2]:
+        shutil.copy(src / n, d / n)
+    return d
+
+
+def test_start_twice_returns_the_same_job_and_cancel_stops_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("SFM_RUNS_DIR", str(tmp_path / "runs"))
+    images = _two_images(tmp_path / "imgs")
+    run_dir = jobs.run_dir_for("dup-test")
+    cfg = jobs.build_config("fast")
+    job = jobs.start_run(run_dir, images, cfg, until="features")
+    again = jobs.start_run(run_dir, images, cfg, until="features")
+    assert again is job
+    assert jobs.locked_elsewhere(run_dir)  # the lock file is held while the job works
+    assert jobs.run_state(run_dir)["status"] in ("queued", "running")
+    assert jobs.cancel("dup-test")
+    jobs.wait("dup-test", timeout=120)
+    assert not job.alive and job.state == "cancelled"
+    state = jobs.run_state(run_dir)
+    assert state["status"] == "cancelled" and "Resume" in state["error"]
+    assert not jobs.locked_elsewhere(run_dir)
+    prog = jobs.read_progress(run_dir)
+    assert prog["state"] == "cancelled" and prog["finished"]
+
+
+def test_stage_by_stage_then_continue(monkeypatch, tmp_path):
+    monkeypatch.setenv("SFM_RUNS_DIR", str(tmp_path / "runs"))
+    images = _two_images(tmp_path / "imgs")
+    run_dir = jobs.run_dir_for("steps")
+    job = jobs.start_run(run_dir, images, jobs.build_config("fast"), until="images")
+    jobs.wait("steps", timeout=300)
+    assert job.state == "paused", job.error
+    state = jobs.run_state(run_dir)
+    assert state["status"] == "paused" and state["next_stage"] == "retrieval"
+    assert state["stages"]["images"]["status"] == "done"
+    assert state["stages"]["images"]["counts"]["images"] == 2
+    job2 = jobs.continue_run(run_dir, "retrieval")
+    jobs.wait("steps", timeout=300)
+    assert job2 is not job and job2.state == "paused", job2.error
+    assert jobs.run_state(run_dir)["next_stage"] == "features"
+    assert (run_dir / "pairs.txt").read_text().count("\n") == 1
+
+
+def test_a_second_server_process_cannot_start_the_same_run(monkeypatch, tmp_path):
+    monkeypatch.setenv("SFM_RUNS_DIR", str(tmp_path / "runs"))
+    run_dir = jobs.run_dir_for("busy")
+    run_dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"), str(run_dir / jobs.LOCK_FILE)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(jobs.JobError, match="another app process"):
+            jobs.start_run(run_dir, tmp_path, jobs.build_config("fast"))
+        assert jobs.run_state(run_dir)["where"] == "elsewhere"
+        assert jobs.cancel("busy") and (run_dir / jobs.CANCEL_FILE).exists()  # handed to the other process
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_progress_writer_attributes_child_substeps(tmp_path):
+    w = jobs.ProgressWriter(tmp_path, "x", None)
+    w("features", 3, 10, "img3")
+    w("mapping", 0, 5, "incremental mapping")
+    w("database", 1, 1, "40 pairs")
+    w("verification", 0, 1, "two-view geometry (RANSAC)")  # the mapping child's second pass
+    w.flush()
+    p = jobs.read_progress(tmp_path)
+    assert p["stage"] == "mapping" and p["stages"]["mapping"]["message"].startswith("verification:")
+    assert "verification" not in p["stages"] and p["stages"]["features"]["done"] == 3
+
+
+def test_friendly_errors_say_what_to_do():
+    m = jobs.friendly_error("images", "0 usable image(s) in x: a reconstruction needs at least 2 JPEG/PNG photos")
+    assert "Upload at least two" in m
+    m = jobs.friendly_error("features", "Weight file /w/aliked.pth (aliked-n16) is missing. Install the weights")
+    assert "setup/setup.sh" in m
+    m = jobs.friendly_error("mapping", "RuntimeError: boom\nTraceback (most recent call last):\n  File x")
+    assert "Traceback" not in m and "boom" in m
+
+
+# ---- figures and Open3D -------------------------------------------------------------------------------------------
+
+def _camera(R, C, name="c"):
+    K = np.array([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]])
+    t = -R @ C
+    return viz.CameraView(name=name, image_id=1, R=R, t=t, K=K, width=100, height=80)
+
+
+def test_camera_centre_and_frustum_geometry():
+    a = 0.3
+    R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    C = np.array([1.0, 2.0, 3.0])
+    cam = _camera(R, C)
+    assert np.allclose(cam.center, C)
+    pts = viz.frustum_lines(cam, depth=2.0)
+    finite = pts[np.isfinite(pts).all(1)]
+    assert np.allclose(finite[0], C)
+    # every corner lies at depth 2 in front of the camera
+    corners = finite[1::2][:4]
+    depth = (corners @ R.T + cam.t)[:, 2]
+    assert np.allclose(depth, 2.0)
+    fig = viz.reconstruction_figure(np.random.rand(50, 3), np.full((50, 3), 120, np.uint8), [cam], selected="c")
+    assert any(tr.customdata is not None and "c" in list(tr.customdata) for tr in fig.data)
+
+
+def test_drawings_have_the_expected_size():
+    a, b = Image.new("RGB", (400, 300)), Image.new("RGB", (200, 100))
+    kp = np.array([[10.0, 10.0], [100, 50], [390, 290]])
+    out = viz.draw_keypoints(a, kp, np.array([0.1, 0.5, 0.9]), max_side=200)
+    assert out.size == (200, 150)
+    m = np.array([[0, 0], [1, 1], [2, 1]])
+    img = viz.draw_matches(a, b, kp, kp[:2], m, inliers=np.array([True, False, True]), height=100)
+    assert img.size == (round(400 * 100 / 300) + 10 + 200, 100)
+    c = viz.colormap(np.array([0.0, 1.0]), 0, 1)
+    assert tuple(c[0]) == (68, 1, 84) and tuple(c[1]) == (253, 231, 37)
+    fig = viz.pair_graph(["a", "b", "c"], [("a", "b", 0.5), ("b", "c", 0.9)])
+    assert len(fig.data) >= 3
+    fig = viz.similarity_heatmap(np.eye(3), ["a", "b", "c"], [("a", "b", 0.0)])
+    assert fig.data[0].z.shape == (3, 3)
+
+
+def test_aligned_centres_recover_a_similarity():
+    rng = np.random.default_rng(0)
+    gt = {f"i{k}": (np.eye(3), rng.normal(size=3)) for k in range(6)}
+    s, R = 2.5, np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]])
+    # prediction = GT centres in another frame: C_pred = (R^T (C_gt - t0)) / s
+    pred = {}
+    for n, (Rg, tg) in gt.items():
+        C = -Rg.T @ tg
+        Cp = R.T @ (C - np.array([1.0, 2, 3])) / s
+        pred[n] = (np.eye(3), -Cp)
+    names, g, p, inl = viz.aligned_centres(gt, pred, threshold=0.01)
+    assert len(names) == 6 and inl.all() and np.allclose(g, p, atol=1e-6)
+    fig = viz.gt_vs_prediction_figure(names, g, p, inl)
+    assert len(fig.data) == 3
+
+
+def test_open3d_cleanup_and_render(tmp_path):
+    rng = np.random.default_rng(0)
+    xyz = np.vstack([rng.normal(size=(500, 3)) * 0.1, [[50.0, 50, 50]]])
+    rgb = rng.integers(0, 255, size=(501, 3)).astype(np.uint8)
+    out, out_rgb, stats = pointcloud.clean(xyz, rgb, nb_neighbors=20, std_ratio=2.0, voxel_size=0.0)
+    assert stats.input_points == 501 and stats.after_outliers < 501
+    assert not np.any(np.all(out == [50.0, 50, 50], axis=1))
+    out2, _, stats2 = pointcloud.clean(xyz, rgb, voxel_size=0.05)
+    assert stats2.output_points < stats2.after_outliers
+    ply = tmp_path / "c.ply"
+    pointcloud.write_ply(ply, out, out_rgb)
+    back, back_rgb = pointcloud.read_ply(ply)
+    assert back.shape == out.shape and np.array_equal(back_rgb, out_rgb)
+    t0 = time.time()
+    try:
+        png = pointcloud.render_png(ply, 320, 240, timeout=120)
+    except pointcloud.RenderError as e:  # a server without any graphics driver: a clear message
+        assert "libvulkan1" in str(e)
+        return
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and time.time() - t0 < 120
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert img.shape == (240, 320, 3) and (img < 250).any()  # something was drawn on the white background

@@ -1,0 +1,180 @@
+"""End to end in a real headless Chromium (Playwright for Python): start the app, upload six Reichstag photos,
+run the fast preset, wait for the 3D view, open every page, download the poses CSV and check it. A page refresh
+and a second tab on the running run must not start it twice. Screenshots of every page go to
+``test-artifacts/browser/`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, scene_dir
+
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+SUBSET = ["05534141_6340060522.jpg", "05791347_12791964625.jpg", "05866831_3427466899.jpg",
+          "05936329_2458217347.jpg", "05978621_9257964873.jpg", "06229406_8584869180.jpg"]
+PAGES = [("images", "Images"), ("pairs", "Pairs"), ("features", "Features"), ("matches", "Matches"),
+         ("reconstruction", "Reconstruction"), ("evaluate", "Evaluate")]
+RUN_TIMEOUT_S = 600
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app on a free loopback port with its own runs folder; yields (base URL, runs folder)."""
+    runs = tmp_path_factory.mktemp("browser-runs")
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("browser-log") / "server.log", "w")
+    env = dict(os.environ, SFM_RUNS_DIR=str(runs), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            log.flush()
+            pytest.fail("the app did not start: " + Path(log.name).read_text()[-2000:])
+        time.sleep(0.5)
+    yield base, runs
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (bash setup/setup.sh installs chromium)")
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def _screenshot(page, name: str) -> Path:
+    """Full-height screenshot of the app's main area (Streamlit scrolls inside it, not the document)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    h = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+                      " return m ? m.scrollHeight : document.body.scrollHeight; }")
+    page.set_viewport_size({"width": 1400, "height": int(min(max(h, 900), 6000))})
+    time.sleep(0.8)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    page.set_viewport_size({"width": 1400, "height": 900})
+    return path
+
+
+def _settle(page, timeout=60_000) -> None:
+    """Wait until Streamlit has finished running the script (no 'running' indicator)."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        timeout=timeout)
+    time.sleep(1.0)
+
+
+def _no_errors(page, where: str) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, f"a stack trace on {where}"
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    assert errors.count() == 0, f"error on {where}: {errors.all_inner_texts()}"
+
+
+def test_upload_run_explore_download(server, browser):
+    base, runs = server
+    images = scene_dir("reichstag_imc2020") / "images"
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    page.set_default_timeout(60_000)
+    page.goto(base)
+    page.get_by_role("heading", name="SfM Explorer").wait_for()
+    _settle(page)
+    _screenshot(page, "0_home_empty")
+
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(images / n) for n in SUBSET])
+    page.get_by_text(SUBSET[-1]).first.wait_for()
+    page.locator('[data-testid="stRadio"]').filter(has_text="Preset").get_by_text("fast", exact=True).click()
+    _settle(page)
+    t_start = time.time()
+    page.get_by_role("button", name="Start run").click()
+    page.wait_for_url(re.compile(r".*[?&]run=[A-Za-z0-9_-]+"))
+    run_id = re.search(r"run=([A-Za-z0-9_-]+)", page.url).group(1)
+    page.get_by_text("Cancel run").wait_for()
+    page.get_by_text(re.compile(r"\d+/\d+")).first.wait_for(timeout=120_000)  # a stage's progress bar
+    _screenshot(page, "1_home_running")
+
+    # a refresh and a second tab on the running run show it and never start it again
+    page.reload()
+    page.get_by_role("heading", name=re.compile(f"Run {run_id}")).wait_for()
+    other = browser.new_page()
+    other.goto(f"{base}/?run={run_id}")
+    other.get_by_role("heading", name=re.compile(f"Run {run_id}")).wait_for()
+    other.close()
+    assert [p.name for p in runs.iterdir()] == [run_id]
+    prog = json.loads((runs / run_id / "progress.json").read_text())
+    assert prog["state"] in ("running", "done") and prog["run_id"] == run_id
+
+    page.get_by_text(re.compile(r"Status: finished")).wait_for(timeout=RUN_TIMEOUT_S * 1000)
+    _settle(page)
+    _no_errors(page, "Home")
+    _screenshot(page, "2_home_finished")
+
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Reconstruction", exact=True).click()
+    page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first.wait_for(timeout=120_000)
+    upload_to_3d = time.time() - t_start
+    print(f"\nupload + fast preset on {len(SUBSET)} photos -> 3D view: {upload_to_3d:.1f} s")
+    (ARTIFACTS / "timing.json").write_text(json.dumps({"images": len(SUBSET), "preset": "fast",
+                                                       "start_to_3d_view_s": round(upload_to_3d, 1)}))
+
+    for key, title in PAGES:
+        page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
+        page.get_by_role("heading", name=title, exact=True).wait_for()
+        page.wait_for_url(re.compile(f"/{key}"))
+        _settle(page)
+        if key in ("pairs", "reconstruction"):
+            page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
+        if key in ("images", "features", "matches"):
+            page.locator('[data-testid="stImage"] img').first.wait_for()
+        _no_errors(page, title)
+        assert f"run={run_id}" in page.url  # the open run stays in the address
+        _screenshot(page, f"{PAGES.index((key, title)) + 3}_{key}")
+        if key == "reconstruction":
+            with page.expect_download() as dl:
+                page.locator('[data-testid="stDownloadButton"]').filter(has_text="poses.csv").first.click()
+            path = dl.value.path()
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            assert [r["image_name"] for r in rows] == SUBSET
+            assert all(len(r["rotation_matrix"].split(";")) == 9 for r in rows)  # every photo registered
+            assert all(len(r["translation_vector"].split(";")) == 3 for r in rows)
+    page.close()
