@@ -15,12 +15,12 @@ from backend import jobs
 from backend.pipeline import STAGES
 
 PAGES = {  # url path -> (file, title, icon)
-    "images": ("pages/images.py", "Images", ":material/photo_library:"),
-    "pairs": ("pages/pairs.py", "Pairs", ":material/hub:"),
-    "features": ("pages/features.py", "Features", ":material/scatter_plot:"),
-    "matches": ("pages/matches.py", "Matches", ":material/compare:"),
-    "reconstruction": ("pages/reconstruction.py", "Reconstruction", ":material/view_in_ar:"),
-    "evaluate": ("pages/evaluate.py", "Evaluate", ":material/analytics:"),
+    "images": ("app_pages/images.py", "Images", ":material/photo_library:"),
+    "pairs": ("app_pages/pairs.py", "Pairs", ":material/hub:"),
+    "features": ("app_pages/features.py", "Features", ":material/scatter_plot:"),
+    "matches": ("app_pages/matches.py", "Matches", ":material/compare:"),
+    "reconstruction": ("app_pages/reconstruction.py", "Reconstruction", ":material/view_in_ar:"),
+    "evaluate": ("app_pages/evaluate.py", "Evaluate", ":material/analytics:"),
 }
 STAGE_PAGE = {"images": "images", "retrieval": "pairs", "features": "features", "matching": "matches",
               "verification": "matches", "mapping": "reconstruction", "exports": "reconstruction"}
@@ -217,3 +217,47 @@ def status_line(state: dict) -> str:
 
 def now() -> float:
     return time.time()
+
+
+# ---- click a camera in the 3D view -------------------------------------------------------------------------------
+# st.plotly_chart reports selections of 2D charts only (a click on a scatter3d point is not a selection), so this
+# tiny inline component listens to plotly's own 'plotly_click' on the app's 3D charts that have a trace named
+# 'camera centres' and sends the clicked camera's name (the point's customdata) back to Python. It draws nothing.
+_CAMERA_CLICK_JS = """
+export default function(component) {
+  const { setTriggerValue } = component;
+  window.__sfmPickCamera = (name) => setTriggerValue('camera', name);
+  const bind = () => {
+    document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot').forEach((gd) => {
+      if (gd.__sfmCameraPick || typeof gd.on !== 'function' || !gd.data) return;
+      if (!gd.data.some((t) => t.name === 'camera centres')) return;
+      gd.__sfmCameraPick = true;
+      gd.on('plotly_click', (ev) => {
+        for (const p of (ev && ev.points) || []) {
+          const trace = p.data || (gd.data[p.curveNumber] || {});
+          if (trace.name !== 'camera centres') continue;
+          const name = typeof p.customdata === 'string' ? p.customdata
+            : (trace.customdata || [])[p.pointNumber];
+          if (typeof name === 'string' && window.__sfmPickCamera) { window.__sfmPickCamera(name); return; }
+        }
+      });
+    });
+  };
+  bind();
+  const timer = setInterval(bind, 700);
+  return () => clearInterval(timer);
+}
+"""
+_camera_click = None
+
+
+def camera_click(key: str) -> str | None:
+    """Mount the click listener; returns the camera name clicked since the last run, else None."""
+    global _camera_click
+    if _camera_click is None:
+        _camera_click = st.components.v2.component("sfm_camera_click", js=_CAMERA_CLICK_JS)
+    try:
+        res = _camera_click(key=key, on_camera_change=lambda: None)
+        return getattr(res, "camera", None)
+    except Exception:  # noqa: BLE001 - the picker still works without click support
+        return None

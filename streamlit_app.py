@@ -1,9 +1,12 @@
 """SfM Explorer, the app: ``streamlit run streamlit_app.py``.
 
-This file is the router (``st.navigation`` over the pages in ``pages/``) and the Home page: start a run from
+This file is the router (``st.navigation`` over the pages in ``app_pages/``) and the Home page: start a run from
 uploaded photos or the bundled sample scene, choose a preset and advanced options, follow each stage's progress,
 cancel, continue stage by stage, and reopen past runs. Runs work in the background (``backend.jobs``); pages
 read the run folder (``runs/<run_id>/``) and never compute themselves.
+
+The pages live in ``app_pages/``, not ``pages/``: with a folder named ``pages`` next to this file, Streamlit
+(1.67) serves those files directly, without this router, when a page URL is the first request after a start.
 """
 
 from __future__ import annotations

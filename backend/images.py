@@ -243,11 +243,15 @@ def load_rgb(path: Path, max_size: int | None = None) -> tuple[np.ndarray, float
         (>= 1), to map pixel coordinates back to the original image.
     """
     with Image.open(path) as img:
-        img = img.convert("RGB")
         w, h = img.size
+        target = None
         if max_size and max(w, h) > max_size:
             s = max_size / max(w, h)
-            nw, nh = max(1, round(w * s)), max(1, round(h * s))
-            img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+            target = (max(1, round(w * s)), max(1, round(h * s)))
+            if img.format == "JPEG":
+                img.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale when that is still >= target
+        img = img.convert("RGB")
+        if target and img.size != target:
+            img = img.resize(target, Image.Resampling.BILINEAR, reducing_gap=None)
         arr = np.array(img)  # writable copy (torch.from_numpy needs one)
     return arr, w / arr.shape[1], h / arr.shape[0]

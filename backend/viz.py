@@ -159,7 +159,7 @@ def similarity_heatmap(similarity: np.ndarray, names: list[str], pairs: list[tup
                 ys += [short[pos[a]], short[pos[b]]]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", marker=dict(size=5, color="white",
                                  line=dict(width=1, color="black")), name="selected pair", hoverinfo="skip"))
-    fig.update_layout(height=max(400, min(900, 28 * n + 150)), margin=dict(l=10, r=10, t=40, b=10),
+    fig.update_layout(height=max(420, min(900, 28 * n + 150)), margin=dict(l=10, r=10, t=40, b=10),
                       title="Global-descriptor similarity (dots: selected pairs)",
                       yaxis=dict(autorange="reversed"), showlegend=False)
     return fig
@@ -323,7 +323,7 @@ def reconstruction_figure(xyz: np.ndarray, rgb: np.ndarray, cams: list[CameraVie
     fig.update_layout(
         height=height, margin=dict(l=0, r=0, t=10, b=0), legend=dict(x=0, y=1),
         scene=dict(aspectmode="data", xaxis=dict(visible=False), yaxis=dict(visible=False),
-                   zaxis=dict(visible=False), camera=dict(up=dict(x=0, y=-1, z=0), eye=dict(x=0.0, y=-0.35, z=-1.05)),
+                   zaxis=dict(visible=False), camera=dict(up=dict(x=0, y=-1, z=0), eye=dict(x=0.0, y=-0.9, z=-2.2)),
                    bgcolor="white"),
         uirevision="keep")
     return fig

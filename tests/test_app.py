@@ -131,7 +131,7 @@ def test_finished_run_shows_on_every_page(app, finished_run, page):
     app.query_params["run"] = finished_run
     app.run()
     if page != "home":
-        app.switch_page(f"pages/{page}.py").run()
+        app.switch_page(f"app_pages/{page}.py").run()
     assert not app.exception, app.exception
     assert not app.error, [e.value for e in app.error]
     text = _texts(app)
@@ -162,7 +162,7 @@ def test_finished_run_shows_on_every_page(app, finished_run, page):
 def test_matches_page_views(app, finished_run):
     app.query_params["run"] = finished_run
     app.run()
-    app.switch_page("pages/matches.py").run()
+    app.switch_page("app_pages/matches.py").run()
     for view in ("raw", "verified", "inliers"):
         app.radio(key="match_view").set_value(view).run()
         assert not app.exception and not app.error
@@ -172,7 +172,7 @@ def test_matches_page_views(app, finished_run):
 def test_reconstruction_camera_pick_and_open3d(app, finished_run):
     app.query_params["run"] = finished_run
     app.run()
-    app.switch_page("pages/reconstruction.py").run()
+    app.switch_page("app_pages/reconstruction.py").run()
     app.selectbox(key="rec_camera").set_value(SUBSET[0]).run()
     assert not app.exception
     captions = [c for im in app.get("image") for c in im.captions]
@@ -191,7 +191,7 @@ def test_bad_run_id_is_a_readable_message(app, page, runs_root):
     app.query_params["run"] = "no-such-run-123"
     app.run()
     if page != "home":
-        app.switch_page(f"pages/{page}.py").run()
+        app.switch_page(f"app_pages/{page}.py").run()
     assert not app.exception
     assert any("no run with the id" in e.value for e in app.error), [e.value for e in app.error]
 
@@ -206,7 +206,7 @@ def test_malformed_run_id_never_becomes_a_path(app):
 def test_pages_without_a_run_say_what_to_do(app):
     app.run()
     for page in PAGES:
-        app.switch_page(f"pages/{page}.py").run()
+        app.switch_page(f"app_pages/{page}.py").run()
         assert not app.exception
         assert any("No run is open" in i.value for i in app.info), page
 
@@ -228,9 +228,9 @@ def test_unfinished_stage_explains_itself(app, runs_root, finished_run):
     app.run()
     assert not app.exception
     assert any(b.key == "next_stage" for b in app.button)
-    app.switch_page("pages/features.py").run()
+    app.switch_page("app_pages/features.py").run()
     assert not app.exception and not app.error
-    app.switch_page("pages/reconstruction.py").run()
+    app.switch_page("app_pages/reconstruction.py").run()
     assert any("has not run" in i.value for i in app.info)
 
 

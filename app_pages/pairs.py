@@ -18,18 +18,18 @@ def page() -> None:
     prs = runview.pairs(run_dir)
     counts = state["record"]["stages"]["retrieval"].get("counts", {})
     n = len(r["names"])
-    how = "every pair (few images)" if counts.get("exhaustive") else \
-        f"the top-{state['record'].get('config', {}).get('retrieval', {}).get('num_neighbors', '?')} most similar per image"
+    k = state["record"].get("config", {}).get("retrieval", {}).get("num_neighbors", "?")
+    how = "all pairs, as there are few images" if counts.get("exhaustive") else f"the {k} most similar per image"
     st.markdown(f"Global descriptor: **{r['model']}** · {n} images · **{len(prs)}** pairs selected ({how})")
     if r["fallback_reason"]:
         st.warning(f"DINOv2 was not used: {r['fallback_reason']}. See the README section 'Adding DINOv2 weights by "
                    "hand' to install it.")
-    tab1, tab2, tab3 = st.tabs(["Similarity matrix", "Pair graph", "Pairs table"])
-    with tab1:
+    col1, col2 = st.columns(2)
+    with col1:
         st.plotly_chart(viz.similarity_heatmap(r["similarity"], r["names"], prs), width="stretch")
         st.caption("Image indices on the axes; hover for names. Dots mark the pairs that were matched.")
     table = runview.match_table(run_dir) if jobs.stage_done(state, "matching") else None
-    with tab2:
+    with col2:
         options = ["similarity"]
         if table is not None:
             options.append("matches")
@@ -42,9 +42,9 @@ def page() -> None:
             edges = [(a, b, float(w)) for a, b, w in zip(table["image0"], table["image1"], table[weight].fillna(0))]
         st.plotly_chart(viz.pair_graph(r["names"], edges, weight), width="stretch")
         st.caption("Node numbers are the image indices: " + ", ".join(f"{i}: {nm}" for i, nm in enumerate(r["names"])))
-    with tab3:
-        rows = table if table is not None else [{"image0": a, "image1": b, "similarity": s} for a, b, s in prs]
-        st.dataframe(rows, hide_index=True, width="stretch")
+    st.subheader("Selected pairs")
+    rows = table if table is not None else [{"image0": a, "image1": b, "similarity": s} for a, b, s in prs]
+    st.dataframe(rows, hide_index=True, width="stretch")
 
 
 page()

@@ -38,14 +38,16 @@ def page() -> None:
     if not ui.require_stage(state, "exports", "The evaluation"):
         return
     scene_gt, scene_th = _scene_gt(state)
-    sources = (["scene"] if scene_gt else []) + ["upload"]
-    src = st.radio("Ground truth", sources, horizontal=True, key="eval_source",
-                   format_func=lambda s: {"scene": f"The scene's ground truth ({scene_gt.parent.name}/gt.csv)"
-                                          if scene_gt else "", "upload": "Upload a CSV"}[s])
+    if scene_gt:
+        src = st.radio("Ground truth", ["scene", "upload"], horizontal=True, key="eval_source",
+                       format_func=lambda s: {"scene": f"The scene's ground truth ({scene_gt.parent.name}/gt.csv)",
+                                              "upload": "Upload a CSV"}[s])
+    else:
+        src = "upload"
     gt_bytes = None
     if src == "upload":
         up = st.file_uploader("Ground-truth poses (IMC CSV: image_name,rotation_matrix,translation_vector[,...])",
-                              type=["csv", "txt"], key="eval_upload")
+                              type=["csv", "txt"], key="eval_upload", max_upload_size=MAX_GT_BYTES // 2**20)
         st.caption(f"At most {MAX_GT_BYTES // 2**20} MB. Rotation: 9 numbers row-major world-to-camera, translation: "
                    "3 numbers, separated by ';' (the IMC convention; the IMC 2024 `image_path` layout works too).")
         if up is None:
@@ -56,7 +58,8 @@ def page() -> None:
             return
         gt_bytes = up.getvalue()
     th_text = st.text_input("Thresholds (ground-truth units, e.g. metres; separated by ';')",
-                            value=scene_th if src == "scene" else DEFAULT_THRESHOLDS, key=f"eval_th_{src}")
+                            value=scene_th if src == "scene" else DEFAULT_THRESHOLDS, key=f"eval_th_{src}",
+                            help="IMC gives each scene its own thresholds (its thresholds.txt); paste them here")
     try:
         if gt_bytes is not None:
             with tempfile.NamedTemporaryFile(suffix=".csv") as tmp:

@@ -30,22 +30,6 @@ def _model(run_dir: str, k: int, mtime: float):
     return xyz, rgb, cams, stats
 
 
-def _camera_from_event(key: str) -> str | None:
-    """The camera name picked by clicking a camera centre in the 3D chart (its state under ``key``)."""
-    ev = st.session_state.get(key)
-    try:
-        points = ev["selection"]["points"]
-    except (KeyError, TypeError):
-        return None
-    for p in points or []:
-        cd = p.get("customdata")
-        if isinstance(cd, list) and cd:
-            cd = cd[0]
-        if isinstance(cd, str):
-            return cd
-    return None
-
-
 @ui.guarded
 def page() -> None:
     st.title("Reconstruction")
@@ -78,9 +62,8 @@ def page() -> None:
     c[3].metric("Mean reprojection error", f"{stats['error']:.3f} px" if stats["error"] is not None else "–")
 
     names = [cv.name for cv in cams]
-    picked = _camera_from_event(f"rec3d_{k}")
-    if picked in names and picked != st.session_state.get("_rec_last_pick"):
-        st.session_state["_rec_last_pick"] = picked
+    picked = ui.camera_click(f"rec_click_{k}")
+    if picked in names:
         st.session_state["rec_camera"] = picked
     left, right = st.columns([3, 1])
     with right:
@@ -94,8 +77,7 @@ def page() -> None:
                      width="stretch")
     with left:
         fig = viz.reconstruction_figure(xyz, rgb, cams, selected=sel, point_size=size)
-        st.plotly_chart(fig, width="stretch", key=f"rec3d_{k}", on_select="rerun", selection_mode="points",
-                        config={"displaylogo": False})
+        st.plotly_chart(fig, width="stretch", key=f"rec3d_{k}", config={"displaylogo": False})
         st.caption("Drag to rotate, scroll to zoom; hover a camera for its image name, click it to see the photo. "
                    "Red frusta: registered cameras.")
     unregistered = [i["name"] for i in runview.images_info(run_dir)["images"] if i["name"] not in set(names)]
