@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .config import PipelineConfig, get_preset
-from .pipeline import STAGES, Pipeline, PipelineError, RunOptions, read_run
+from .pipeline import STAGES, Pipeline, PipelineError, RunOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNS_ENV = "SFM_RUNS_DIR"
@@ -72,8 +72,8 @@ def valid_run_id(run_id: str | None) -> bool:
 
 
 def new_run_id() -> str:
-    """A fresh, unguessable run id such as ``20261121-073000-3f9a1c2b``."""
-    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+    """A fresh, unguessable run id such as ``20261121-073000-3f9a1c2b4d5e`` (48 random bits)."""
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(6)}"
 
 
 def run_dir_for(run_id: str) -> Path:
@@ -84,7 +84,7 @@ def run_dir_for(run_id: str) -> Path:
     """
     if not valid_run_id(run_id):
         raise JobError(f"'{str(run_id)[:80]}' is not a run id: ids are letters, digits, '-' and '_' only "
-                       "(for example 20261121-073000-3f9a1c2b)")
+                       "(for example 20261121-073000-3f9a1c2b4d5e)")
     return runs_root() / run_id
 
 
@@ -335,7 +335,7 @@ def continue_run(run_dir: Path, until: str | None = None) -> Job:
     """
     run_dir = Path(run_dir)
     req = read_json(run_dir / REQUEST_JSON)
-    rec = read_run(run_dir) if (run_dir / "run.json").exists() else {}
+    rec = read_json(run_dir / "run.json")
     src = req if req.get("config") else rec
     if not src.get("config") or not src.get("images_dir"):
         raise JobError(f"Run {run_dir.name} has no recorded inputs to resume from; start a new run instead.")
@@ -479,9 +479,7 @@ def run_state(run_dir: Path) -> dict:
     """
     run_dir = Path(run_dir)
     run_id = run_dir.name
-    rec = read_run(run_dir) if (run_dir / "run.json").exists() else {}
-    if rec == {} and (run_dir / "run.json").exists():
-        rec = read_json(run_dir / "run.json")
+    rec = read_json(run_dir / "run.json")
     prog = read_progress(run_dir)
     job = get_job(run_id)
     exists = bool(rec or prog or (run_dir / REQUEST_JSON).exists())

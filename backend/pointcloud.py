@@ -158,10 +158,16 @@ def _render_main(ply: str, out: str, width: int, height: int, point_size: float)
     center = (lo + hi) / 2
     extent = float(np.linalg.norm(hi - lo)) or 1.0
     # COLMAP frames look along +z with y down: view from behind and above the cameras, y up = -y
-    eye = center + np.array([0.0, -0.35, -1.0]) * extent * 1.1
+    eye = center + np.array([0.0, -0.35, -1.0]) * extent * 0.9
     r.setup_camera(50.0, center.astype(np.float32), eye.astype(np.float32), np.array([0.0, -1.0, 0.0], np.float32))
-    img = r.render_to_image()
-    o3d.io.write_image(out, img)
+    img = np.asarray(r.render_to_image())
+    # crop the white margin around the cloud (keeping a border), so the preview shows the points, not the canvas
+    ink = np.argwhere((img < 245).any(axis=2))
+    if len(ink):
+        (y0, x0), (y1, x1) = ink.min(0), ink.max(0)
+        b = max(8, int(0.04 * max(y1 - y0, x1 - x0)))
+        img = img[max(0, y0 - b): y1 + b + 1, max(0, x0 - b): x1 + b + 1]
+    o3d.io.write_image(out, o3d.geometry.Image(np.ascontiguousarray(img)))
     return 0
 
 

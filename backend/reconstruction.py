@@ -17,12 +17,12 @@ Writes into the run folder:
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import queue
 import shutil
+import subprocess
+import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -253,32 +253,46 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
     return {"models": summary, "cameras": camera_info}
 
 
-def _child_main(run_dir: str, names: list[str], images: dict, pairs: list, cfg: dict, min_matches: int,
-                q: "mp.Queue", stages: list[str]) -> None:
-    """Entry point of the mapping child process: report progress and the result through ``q``."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+def _child_main(job_file: str) -> int:
+    """Entry point of the mapping child (``python -m backend.reconstruction JOB.json``).
+
+    Reads its arguments from the JSON job file and writes one JSON message per line on stdout:
+    ``["progress", stage, done, total, message]``, then ``["done", result]`` or ``["error", message]``.
+    """
+    job = json.loads(Path(job_file).read_text())
+    out = sys.stdout
+    sys.stdout = sys.stderr  # anything else that prints must not corrupt the message stream
+
+    def send(*msg):
+        out.write(json.dumps(msg) + "\n")
+        out.flush()
 
     def report(stage, done, total, msg):
-        q.put(("progress", stage, done, total, msg))
+        send("progress", stage, done, total, msg)
 
     try:
         import pycolmap
 
         if not os.environ.get("SFM_COLMAP_VERBOSE"):
-            pycolmap.logging.minloglevel = 2  # errors only; progress comes through the queue
-        mcfg = MappingConfig(**cfg)
-        rd = Path(run_dir)
+            pycolmap.logging.minloglevel = 2  # errors only; progress comes through the messages
+        mcfg = MappingConfig(**job["cfg"])
+        rd = Path(job["run_dir"])
+        names, images, pairs = job["names"], job["images"], [tuple(p) for p in job["pairs"]]
         result: dict = {}
-        if "verification" in stages:
-            _build_database(rd, names, images, [tuple(p) for p in pairs], mcfg, min_matches, report)
+        if "verification" in job["stages"]:
+            _build_database(rd, names, images, pairs, mcfg, job["min_matches"], report)
             result.update(_verify(rd, mcfg, report))
-        if "mapping" in stages:
-            result.update(_map(rd, names, images, [tuple(p) for p in pairs], mcfg, min_matches, report))
-        q.put(("done", result))
+        if "mapping" in job["stages"]:
+            if os.environ.get("SFM_FAULT_INJECT") == "abort-mapping":  # tests: behave like a pycolmap abort
+                os.abort()
+            result.update(_map(rd, names, images, pairs, mcfg, job["min_matches"], report))
+        send("done", result)
     except MappingError as e:
-        q.put(("error", str(e)))
+        send("error", str(e))
     except Exception as e:  # noqa: BLE001 - forwarded to the parent as a readable message
-        q.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"))
+        send("error", f"{type(e).__name__}: {e}")
+        traceback.print_exc()
+    return 0
 
 
 def run_in_child(
@@ -292,42 +306,60 @@ def run_in_child(
     progress: Callable[[str, int, int, str], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> dict:
-    """Run ``stages`` (``"verification"``, ``"mapping"``) in a spawned child process.
+    """Run ``stages`` (``"verification"``, ``"mapping"``) in a child Python process.
 
-    Returns the merged result dicts of the stages. Progress arrives as ``progress(stage, done, total, msg)``.
-    The child's peak memory is added as ``child_peak_rss_mb``.
+    The child is a plain subprocess (``python -m backend.reconstruction``), not ``multiprocessing``, so it works
+    from any caller (scripts without a ``__main__`` guard, Streamlit, threads) and a pycolmap abort (SIGABRT) only
+    ends the child. Returns the merged result dicts of the stages, plus ``child_peak_rss_mb``. Progress arrives as
+    ``progress(stage, done, total, msg)``.
 
     Raises:
-        MappingError: pycolmap raised, or the child died (e.g. SIGABRT), or ``cancel`` was set.
+        MappingError: pycolmap raised, the child died (e.g. SIGABRT), or ``cancel`` was set.
     """
     import psutil
 
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(
-        target=_child_main,
-        args=(str(run_dir), names, images, [list(x) for x in pairs], vars(cfg).copy(), min_matches, q, stages),
-        daemon=True,
-    )
-    p.start()
-    peak = 0.0
-    result = None
-    error = None
+    run_dir = Path(run_dir)
+    job_file = run_dir / "mapping_job.json"
+    job_file.write_text(json.dumps({
+        "run_dir": str(run_dir), "names": names, "images": images, "pairs": [list(p) for p in pairs],
+        "cfg": vars(cfg).copy(), "min_matches": min_matches, "stages": stages,
+    }))
+    log_path = run_dir / "mapping.log"
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = repo_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(log_path, "ab") as log:
+        p = subprocess.Popen([sys.executable, "-m", "backend.reconstruction", str(job_file)], cwd=repo_root,
+                             env=env, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+    messages: queue.Queue = queue.Queue()
+
+    def reader():
+        for line in p.stdout:
+            try:
+                messages.put(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        messages.put(None)
+
+    threading.Thread(target=reader, daemon=True).start()
     try:
         ps = psutil.Process(p.pid)
     except psutil.Error:
         ps = None
-    while True:
+    peak, result, error, eof = 0.0, None, None, False
+    while not eof:
         try:
-            msg = q.get(timeout=0.2)
+            msg = messages.get(timeout=0.2)
         except queue.Empty:
-            msg = None
+            msg = ()
         if ps is not None:
             try:
                 peak = max(peak, ps.memory_info().rss / 2**20)
             except psutil.Error:
                 pass
-        if msg is not None:
+        if msg is None:
+            eof = True
+        elif msg:
             if msg[0] == "progress" and progress:
                 progress(*msg[1:])
             elif msg[0] == "done":
@@ -336,31 +368,14 @@ def run_in_child(
                 error = msg[1]
         if cancel is not None and cancel.is_set():
             p.terminate()
-            p.join(5)
+            p.wait(10)
             raise MappingError("cancelled")
-        if result is not None or error is not None:
-            break
-        if not p.is_alive():
-            # drain what is left
-            time.sleep(0.1)
-            try:
-                while True:
-                    msg = q.get_nowait()
-                    if msg[0] == "done":
-                        result = msg[1]
-                    elif msg[0] == "error":
-                        error = msg[1]
-            except queue.Empty:
-                pass
-            if result is None and error is None:
-                code = p.exitcode
-                sig = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                error = (
-                    f"pycolmap crashed ({sig}) during {'/'.join(stages)}. The stages before it are kept; try another "
-                    "preset, more keypoints, or per-image cameras, and look at the Matches page for weak pairs."
-                )
-            break
-    p.join(10)
+    code = p.wait()
+    if error is None and result is None:
+        sig = f"signal {-code}" if code < 0 else f"exit code {code}"
+        error = (f"pycolmap crashed ({sig}) during {'/'.join(stages)}. The stages before it are kept; try another "
+                 f"preset, more keypoints or another camera mode, and look at the Matches page for weak pairs "
+                 f"(details: {log_path.name}).")
     if error is not None:
         raise MappingError(error)
     result["child_peak_rss_mb"] = round(peak, 1)
@@ -370,3 +385,7 @@ def run_in_child(
 def read_mapping_summary(run_dir: Path) -> dict:
     """``mapping.json`` of a run."""
     return json.loads((Path(run_dir) / MAPPING_JSON).read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1]))

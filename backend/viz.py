@@ -112,7 +112,7 @@ def draw_matches(image0: Image.Image, image1: Image.Image, kpts0: np.ndarray, kp
         colors = np.where(inl[:, None], np.array([[20, 200, 60]]), np.array([[235, 50, 50]])).astype(np.uint8)
         idx = idx[np.argsort(inl[idx], kind="stable")]  # inliers drawn last, on top
     elif scores is not None and len(scores):
-        colors = colormap(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+        colors = colormap(np.asarray(scores, dtype=np.float64))  # 2nd-98th percentile: LightGlue scores bunch near 1
     else:
         colors = np.tile(np.array([[30, 144, 255]], np.uint8), (len(m), 1))
     p0 = (np.asarray(kpts0, np.float64)[m[:, 0]] + 0.5) * sa - 0.5 if len(m) else np.zeros((0, 2))
@@ -145,11 +145,16 @@ def similarity_heatmap(similarity: np.ndarray, names: list[str], pairs: list[tup
     sim = np.asarray(similarity, dtype=np.float64)
     n = len(names)
     short = [f"{i}: {_short(nm)}" for i, nm in enumerate(names)]
-    hover = [[f"{names[i]}<br>{names[j]}<br>similarity {sim[i, j]:.3f}" for j in range(n)] for i in range(n)]
     z = sim.copy()
     np.fill_diagonal(z, np.nan)
-    fig = go.Figure(go.Heatmap(z=z, x=short, y=short, colorscale="Viridis", text=hover,
-                               hovertemplate="%{text}<extra></extra>", colorbar=dict(title="cosine")))
+    if n <= 150:  # per-cell hover text with both names (n^2 strings: only for moderate sizes)
+        hover = [[f"{names[i]}<br>{names[j]}<br>similarity {sim[i, j]:.3f}" for j in range(n)] for i in range(n)]
+        heat = go.Heatmap(z=z, x=short, y=short, colorscale="Viridis", text=hover,
+                          hovertemplate="%{text}<extra></extra>", colorbar=dict(title="cosine"))
+    else:
+        heat = go.Heatmap(z=z, x=short, y=short, colorscale="Viridis", colorbar=dict(title="cosine"),
+                          hovertemplate="%{y}<br>%{x}<br>similarity %{z:.3f}<extra></extra>")
+    fig = go.Figure(heat)
     if pairs:
         pos = {nm: i for i, nm in enumerate(names)}
         xs, ys = [], []
@@ -255,18 +260,70 @@ def reconstruction_arrays(rec) -> tuple[np.ndarray, np.ndarray, list[CameraView]
     return xyz, rgb, cams
 
 
+def _centre_and_extent(xyz: np.ndarray, cams: list[CameraView]) -> tuple[np.ndarray, float]:
+    """A robust centre and size of the scene: the points' median and the 90th percentile of their distance to
+    it; without enough points, the cameras' median and median spread. Stray points or a badly registered camera
+    far away do not change either."""
+    if len(xyz) >= 10:
+        c = np.median(xyz, 0)
+        ext = float(np.percentile(np.linalg.norm(xyz - c, axis=1), 90))
+    elif cams:
+        cc = np.array([cv.center for cv in cams])
+        c = np.median(cc, 0)
+        ext = 2.0 * float(np.median(np.linalg.norm(cc - c, axis=1))) if len(cams) > 1 else 1.0
+    else:
+        return np.zeros(3), 1.0
+    return c, (ext if ext > 0 and math.isfinite(ext) else 1.0)
+
+
 def scene_scale(xyz: np.ndarray, cams: list[CameraView]) -> float:
-    """A robust size of the scene (for frustum size): the 90th percentile of the points' distance to their
-    median, or the spread of the camera centres, whichever is larger; 1 when empty."""
-    vals = []
+    """A robust size of the scene (frusta are drawn at a fraction of it); 1 when empty."""
+    return _centre_and_extent(xyz, cams)[1]
+
+
+def view_box(xyz: np.ndarray, cams: list[CameraView], margin: float = 0.0) -> tuple[np.ndarray, np.ndarray, int]:
+    """The axis-aligned box the 3D view shows and how many cameras lie outside it.
+
+    The box holds the 1st-99th percentile of the points and every camera centre except those further from the
+    scene's centre than 10 scene sizes and 5 times the median camera distance (a badly registered camera far
+    away would otherwise shrink everything to a dot), padded by ``margin`` and 5%."""
+    centre, ext = _centre_and_extent(xyz, cams)
+    dist = {cv.name: float(np.linalg.norm(cv.center - centre)) for cv in cams}
+    limit = max(10 * ext, 5 * float(np.median(list(dist.values())))) if cams else 0.0
+    parts = []
     if len(xyz):
-        d = np.linalg.norm(xyz - np.median(xyz, 0), axis=1)
-        vals.append(float(np.percentile(d, 90)))
-    if len(cams) >= 2:
-        c = np.array([cv.center for cv in cams])
-        vals.append(float(np.linalg.norm(c - c.mean(0), axis=1).max()))
-    v = max(vals) if vals else 1.0
-    return v if v > 0 and math.isfinite(v) else 1.0
+        q = 1 if len(xyz) >= 200 else 0
+        parts += [np.percentile(xyz, q, axis=0), np.percentile(xyz, 100 - q, axis=0)]
+    near = [cv.center for cv in cams if dist[cv.name] <= limit]
+    if near:
+        c = np.array(near)
+        parts += [c.min(0), c.max(0)]
+    if not parts:
+        return np.full(3, -1.0), np.full(3, 1.0), len(cams)
+    lo, hi = np.min(parts, axis=0) - margin, np.max(parts, axis=0) + margin
+    pad = 0.05 * max(float((hi - lo).max()), 1e-6)
+    return lo - pad, hi + pad, len(cams) - len(near)
+
+
+def _default_view(cams: list[CameraView], lo: np.ndarray, hi: np.ndarray) -> dict:
+    """Plotly scene camera looking the way the cameras look (their mean viewing direction), from behind and a
+    little above them, with their mean 'up' as up. Directions are scaled into plotly's normalised box."""
+    span = np.maximum(hi - lo, 1e-9)
+    scale = (span / span.max()) / span  # world direction -> normalised scene direction
+    if cams:
+        fwd = np.mean([cv.R.T @ np.array([0.0, 0.0, 1.0]) for cv in cams], axis=0)
+        up = np.mean([cv.R.T @ np.array([0.0, -1.0, 0.0]) for cv in cams], axis=0)
+    else:
+        fwd, up = np.array([0.0, 0.0, 1.0]), np.array([0.0, -1.0, 0.0])
+    fwd_n, up_n = fwd * scale, up * scale
+    if np.linalg.norm(fwd_n) < 1e-9:
+        fwd_n = np.array([0.0, 0.0, 1.0])
+    if np.linalg.norm(up_n) < 1e-9:
+        up_n = np.array([0.0, -1.0, 0.0])
+    fwd_n, up_n = fwd_n / np.linalg.norm(fwd_n), up_n / np.linalg.norm(up_n)
+    eye = -0.95 * fwd_n + 0.4 * up_n
+    as_dict = lambda v: dict(x=float(v[0]), y=float(v[1]), z=float(v[2]))  # noqa: E731
+    return dict(up=as_dict(up_n), eye=as_dict(eye), center=dict(x=0, y=0, z=0))
 
 
 def frustum_lines(cam: CameraView, depth: float) -> np.ndarray:
@@ -320,12 +377,19 @@ def reconstruction_figure(xyz: np.ndarray, rgb: np.ndarray, cams: list[CameraVie
                         color=["#ffbf00" if cv.name == selected else "#d62728" for cv in cams], symbol="diamond"),
             customdata=[cv.name for cv in cams], text=[f"{cv.name}<br>{cv.num_points} points" for cv in cams],
             hovertemplate="%{text}<extra></extra>", showlegend=False))
+    lo, hi, n_far = view_box(xyz, cams, depth)
+    span = np.maximum(hi - lo, 1e-9)
+    ratio = span / span.max()
+    axis = lambda i: dict(visible=False, range=[float(lo[i]), float(hi[i])])  # noqa: E731
     fig.update_layout(
         height=height, margin=dict(l=0, r=0, t=10, b=0), legend=dict(x=0, y=1),
-        scene=dict(aspectmode="data", xaxis=dict(visible=False), yaxis=dict(visible=False),
-                   zaxis=dict(visible=False), camera=dict(up=dict(x=0, y=-1, z=0), eye=dict(x=0.0, y=-0.9, z=-2.2)),
-                   bgcolor="white"),
+        scene=dict(aspectmode="manual", aspectratio=dict(x=ratio[0], y=ratio[1], z=ratio[2]),
+                   xaxis=axis(0), yaxis=axis(1), zaxis=axis(2),
+                   camera=_default_view(cams, lo, hi), bgcolor="white"),
         uirevision="keep")
+    if n_far:
+        fig.add_annotation(text=f"{n_far} camera(s) far outside this view (badly registered?)", showarrow=False,
+                           xref="paper", yref="paper", x=1, y=1, xanchor="right", font=dict(color="#b45309"))
     return fig
 
 
@@ -382,6 +446,21 @@ def gt_vs_prediction_figure(names: list[str], gt_c: np.ndarray, pred_c: np.ndarr
                                name="prediction (aligned)", marker=dict(size=5, color="#ff7f0e", symbol=sym),
                                text=[f"{n}<br>error {e:.3g}" for n, e in zip(names, err)],
                                hovertemplate="%{text}<extra></extra>"))
+    # frame the ground truth (and the predictions near it): one wildly wrong camera must not shrink the rest
+    mid = np.median(gt_c, axis=0)
+    ext = max(float(np.linalg.norm(gt_c - mid, axis=1).max()), 1e-6)
+    near = np.linalg.norm(pred_c - mid, axis=1) <= 3 * ext
+    pts = np.vstack([gt_c, pred_c[near]])
+    lo, hi = pts.min(0), pts.max(0)
+    pad = 0.08 * max(float((hi - lo).max()), 1e-6)
+    lo, hi = lo - pad, hi + pad
+    span = hi - lo
+    ratio = span / span.max()
     fig.update_layout(height=height, margin=dict(l=0, r=0, t=10, b=0), legend=dict(x=0, y=1),
-                      scene=dict(aspectmode="data"))
+                      scene=dict(aspectmode="manual", aspectratio=dict(x=ratio[0], y=ratio[1], z=ratio[2]),
+                                 xaxis=dict(range=[lo[0], hi[0]]), yaxis=dict(range=[lo[1], hi[1]]),
+                                 zaxis=dict(range=[lo[2], hi[2]])))
+    if (~near).any():
+        fig.add_annotation(text=f"{int((~near).sum())} predicted camera(s) far outside this view", showarrow=False,
+                           xref="paper", yref="paper", x=1, y=1, xanchor="right", font=dict(color="#b45309"))
     return fig

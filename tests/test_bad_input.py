@@ -56,3 +56,29 @@ def test_missing_folder_and_bad_preset(tmp_path):
     assert res.returncode == 2 and "not a folder" in res.stderr
     res = run_cli("reconstruct", str(tmp_path), "--out", str(tmp_path / "run"), "--preset", "turbo")
     assert res.returncode == 2 and "unknown preset" in res.stderr
+
+
+def test_pycolmap_abort_is_reported_and_earlier_stages_kept(tmp_path):
+    """A SIGABRT in the mapping child fails the run with a one-line reason; a rerun resumes after the failure."""
+    import os
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((scene_dir("reichstag_imc2020") / "images").iterdir())[:4]:
+        shutil.copy(p, images / p.name)
+    out = tmp_path / "run"
+    os.environ["SFM_FAULT_INJECT"] = "abort-mapping"
+    try:
+        res = run_cli("reconstruct", str(images), "--out", str(out), "--preset", "fast", "--quiet")
+    finally:
+        del os.environ["SFM_FAULT_INJECT"]
+    assert res.returncode == 1
+    assert "mapping failed: pycolmap crashed (signal 6)" in res.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert [record["stages"][s]["status"] for s in ["features", "matching", "verification", "mapping"]] == \
+        ["done", "done", "done", "failed"]
+    features_mtime = (out / "features.h5").stat().st_mtime_ns
+    res = run_cli("reconstruct", str(images), "--out", str(out), "--preset", "fast", "--quiet")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "features.h5").stat().st_mtime_ns == features_mtime
+    assert json.loads((out / "run.json").read_text())["summary"]["registered_images"] >= 3
