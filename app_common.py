@@ -194,8 +194,10 @@ def render_stage_table(state: dict) -> None:
         elif stt == "running" and state["status"] in ("running", "queued"):
             done, total = info.get("done") or 0, info.get("total") or 0
             frac = min(1.0, done / total) if total else 0.0
-            c2.progress(frac, text=f"{done}/{total} {info.get('message') or ''}"[:90] if total else
-                        (info.get("message") or "starting")[:90])
+            msg = info.get("message") or ""
+            if msg == "cached":  # a resumed stage reports what it already had
+                msg = "resuming" if done else "starting"
+            c2.progress(frac, text=f"{done}/{total} {msg}"[:90] if total else (msg or "starting")[:90])
         elif stt in ("failed", "cancelled", "stopped"):
             c2.markdown(f":red[{stt}]" if stt == "failed" else f":orange[{stt}]")
         else:

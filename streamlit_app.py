@@ -198,6 +198,9 @@ def summary_and_links(state: dict) -> None:
         mtl, mre = s.get("mean_track_length"), s.get("mean_reprojection_error")
         c[2].metric("Mean track length", f"{mtl:.2f}" if mtl is not None else "–")
         c[3].metric("Mean reprojection error", f"{mre:.2f} px" if mre is not None else "–")
+        ev = state["record"].get("evaluation")
+        if ev and ev.get("mAA") is not None:
+            st.caption(f"mAA against the scene's ground truth: **{ev['mAA']:.3f}** (details on the Evaluate page)")
     cols = st.columns(len(ui.PAGES))
     for col, key in zip(cols, ui.PAGES):
         with col:

@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 
 import app_common as ui
-from backend import evaluate, jobs, viz
+from backend import evaluate, jobs, runview, viz
 
 DEFAULT_THRESHOLDS = "0.025;0.05;0.1;0.2;0.5;1.0"
 MAX_GT_BYTES = 20 * 2**20
@@ -69,6 +69,17 @@ def page() -> None:
         else:
             gt = evaluate.read_poses_csv(scene_gt)
         pred = evaluate.read_poses_csv(run_dir / "poses.csv")
+        run_names = {i["name"] for i in runview.images_info(run_dir)["images"]} | set(pred)
+        extra = sorted(n for n in gt if n not in run_names)
+        if extra:
+            only = st.checkbox(f"Evaluate only the images of this run ({len(extra)} of the {len(gt)} ground-truth "
+                               "images are not in it)", value=True, key="eval_only_run",
+                               help="IMC counts every ground-truth image that is missing from a submission as a "
+                                    "failure; untick to score this run that way")
+            if only:
+                gt = {n: p for n, p in gt.items() if n in run_names}
+                if not gt:
+                    raise ValueError("none of the ground-truth image names occur in this run")
         res = evaluate.mean_average_accuracy(gt, pred, th_text)
     except (ValueError, OSError) as e:
         msg = str(e).replace(tempfile.gettempdir(), "").strip()

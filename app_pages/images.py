@@ -27,11 +27,17 @@ def page() -> None:
     if info.get("renamed"):
         with st.expander(f"{len(info['renamed'])} file name(s) were cleaned up"):
             st.dataframe([{"uploaded as": k, "saved as": v} for k, v in info["renamed"].items()], hide_index=True)
-    per_row = st.columns([1, 3])[0].select_slider("Thumbnails per row", [2, 3, 4, 5, 6, 8], value=4,
-                                                  key="thumbs_per_row")
-    for start in range(0, len(images), per_row):
+    c1, c2 = st.columns([1, 3])
+    per_row = c1.select_slider("Thumbnails per row", [2, 3, 4, 5, 6, 8], value=4, key="thumbs_per_row")
+    page_size = 48
+    shown = images
+    if len(images) > page_size:
+        n_pages = (len(images) + page_size - 1) // page_size
+        p = c2.number_input(f"Page (of {n_pages}, {page_size} images each)", 1, n_pages, 1, key="thumbs_page")
+        shown = images[(p - 1) * page_size: p * page_size]
+    for start in range(0, len(shown), per_row):
         cols = st.columns(per_row)
-        for col, im in zip(cols, images[start:start + per_row]):
+        for col, im in zip(cols, shown[start:start + per_row]):
             with col:
                 st.image(str(runview.thumbnail_path(run_dir, im["name"])), width="stretch")
                 focal = (f"{im['exif_focal_mm']:.1f} mm EXIF" if im.get("exif_focal_mm") else "no EXIF focal")

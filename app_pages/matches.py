@@ -9,7 +9,7 @@ import app_common as ui
 from backend import jobs, runview, viz
 
 VIEWS = {
-    "raw": "Raw LightGlue matches (colour: confidence)",
+    "raw": "Raw LightGlue matches (colour: confidence, purple low, yellow high)",
     "verified": "Verified inliers (green) and rejected matches (red)",
     "inliers": "Verified inliers only",
 }
@@ -42,23 +42,25 @@ def page() -> None:
     if not verified:
         st.info("Geometric verification has not run yet: only raw matches are shown. Continue the run on Home to "
                 "see which matches survive.")
-    labels = {}
-    for a, b, m, i in zip(table["image0"], table["image1"], table["matches"], table["inliers"]):
-        extra = f", {int(i)} inliers" if verified and i == i else ""
-        labels[(a, b)] = f"{a} — {b} ({int(m) if m == m else 0} matches{extra})"
-    if not labels:
+    if table.empty:
         st.warning("No pairs were selected for this run.")
         return
-    pairs = sorted(labels, key=lambda p: -float(table.loc[(table.image0 == p[0]) & (table.image1 == p[1]),
-                                                          "inliers" if verified else "matches"].fillna(0).iloc[0]))
+    order = table.assign(_k=table["inliers" if verified else "matches"].fillna(0)).sort_values("_k", ascending=False,
+                                                                                              kind="stable")
+    labels = {}
+    for a, b, m, i in zip(order["image0"], order["image1"], order["matches"], order["inliers"]):
+        extra = f", {int(i)} inliers" if verified and i == i else ""
+        labels[(a, b)] = f"{a} — {b} ({int(m) if m == m else 0} matches{extra})"
+    pairs = list(labels)
     c1, c2, c3 = st.columns([4, 3, 2])
     pair = c1.selectbox("Pair (most " + ("inliers" if verified else "matches") + " first)", pairs,
                         format_func=lambda p: labels[p], key="match_pair")
-    view = c2.radio("Show", list(VIEWS) if verified else ["raw"], format_func=VIEWS.get, key="match_view")
+    view = c2.radio("Show", list(VIEWS) if verified else ["raw"], format_func=VIEWS.get, key="match_view",
+                    index=1 if verified else 0)
     max_lines = c3.select_slider("Lines drawn (at most)", [100, 200, 400, 800, 2000], value=200, key="match_lines")
     mtime = (run_dir / "matches.h5").stat().st_mtime
     img, n, n_inl, geom = _drawing(str(run_dir), pair[0], pair[1], view, max_lines, mtime)
-    text = f"{n} matches shown (a random subset of at most {max_lines} lines is drawn)"
+    text = f"{n} matches" + (f" (a random {max_lines} of them drawn)" if n > max_lines else "")
     if view != "raw":
         text += f"; {n_inl} verified inliers" + (f", two-view geometry: {geom}" if geom else "")
     st.image(img, width="stretch", caption=text)

@@ -146,7 +146,7 @@ class Pipeline:
         r = self.record
         r.setdefault("run_id", self.run_dir.name)
         r.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        r["images_dir"] = str(self.opt.images_dir)
+        r["images_dir"] = str(Path(self.opt.images_dir).resolve())
         r["dataset"] = self.opt.dataset or Path(self.opt.images_dir).resolve().parent.name
         r["scene"] = self.opt.scene or r["dataset"]
         r["config"] = self.cfg.to_dict()
@@ -204,7 +204,7 @@ class Pipeline:
     def _stage_retrieval(self, report):
         from .retrieval import run_retrieval
 
-        return run_retrieval(self.run_dir, self._names(), self.cfg.retrieval, report)
+        return run_retrieval(self.run_dir, self._names(), self.cfg.retrieval, report, self.cancel)
 
     def _stage_features(self, report):
         from .features import run_features

@@ -135,7 +135,7 @@ def _verify(run_dir: Path, cfg: MappingConfig, report) -> dict:
             inl = np.asarray(geom.inlier_matches, dtype=np.int32).reshape(-1, 2)
             g = f.require_group(id_to_name[i0]).create_group(id_to_name[i1])
             g.create_dataset("inliers", data=inl)
-            g.attrs["config"] = str(geom.config).split(".")[-1]
+            g.attrs["config"] = getattr(geom.config, "name", str(geom.config))
             if len(inl):
                 n_verified += 1
                 inliers_total += len(inl)

@@ -17,6 +17,7 @@ Outputs in the run folder:
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -146,6 +147,7 @@ def run_retrieval(
     names: list[str],
     cfg: RetrievalConfig,
     progress: Callable[[int, int, str], None] | None = None,
+    cancel: "threading.Event | None" = None,
 ) -> dict:
     """Compute global descriptors of ``names`` and write ``pairs.txt`` and ``retrieval.h5``.
 
@@ -158,6 +160,8 @@ def run_retrieval(
     multiple = 14 if model.startswith("dinov2") else 32
     descs = []
     for i, name in enumerate(names):
+        if cancel is not None and cancel.is_set():
+            raise InterruptedError("cancelled")
         img, _, _ = load_rgb(run_dir / "images" / name, cfg.resize)
         descs.append(describe(net, img, device, multiple))
         if progress:
