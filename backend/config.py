@@ -126,13 +126,16 @@ def _preset(name: str, **sections: dict[str, Any]) -> PipelineConfig:
 
 
 PRESETS: dict[str, PipelineConfig] = {
+    # fast: ~5 retrieved neighbours per image, 1024 keypoints at 640 px (LightGlue costs ~0.3 s per pair on 2 CPU
+    # cores at 1k keypoints, ~4x that at 2k; see bench/RESULTS.md)
     "fast": _preset(
         "fast",
-        retrieval={"num_neighbors": 6, "exhaustive_below": 12},
-        features={"resize": 800, "max_keypoints": 1024},
+        retrieval={"num_neighbors": 5, "exhaustive_below": 6},
+        features={"resize": 640, "max_keypoints": 1024},
         matching={"depth_confidence": 0.9, "width_confidence": 0.95},
     ),
-    "balanced": _preset("balanced"),
+    # balanced: all pairs up to 10 images, else 8 retrieved neighbours per image; 2048 keypoints at 1024 px
+    "balanced": _preset("balanced", retrieval={"num_neighbors": 8, "exhaustive_below": 10}),
     "accurate": _preset(
         "accurate",
         retrieval={"num_neighbors": 20, "exhaustive_below": 40},

@@ -36,6 +36,7 @@ DATABASE = "database.db"
 TWO_VIEW_H5 = "two_view.h5"
 SPARSE = "sparse"
 MAPPING_JSON = "mapping.json"
+DATABASE_GROUPS = "database_groups.json"
 
 
 class MappingError(RuntimeError):
@@ -46,9 +47,10 @@ def _build_database(run_dir: Path, names: list[str], images: dict, pairs: list[t
                     min_matches: int, report, groups: list[dict] | None = None) -> None:
     """Write ``database.db``: cameras, images, keypoints and the raw matches of pairs with >= ``min_matches``.
 
-    ``groups``: images that share one camera, as ``[{"names": [...], "focal_px": f}]``; every other image gets its
-    own camera. ``camera_mode`` ``shared`` puts all images in one group; ``per_image`` and ``auto`` (first pass)
-    use no groups.
+    ``groups``: images that share one camera, as ``[{"names": [...], "focal_px": f, "trusted": bool}]``; every
+    other image gets its own camera. ``focal_px`` is the camera's initial focal length, marked as a prior
+    (``has_prior_focal_length``) unless ``trusted`` is False. ``camera_mode`` ``shared`` puts all images in one
+    group. The groups used are recorded in ``database_groups.json``.
     """
     import pycolmap
 
@@ -72,7 +74,10 @@ def _build_database(run_dir: Path, names: list[str], images: dict, pairs: list[t
     reader.camera_model = cfg.camera_model
     grouped = set()
     focal_override = {}
+    untrusted = set()
     for g in groups:
+        if not g.get("trusted", True):
+            untrusted.update(g["names"])
         pycolmap.import_images(db_path, run_dir / "images", pycolmap.CameraMode.SINGLE, g["names"], reader)
         grouped.update(g["names"])
         focal_override.update({n: g["focal_px"] for n in g["names"]})
@@ -95,7 +100,8 @@ def _build_database(run_dir: Path, names: list[str], images: dict, pairs: list[t
             cam = pycolmap.Camera.create_from_model_name(
                 im.camera_id, cfg.camera_model, focal, info["width"], info["height"]
             )
-            cam.has_prior_focal_length = info["focal_source"] == "exif" or im.name in focal_override
+            cam.has_prior_focal_length = info["focal_source"] == "exif" or (
+                im.name in focal_override and im.name not in untrusted)
             db.update_camera(cam)
         with h5py.File(run_dir / "features.h5", "r") as f:
             for n in names:
@@ -108,6 +114,7 @@ def _build_database(run_dir: Path, names: list[str], images: dict, pairs: list[t
                 written.append((n0, n1))
     finally:
         db.close()
+    (run_dir / DATABASE_GROUPS).write_text(json.dumps(groups))
     with open(run_dir / "pairs_matched.txt", "w") as f:
         for n0, n1 in written:
             f.write(f"{n0} {n1}\n")
@@ -207,35 +214,127 @@ def shared_camera_groups(rec, images: dict, names: list[str], max_spread: float 
     return groups
 
 
+def _database_groups(run_dir: Path) -> list | None:
+    p = run_dir / DATABASE_GROUPS
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def metadata_camera_groups(images: dict, names: list[str], min_size: int = 3) -> list[dict]:
+    """Images that probably share one camera, from metadata alone: the same size (W, H) and the same EXIF make,
+    model and focal length (or no EXIF at all), in groups of at least ``min_size``.
+
+    Video frames, turntables and renders become one group; phone photos from a wide and a tele lens without EXIF
+    also do, which :func:`check_shared_groups` catches after mapping. Returns ``[{"names": [...], "focal_px": f}]``
+    with the group's median focal-length prior in px.
+    """
+    by_key: dict[tuple, list[str]] = {}
+    for n in names:
+        i = images[n]
+        key = (i["width"], i["height"], i.get("make", ""), i.get("model", ""), i.get("exif_focal_mm"))
+        by_key.setdefault(key, []).append(n)
+    return [{"names": m, "focal_px": float(np.median([images[n]["focal_px"] for n in m])),
+             "trusted": all(images[n]["focal_source"] == "exif" for n in m)}
+            for m in by_key.values() if len(m) >= min_size]
+
+
+def check_shared_groups(rec, groups: list[dict], max_spread: float = 1.15, min_registered: float = 0.9) -> bool:
+    """Whether a reconstruction made with shared cameras confirms every group.
+
+    Each registered image of a group re-estimates its own focal length from its 2D-3D correspondences
+    (``pycolmap.estimate_and_refine_absolute_pose`` with focal refinement, starting from the shared camera). A group
+    is confirmed when at least ``min_registered`` of it is registered and those focal lengths agree within
+    ``max_spread`` (max / min). A wide and a tele lens forced into one camera fail one of the two tests.
+    """
+    import pycolmap
+
+    name_to_image = {im.name: im for im in rec.images.values()}
+    for g in groups:
+        focals = []
+        for n in g["names"]:
+            im = name_to_image.get(n)
+            if im is None or not im.has_pose:
+                continue
+            pts = [(p.xy, rec.points3D[p.point3D_id].xyz) for p in im.points2D if p.has_point3D()]
+            if len(pts) < 20:
+                continue
+            src = rec.cameras[im.camera_id]
+            cam = pycolmap.Camera.create_from_model_name(src.camera_id, src.model.name, src.mean_focal_length(),
+                                                         src.width, src.height)
+            cam.params = src.params
+            ref = pycolmap.AbsolutePoseRefinementOptions()
+            ref.refine_focal_length = True
+            est = pycolmap.AbsolutePoseEstimationOptions()
+            est.ransac.max_error = 4.0
+            r = pycolmap.estimate_and_refine_absolute_pose(
+                np.array([a for a, _ in pts], np.float64), np.array([b for _, b in pts], np.float64), cam, est, ref)
+            if r is not None:
+                focals.append(cam.mean_focal_length())
+        if len(focals) < max(3, min_registered * len(g["names"])) or max(focals) / min(focals) > max_spread:
+            return False
+    return True
+
+
 def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: MappingConfig, min_matches: int,
          report) -> dict:
-    """Mapping; with ``camera_mode="auto"`` a second pass with shared cameras where the first pass (one camera per
-    image) shows that images share intrinsics (see :func:`shared_camera_groups`); the pass that registers more
-    images wins, the shared one on a tie."""
+    """Mapping. ``camera_mode="auto"``: when metadata suggests shared cameras (:func:`metadata_camera_groups`)
+    the first pass shares them, and is kept if :func:`check_shared_groups` confirms them; otherwise (or without
+    such groups) one camera per image, then a pass with shared cameras where the refined focal lengths show that
+    images share intrinsics (:func:`shared_camera_groups`); the pass that registers more images wins, the
+    shared one on a tie."""
     out = run_dir / SPARSE
     if out.exists():
         shutil.rmtree(out)
     n_images = len(names)
-    models = _incremental(run_dir, n_images, cfg, report)
-    camera_info: dict = {"mode": cfg.camera_mode, "shared_groups": []}
-    if cfg.camera_mode == "auto" and models:
-        best = max(models.values(), key=lambda r: r.num_reg_images())
-        groups = shared_camera_groups(best, images, names)
-        if groups:
-            first_reg = best.num_reg_images()
-            _build_database(run_dir, names, images, pairs, cfg, min_matches, report, groups=groups)
-            _verify(run_dir, cfg, report)
-            models2 = _incremental(run_dir, n_images, cfg, report, " (shared cameras)")
-            reg2 = max((r.num_reg_images() for r in models2.values()), default=0)
-            camera_info["first_pass_registered"] = first_reg
-            camera_info["shared_pass_registered"] = reg2
-            if reg2 >= first_reg:
-                models = models2
-                camera_info["shared_groups"] = [{"images": len(g["names"]), "focal_px": round(g["focal_px"], 1)}
-                                                for g in groups]
-            else:  # restore the database of the pass that is kept
+    camera_info: dict = {"mode": cfg.camera_mode, "shared_groups": [], "passes": 1}
+
+    def n_reg(ms):
+        return max((r.num_reg_images() for r in ms.values()), default=0)
+
+    def summary(groups):
+        return [{"images": len(g["names"]), "focal_px": round(g["focal_px"], 1)} for g in groups]
+
+    models = None
+    if cfg.camera_mode == "auto":
+        meta = metadata_camera_groups(images, names)
+        if meta:
+            if _database_groups(run_dir) != meta:  # the verification stage normally built it so already
+                _build_database(run_dir, names, images, pairs, cfg, min_matches, report, groups=meta)
+                _verify(run_dir, cfg, report)
+            models = _incremental(run_dir, n_images, cfg, report, " (shared cameras from metadata)")
+            best = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
+            if best is not None and check_shared_groups(best, meta):
+                refined = {im.name: float(best.cameras[im.camera_id].mean_focal_length())
+                           for im in best.images.values() if im.has_pose}
+                camera_info["shared_groups"] = summary(
+                    [{**g, "focal_px": float(np.median([refined[n] for n in g["names"] if n in refined]))}
+                     for g in meta])
+                camera_info["metadata_groups_confirmed"] = True
+            else:
+                camera_info["metadata_groups_confirmed"] = False
+                camera_info["passes"] += 1
                 _build_database(run_dir, names, images, pairs, cfg, min_matches, report)
                 _verify(run_dir, cfg, report)
+                models = None
+    if models is None:
+        models = _incremental(run_dir, n_images, cfg, report)
+        if cfg.camera_mode == "auto" and models:
+            best = max(models.values(), key=lambda r: r.num_reg_images())
+            groups = shared_camera_groups(best, images, names)
+            if groups:
+                camera_info["passes"] += 1
+                first_reg = best.num_reg_images()
+                _build_database(run_dir, names, images, pairs, cfg, min_matches, report, groups=groups)
+                _verify(run_dir, cfg, report)
+                models2 = _incremental(run_dir, n_images, cfg, report, " (shared cameras)")
+                reg2 = n_reg(models2)
+                camera_info["first_pass_registered"] = first_reg
+                camera_info["shared_pass_registered"] = reg2
+                if reg2 >= first_reg:
+                    models = models2
+                    camera_info["shared_groups"] = summary(groups)
+                else:  # restore the database of the pass that is kept
+                    _build_database(run_dir, names, images, pairs, cfg, min_matches, report)
+                    _verify(run_dir, cfg, report)
     order = sorted(models.items(), key=lambda kv: (-kv[1].num_reg_images(), kv[0]))
     out.mkdir()
     summary = []
@@ -280,7 +379,8 @@ def _child_main(job_file: str) -> int:
         names, images, pairs = job["names"], job["images"], [tuple(p) for p in job["pairs"]]
         result: dict = {}
         if "verification" in job["stages"]:
-            _build_database(rd, names, images, pairs, mcfg, job["min_matches"], report)
+            groups = metadata_camera_groups(images, names) if mcfg.camera_mode == "auto" else None
+            _build_database(rd, names, images, pairs, mcfg, job["min_matches"], report, groups=groups)
             result.update(_verify(rd, mcfg, report))
         if "mapping" in job["stages"]:
             if os.environ.get("SFM_FAULT_INJECT") == "abort-mapping":  # tests: behave like a pycolmap abort
