@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 TARGET_MAA = {"temple_ring_middlebury": 0.98, "fox_instant_ngp": 0.98, "reichstag_imc2020": 0.90,
@@ -105,8 +106,9 @@ def write_report(results: dict, out: Path, md_path: Path) -> None:
                 continue
             st = r.get("stage_seconds") or {}
             mapping = (st.get("mapping") or 0) + (st.get("verification") or 0)
+            total = f"> {r['wall_seconds']:.0f} (stopped)" if r.get("timed_out") else f"{r['wall_seconds']:.1f}"
             lines.append(f"| {s} | {c} | {r['registered_images']}/{r['n_images']} | {r['mAA']:.3f} | "
-                         f"{r['wall_seconds']:.1f} | {st.get('features', 0) or 0:.1f} | {st.get('matching', 0) or 0:.1f} | "
+                         f"{total} | {st.get('features', 0) or 0:.1f} | {st.get('matching', 0) or 0:.1f} | "
                          f"{mapping:.1f} | {r['peak_rss_mb']:.0f} | {r.get('pairs') or ''} |")
     lines += ["", "## Ratios of ours to the peers (wall time; lower is faster) and mAA differences", "",
               "| scene | ours | time / naive | time / COLMAP-SIFT | mAA - naive | mAA - COLMAP-SIFT |",
@@ -119,10 +121,12 @@ def write_report(results: dict, out: Path, md_path: Path) -> None:
                 continue
 
             def ratio(p):
-                return f"{r['wall_seconds'] / p['wall_seconds']:.2f}" if p and p["wall_seconds"] else "-"
+                if not p or not p["wall_seconds"]:
+                    return "-"
+                return f"{'< ' if p.get('timed_out') else ''}{r['wall_seconds'] / p['wall_seconds']:.2f}"
 
             def diff(p):
-                return f"{r['mAA'] - p['mAA']:+.3f}" if p else "-"
+                return f"{r['mAA'] - p['mAA']:+.3f}" if p and not p.get("timed_out") else "-"
 
             lines.append(f"| {s} | {c} | {ratio(naive)} | {ratio(sift)} | {diff(naive)} | {diff(sift)} |")
     lines += ["", "## Targets", "", "| scene | target mAA | balanced | best of ours | COLMAP-SIFT | met |",
@@ -137,16 +141,60 @@ def write_report(results: dict, out: Path, md_path: Path) -> None:
         met = bal and bal["mAA"] >= tgt and (not sift or bal["mAA"] >= sift["mAA"])
         lines.append(f"| {s} | {tgt:.2f} | {bal['mAA'] if bal else 0:.3f} | {best:.3f} | "
                      f"{sift['mAA'] if sift else float('nan'):.3f} | {'yes' if met else 'no'} |")
+    lines += ["", "## Speed targets", "",
+              "balanced: at most 0.5x the naive configuration's wall time at equal or better mAA; fast: at most 2x "
+              "COLMAP-SIFT's wall time at equal or better mAA.", "",
+              "| scene | balanced / naive | mAA balanced vs naive | met | fast / COLMAP-SIFT | mAA fast vs COLMAP-SIFT | met |",
+              "|---|---:|---|---|---:|---|---|"]
+    for s in scenes:
+        bal, naive = _by(rows, s, "balanced"), _by(rows, s, "naive")
+        fast, sift = _by(rows, s, "fast"), _by(rows, s, "colmap-sift")
+        cells = []
+        for ours, peer, limit in ((bal, naive, 0.5), (fast, sift, 2.0)):
+            if not ours or not peer or not peer["wall_seconds"]:
+                cells += ["-", "-", "-"]
+                continue
+            q = ours["wall_seconds"] / peer["wall_seconds"]
+            if peer.get("timed_out"):  # the peer did not finish: its time is a lower bound
+                cells += [f"< {q:.2f}", f"{ours['mAA']:.3f} vs (stopped)", "yes" if q <= limit else "unknown"]
+                continue
+            ok = q <= limit and ours["mAA"] >= peer["mAA"]
+            cells += [f"{q:.2f}", f"{ours['mAA']:.3f} vs {peer['mAA']:.3f}", "yes" if ok else "no"]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
     sc = results.get("scaling") or []
     if sc:
         lines += ["", "## Scaling (seconds per stage against the number of images)", "",
-                  "| images | config | pairs | features s | matching s | verification+mapping s | total s | peak MB |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|"]
+                  "| images | config | pairs matched | all pairs | features s | matching s | verification+mapping s "
+                  "| total s | peak MB |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(sc, key=lambda r: (r["config"], r["subset"])):
             st = r.get("stage_seconds") or {}
-            lines.append(f"| {r['subset']} | {r['config']} | {r.get('pairs')} | {st.get('features', 0):.1f} | "
-                         f"{st.get('matching', 0):.1f} | {(st.get('verification') or 0) + (st.get('mapping') or 0):.1f} | "
+            n = r["subset"]
+            lines.append(f"| {n} | {r['config']} | {r.get('pairs')} | {n * (n - 1) // 2} | "
+                         f"{st.get('features') or 0:.1f} | {st.get('matching') or 0:.1f} | "
+                         f"{(st.get('verification') or 0) + (st.get('mapping') or 0):.1f} | "
                          f"{r['wall_seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
+        lines += ["", "Growth exponents k in time ~ images^k (least squares on log-log, per configuration):", ""]
+        for c in sorted({r["config"] for r in sc}):
+            rs = sorted([r for r in sc if r["config"] == c], key=lambda r: r["subset"])
+            if len(rs) < 2:
+                continue
+            parts = []
+            for st, label in (("features", "features"), ("matching", "matching"), ("mapping", "mapping"),
+                              (None, "pairs"), ("total", "total")):
+                xs, ys = [], []
+                for r in rs:
+                    v = (r.get("pairs") if st is None else r["wall_seconds"] if st == "total"
+                         else (r.get("stage_seconds") or {}).get(st))
+                    if v:
+                        xs.append(math.log(r["subset"]))
+                        ys.append(math.log(v))
+                if len(xs) >= 2:
+                    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+                    den = sum((x - mx) ** 2 for x in xs)
+                    if den > 0:
+                        parts.append(f"{label} {sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den:.2f}")
+            lines.append(f"- {c}: " + ", ".join(parts))
     files = _plots(results, out)
     lines += [""] + [f"![{f}](out/{f})" for f in files]
     notes = Path(md_path).with_name("NOTES.md")
