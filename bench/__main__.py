@@ -78,6 +78,30 @@ def evaluate(scene: str, poses: Path) -> dict:
         return {"mAA": 0.0, "error": str(e)}
 
 
+def estimate_unfinished(run_dir: Path, wall: float) -> dict:
+    """For a run stopped during matching: the pairs it matched, the seconds that took, and an estimate of the total
+    wall time (elapsed + the remaining pairs at the measured seconds per pair; mapping not included, so the estimate
+    is a lower bound)."""
+    import h5py
+
+    try:
+        rec = json.loads((run_dir / "run.json").read_text())
+        st = rec["stages"]
+        if st.get("matching", {}).get("status") != "running":
+            return {}
+        total = sum(1 for line in (run_dir / "pairs.txt").read_text().splitlines() if line and line[0] != "#")
+        with h5py.File(run_dir / "matches.h5", "r") as f:
+            done = sum(len(f[k]) for k in f)
+        before = sum(v.get("seconds") or 0 for k, v in st.items() if k != "matching")
+        elapsed = max(wall - before, 1e-6)
+    except (OSError, KeyError, ValueError):
+        return {}
+    if done == 0:
+        return {}
+    return {"pairs": total, "pairs_matched_before_stop": done, "matching_seconds_per_pair": round(elapsed / done, 3),
+            "estimated_wall_seconds": round(wall + (total - done) * elapsed / done, 1)}
+
+
 def run_config(scene: str, config: str, out: Path, images: Path | None = None, timeout: float = 3600) -> dict:
     """One (scene, configuration) measurement."""
     images = images or images_of(scene)
@@ -95,6 +119,8 @@ def run_config(scene: str, config: str, out: Path, images: Path | None = None, t
     row["timed_out"] = wall >= timeout
     if row["timed_out"]:
         row["error"] = f"stopped after {timeout:.0f} s"
+        if config != "colmap-sift":
+            row.update(estimate_unfinished(run_dir, wall))
     elif code != 0:
         row["error"] = err.strip().splitlines()[-1] if err.strip() else f"exit {code}"
     if config == "colmap-sift":
@@ -145,8 +171,8 @@ def main(argv=None) -> int:
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"rows": [], "scaling": []}
     if not a.report_only:
-        for scene in a.scenes.split(","):
-            for config in a.configs.split(","):
+        for scene in [x for x in a.scenes.split(",") if x]:
+            for config in [x for x in a.configs.split(",") if x]:
                 row = run_config(scene, config, out,
                                  timeout=a.naive_timeout if config == "naive" else a.timeout)
                 results["rows"] = [r for r in results["rows"] if (r["scene"], r["config"]) != (scene, config)]

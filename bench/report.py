@@ -106,7 +106,11 @@ def write_report(results: dict, out: Path, md_path: Path) -> None:
                 continue
             st = r.get("stage_seconds") or {}
             mapping = (st.get("mapping") or 0) + (st.get("verification") or 0)
-            total = f"> {r['wall_seconds']:.0f} (stopped)" if r.get("timed_out") else f"{r['wall_seconds']:.1f}"
+            total = f"{r['wall_seconds']:.1f}"
+            if r.get("timed_out"):
+                total = f"> {r['wall_seconds']:.0f} (stopped" + (
+                    f"; est. {r['estimated_wall_seconds']:.0f} from {r['pairs_matched_before_stop']} of "
+                    f"{r['pairs']} pairs)" if r.get("estimated_wall_seconds") else ")")
             lines.append(f"| {s} | {c} | {r['registered_images']}/{r['n_images']} | {r['mAA']:.3f} | "
                          f"{total} | {st.get('features', 0) or 0:.1f} | {st.get('matching', 0) or 0:.1f} | "
                          f"{mapping:.1f} | {r['peak_rss_mb']:.0f} | {r.get('pairs') or ''} |")
@@ -123,7 +127,11 @@ def write_report(results: dict, out: Path, md_path: Path) -> None:
             def ratio(p):
                 if not p or not p["wall_seconds"]:
                     return "-"
-                return f"{'< ' if p.get('timed_out') else ''}{r['wall_seconds'] / p['wall_seconds']:.2f}"
+                if p.get("timed_out"):
+                    est = p.get("estimated_wall_seconds")
+                    return f"< {r['wall_seconds'] / p['wall_seconds']:.2f}" + (
+                        f" (est. {r['wall_seconds'] / est:.2f})" if est else "")
+                return f"{r['wall_seconds'] / p['wall_seconds']:.2f}"
 
             def diff(p):
                 return f"{r['mAA'] - p['mAA']:+.3f}" if p and not p.get("timed_out") else "-"
@@ -156,7 +164,10 @@ def write_report(results: dict, out: Path, md_path: Path) -> None:
                 continue
             q = ours["wall_seconds"] / peer["wall_seconds"]
             if peer.get("timed_out"):  # the peer did not finish: its time is a lower bound
-                cells += [f"< {q:.2f}", f"{ours['mAA']:.3f} vs (stopped)", "yes" if q <= limit else "unknown"]
+                est = peer.get("estimated_wall_seconds")
+                qe = f" (est. {ours['wall_seconds'] / est:.2f})" if est else ""
+                cells += [f"< {q:.2f}{qe}", f"{ours['mAA']:.3f} vs (stopped)",
+                          "yes (time)" if q <= limit or (est and ours["wall_seconds"] / est <= limit) else "unknown"]
                 continue
             ok = q <= limit and ours["mAA"] >= peer["mAA"]
             cells += [f"{q:.2f}", f"{ours['mAA']:.3f} vs {peer['mAA']:.3f}", "yes" if ok else "no"]
