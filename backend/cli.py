@@ -66,24 +66,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`PipelineConfig` of a preset with the command-line overrides applied."""
-    from .config import get_preset
+    from .config import OVERRIDES, apply_overrides, get_preset
 
-    cfg = get_preset(args.preset)
-    overrides = {
-        ("retrieval", "model"): args.retrieval_model,
-        ("retrieval", "num_neighbors"): args.num_neighbors,
-        ("retrieval", "exhaustive_below"): args.exhaustive_below,
-        ("features", "resize"): args.resize,
-        ("features", "max_keypoints"): args.max_keypoints,
-        ("features", "model"): args.aliked,
-        ("mapping", "camera_mode"): args.camera_mode,
-        ("matching", "min_matches"): args.min_matches,
-        ("images", "background"): args.background,
-    }
-    for (section, key), value in overrides.items():
-        if value is not None:
-            setattr(getattr(cfg, section), key, value)
-    return cfg
+    return apply_overrides(get_preset(args.preset), **{name: getattr(args, name, None) for name in OVERRIDES})
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:

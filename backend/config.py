@@ -157,3 +157,48 @@ def get_preset(name: str) -> PipelineConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PipelineConfig.from_dict(PRESETS[name].to_dict())
+
+
+# The user-facing overrides (CLI flags and the app's advanced options): name -> (section, key, check, message).
+_CHOICES = {
+    "retrieval_model": ("auto", "dinov2-small", "dinov2-base", "efficientnet-lite0"),
+    "aliked": ("aliked-n16", "aliked-n16rot"),
+    "camera_mode": ("per_image", "shared", "auto"),
+    "background": ("white", "black"),
+}
+_MINIMA = {"num_neighbors": 1, "exhaustive_below": 0, "resize": 64, "max_keypoints": 64, "min_matches": 1}
+OVERRIDES: dict[str, tuple[str, str]] = {
+    "retrieval_model": ("retrieval", "model"),
+    "num_neighbors": ("retrieval", "num_neighbors"),
+    "exhaustive_below": ("retrieval", "exhaustive_below"),
+    "resize": ("features", "resize"),
+    "max_keypoints": ("features", "max_keypoints"),
+    "aliked": ("features", "model"),
+    "camera_mode": ("mapping", "camera_mode"),
+    "min_matches": ("matching", "min_matches"),
+    "background": ("images", "background"),
+}
+
+
+def apply_overrides(cfg: PipelineConfig, **overrides: Any) -> PipelineConfig:
+    """Set the user-facing options of :data:`OVERRIDES` on ``cfg`` (in place; ``None`` keeps the preset's value)
+    and return it. Shared by the CLI flags and the app's advanced options.
+
+    Raises:
+        ValueError: an unknown option, a value not among the choices, or a number below its minimum
+            (e.g. ``resize`` < 64 px).
+    """
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name not in OVERRIDES:
+            raise ValueError(f"unknown option {name!r}; known: {', '.join(OVERRIDES)}")
+        if name in _CHOICES and value not in _CHOICES[name]:
+            raise ValueError(f"unknown {name.replace('_', ' ')} {value!r}; choose one of {', '.join(_CHOICES[name])}")
+        if name in _MINIMA:
+            value = int(value)
+            if value < _MINIMA[name]:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least {_MINIMA[name]}")
+        section, key = OVERRIDES[name]
+        setattr(getattr(cfg, section), key, value)
+    return cfg

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from .config import PipelineConfig, get_preset
+from .config import PipelineConfig, apply_overrides, get_preset
 from .pipeline import STAGES, Pipeline, PipelineError, RunOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -106,36 +106,9 @@ def build_config(preset: str = "balanced", *, retrieval_model: str | None = None
     Raises:
         ValueError: unknown preset or an option out of range.
     """
-    cfg = get_preset(preset)
-    if retrieval_model is not None:
-        if retrieval_model not in ("auto", "dinov2-small", "dinov2-base", "efficientnet-lite0"):
-            raise ValueError(f"unknown retrieval model {retrieval_model!r}")
-        cfg.retrieval.model = retrieval_model
-    if num_neighbors is not None:
-        if int(num_neighbors) < 1:
-            raise ValueError("pairs per image must be at least 1")
-        cfg.retrieval.num_neighbors = int(num_neighbors)
-    if resize is not None:
-        if int(resize) < 64:
-            raise ValueError("resize must be at least 64 px")
-        cfg.features.resize = int(resize)
-    if max_keypoints is not None:
-        if int(max_keypoints) < 64:
-            raise ValueError("maximum keypoints must be at least 64")
-        cfg.features.max_keypoints = int(max_keypoints)
-    if aliked is not None:
-        if aliked not in ("aliked-n16", "aliked-n16rot"):
-            raise ValueError(f"unknown ALIKED variant {aliked!r}")
-        cfg.features.model = aliked
-    if camera_mode is not None:
-        if camera_mode not in ("per_image", "shared", "auto"):
-            raise ValueError(f"unknown camera mode {camera_mode!r}")
-        cfg.mapping.camera_mode = camera_mode
-    if min_matches is not None:
-        if int(min_matches) < 1:
-            raise ValueError("minimum matches must be at least 1")
-        cfg.matching.min_matches = int(min_matches)
-    return cfg
+    return apply_overrides(get_preset(preset), retrieval_model=retrieval_model, num_neighbors=num_neighbors,
+                           resize=resize, max_keypoints=max_keypoints, aliked=aliked, camera_mode=camera_mode,
+                           min_matches=min_matches)
 
 
 # ---- progress.json ---------------------------------------------------------------------------------------------
