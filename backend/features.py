@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .config import FeaturesConfig
+from .h5cache import cached_keys
 from .images import load_rgb
 from .weights import weight_path
 
@@ -108,13 +109,8 @@ def run_features(
     run_dir = Path(run_dir)
     path = run_dir / FEATURES_H5
     device = get_device()
-    cfg_key = repr(sorted(vars(cfg).items()))
-    with h5py.File(path, "a") as f:
-        if f.attrs.get("config") != cfg_key:
-            for k in list(f.keys()):
-                del f[k]
-            f.attrs["config"] = cfg_key
-        todo = [n for n in names if n not in f]
+    cached = cached_keys(path, cfg)
+    todo = [n for n in names if n not in cached]
     model = load_aliked(cfg, device) if todo else None
     done = len(names) - len(todo)
     if progress:

@@ -21,6 +21,7 @@ import torch
 
 from .config import MatchingConfig
 from .features import get_device, read_features
+from .h5cache import cached_keys
 from .weights import weight_path
 
 MATCHES_H5 = "matches.h5"
@@ -98,13 +99,8 @@ def run_matching(
     path = run_dir / MATCHES_H5
     feats_path = run_dir / "features.h5"
     device = get_device()
-    cfg_key = repr(sorted(vars(cfg).items()))
-    with h5py.File(path, "a") as f:
-        if f.attrs.get("config") != cfg_key:
-            for k in list(f.keys()):
-                del f[k]
-            f.attrs["config"] = cfg_key
-        todo = [p for p in pairs if pair_key(*p) not in f]
+    cached = cached_keys(path, cfg)
+    todo = [p for p in pairs if pair_key(*p) not in cached]
     model = load_lightglue(cfg, device) if todo else None
     cache: dict[str, dict] = {}
 
