@@ -60,6 +60,9 @@ def page() -> None:
     c[1].metric("3D points", f"{stats['points']:,}")
     c[2].metric("Mean track length", f"{stats['track']:.2f}" if stats["track"] is not None else "–")
     c[3].metric("Mean reprojection error", f"{stats['error']:.3f} px" if stats["error"] is not None else "–")
+    cam_text = runview.camera_summary(run_dir)
+    if cam_text:
+        st.caption(cam_text)
 
     names = [cv.name for cv in cams]
     picked = ui.camera_click(f"rec_click_{k}")

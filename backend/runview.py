@@ -179,6 +179,33 @@ def models(run_dir: Path) -> list[dict]:
     return []
 
 
+def camera_summary(run_dir: Path) -> str | None:
+    """One sentence on how the mapping stage handled intrinsics (from ``mapping.json``), or None."""
+    p = Path(run_dir) / "mapping.json"
+    try:
+        cams = json.loads(p.read_text()).get("cameras") or {}
+    except (OSError, ValueError):
+        return None
+    if not cams:
+        return None
+    groups = cams.get("shared_groups") or []
+    if groups:
+        text = "Shared cameras: " + "; ".join(f"{g['images']} images with f = {g['focal_px']:.0f} px" for g in groups)
+        try:
+            n_images = len(images_info(run_dir)["images"])
+        except (OSError, ValueError, KeyError):
+            n_images = 0
+        text += "; every other image has its own." if sum(g["images"] for g in groups) < n_images else "."
+    else:
+        text = "One camera per image."
+    if cams.get("metadata_groups_confirmed") is False:
+        text += (" Images of one size without differing EXIF were tried with one shared camera first; their focal "
+                 "lengths, re-estimated one by one, disagreed (e.g. a wide and a tele lens), so each image got its own.")
+    if (cams.get("final_ba") or {}).get("refine_principal_point"):
+        text += " The final bundle adjustment also refined the principal point."
+    return text
+
+
 def load_model(run_dir: Path, k: int):
     """The pycolmap Reconstruction ``sparse/<k>`` of a run.
 
