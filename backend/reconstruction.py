@@ -1,8 +1,14 @@
 """Stage 5: COLMAP database, two-view geometric verification and incremental mapping with pycolmap
 (Schönberger & Frahm, "Structure-from-Motion Revisited", CVPR 2016; github.com/colmap/colmap).
 
-Some pycolmap calls abort the whole process (SIGABRT) instead of raising, so :func:`run_mapping` does all of
-its pycolmap work in a child process (``spawn``) and turns a crash into :class:`MappingError`.
+Some pycolmap calls abort the whole process (SIGABRT) instead of raising, so :func:`run_in_child` does all of
+its pycolmap work in a child process (``python -m backend.reconstruction JOB.json``) and turns a crash into
+:class:`MappingError`.
+
+Intrinsics (``camera_mode="auto"``): images that metadata says share a camera (:func:`metadata_camera_groups`)
+are mapped with one shared camera, kept when :func:`check_shared_groups` confirms it; otherwise one camera per
+image, then sharing where the refined focal lengths agree (:func:`shared_camera_groups`). Mapping ends with
+:func:`final_bundle_adjustment`.
 
 Writes into the run folder:
 
@@ -11,7 +17,8 @@ Writes into the run folder:
 - ``two_view.h5``: ``/<image0>/<image1>/inliers`` int32 [K, 2] (indices into ``features.h5``) and attribute
   ``config`` (the two-view geometry type, e.g. ``CALIBRATED``) for every verified pair;
 - ``sparse/<k>/``: every reconstructed model (COLMAP binary), largest first;
-- ``mapping.json``: per model the number of registered images and points.
+- ``mapping.json``: per model the number of registered images and points, and how cameras were handled;
+- ``database_groups.json``: the shared-camera groups the database was built with.
 """
 
 from __future__ import annotations
