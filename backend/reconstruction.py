@@ -244,17 +244,21 @@ def metadata_camera_groups(images: dict, names: list[str], min_size: int = 3) ->
             for m in by_key.values() if len(m) >= min_size]
 
 
-def check_shared_groups(rec, groups: list[dict], max_spread: float = 1.15, min_registered: float = 0.9) -> bool:
-    """Whether a reconstruction made with shared cameras confirms every group.
+def check_shared_groups(rec, groups: list[dict], max_spread: float = 1.15,
+                        min_registered: float = 0.9) -> tuple[bool, bool]:
+    """How far a reconstruction made with shared cameras confirms its groups: ``(focals_agree, mostly_registered)``.
 
     Each registered image of a group re-estimates its own focal length from its 2D-3D correspondences
-    (``pycolmap.estimate_and_refine_absolute_pose`` with focal refinement, starting from the shared camera). A group
-    is confirmed when at least ``min_registered`` of it is registered and those focal lengths agree within
-    ``max_spread`` (max / min). A wide and a tele lens forced into one camera fail one of the two tests.
+    (``pycolmap.estimate_and_refine_absolute_pose`` with focal refinement, starting from the shared camera).
+    ``focals_agree``: in every group at least 3 images could do so and their focal lengths agree within
+    ``max_spread`` (max / min). ``mostly_registered``: in every group at least ``min_registered`` of the images did.
+    A wide and a tele lens forced into one camera fail one of the two tests; a scene that splits into several models
+    fails only the second.
     """
     import pycolmap
 
     name_to_image = {im.name: im for im in rec.images.values()}
+    mostly = True
     for g in groups:
         focals = []
         for n in g["names"]:
@@ -276,9 +280,11 @@ def check_shared_groups(rec, groups: list[dict], max_spread: float = 1.15, min_r
                 np.array([a for a, _ in pts], np.float64), np.array([b for _, b in pts], np.float64), cam, est, ref)
             if r is not None:
                 focals.append(cam.mean_focal_length())
-        if len(focals) < max(3, min_registered * len(g["names"])) or max(focals) / min(focals) > max_spread:
-            return False
-    return True
+        if len(focals) < 3 or max(focals) / min(focals) > max_spread:
+            return False, False
+        if len(focals) < min_registered * len(g["names"]):
+            mostly = False
+    return True, mostly
 
 
 def final_bundle_adjustment(rec, cfg: MappingConfig, min_images_per_camera: int = 8) -> dict:
@@ -335,19 +341,36 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
                 _verify(run_dir, cfg, report)
             models = _incremental(run_dir, n_images, cfg, report, " (shared cameras from metadata)")
             best = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
-            if best is not None and check_shared_groups(best, meta):
+            agree, mostly = check_shared_groups(best, meta) if best is not None else (False, False)
+            if agree and not mostly:
+                # focal lengths agree, but many images are missing from the largest model (the scene may have split):
+                # keep the shared pass unless one camera per image registers more
+                camera_info["passes"] += 1
+                meta_models = models
+                _build_database(run_dir, names, images, pairs, cfg, min_matches, report)
+                _verify(run_dir, cfg, report)
+                models = _incremental(run_dir, n_images, cfg, report)
+                camera_info["per_image_pass_registered"] = n_reg(models)
+                camera_info["shared_pass_registered"] = n_reg(meta_models)
+                if n_reg(meta_models) >= n_reg(models):
+                    models, mostly = meta_models, True
+                    _build_database(run_dir, names, images, pairs, cfg, min_matches, report, groups=meta)
+                    _verify(run_dir, cfg, report)
+            if agree and mostly:
                 refined = {im.name: float(best.cameras[im.camera_id].mean_focal_length())
                            for im in best.images.values() if im.has_pose}
                 camera_info["shared_groups"] = summary(
                     [{**g, "focal_px": float(np.median([refined[n] for n in g["names"] if n in refined]))}
                      for g in meta])
                 camera_info["metadata_groups_confirmed"] = True
-            else:
+            elif not agree:
                 camera_info["metadata_groups_confirmed"] = False
                 camera_info["passes"] += 1
                 _build_database(run_dir, names, images, pairs, cfg, min_matches, report)
                 _verify(run_dir, cfg, report)
                 models = None
+            else:  # the per-image pass registered more: keep it
+                camera_info["metadata_groups_confirmed"] = False
     if models is None:
         models = _incremental(run_dir, n_images, cfg, report)
         if cfg.camera_mode == "auto" and models:
