@@ -35,6 +35,7 @@ class RetrievalConfig:
     model: str = "auto"
     num_neighbors: int = 10
     min_score: float = 0.9
+    bridge_pairs: int = 3  # pairs added from each disconnected group of images to the rest (see select_pairs)
     exhaustive_below: int = 20
     resize: int = 448  # long side in px for the global descriptor network
 

@@ -121,11 +121,35 @@ def describe(net: torch.nn.Module, image: np.ndarray, device: torch.device, mult
         return net(t)[0].float().cpu().numpy()
 
 
+def _components(adj: np.ndarray) -> list[list[int]]:
+    """Connected components of a symmetric boolean adjacency matrix [N, N], as lists of node indices."""
+    n = adj.shape[0]
+    label = np.full(n, -1)
+    comps = []
+    for start in range(n):
+        if label[start] >= 0:
+            continue
+        stack, members = [start], []
+        label[start] = len(comps)
+        while stack:
+            i = stack.pop()
+            members.append(i)
+            for j in np.nonzero(adj[i])[0]:
+                if label[j] < 0:
+                    label[j] = len(comps)
+                    stack.append(j)
+        comps.append(sorted(members))
+    return comps
+
+
 def select_pairs(similarity: np.ndarray, cfg: RetrievalConfig) -> list[tuple[int, int, float]]:
     """Pairs ``(i, j, score)`` with i < j from an [N, N] similarity matrix.
 
     All pairs when N <= ``cfg.exhaustive_below``; else the union of each image's ``cfg.num_neighbors`` most similar
-    images and every pair with similarity >= ``cfg.min_score``. Symmetric and de-duplicated, sorted by (i, j).
+    images and every pair with similarity >= ``cfg.min_score``, then bridges: while the pair graph has several
+    connected components, each component other than the largest gains its ``cfg.bridge_pairs`` most similar pairs
+    to images outside it. (A tight group of ``num_neighbors + 1`` similar images, e.g. a few video frames, otherwise
+    only pairs among itself and becomes a separate model.) Symmetric and de-duplicated, sorted by (i, j).
     """
     n = similarity.shape[0]
     if n <= cfg.exhaustive_below:
@@ -138,6 +162,22 @@ def select_pairs(similarity: np.ndarray, cfg: RetrievalConfig) -> list[tuple[int
     keep[np.repeat(np.arange(n), k), top.ravel()] = True
     keep |= sim >= cfg.min_score
     keep |= keep.T
+    for _ in range(n if cfg.bridge_pairs > 0 else 0):  # each round merges every non-largest component into another
+        comps = _components(keep)
+        if len(comps) == 1:
+            break
+        largest = max(range(len(comps)), key=lambda c: len(comps[c]))
+        for c, members in enumerate(comps):
+            if c == largest:
+                continue
+            inside = np.zeros(n, bool)
+            inside[members] = True
+            cross = np.where(inside[:, None] & ~inside[None, :], sim, -np.inf)
+            best = np.argsort(-cross, axis=None)[: cfg.bridge_pairs]
+            for flat in best:
+                i, j = np.unravel_index(flat, cross.shape)
+                if np.isfinite(cross[i, j]):
+                    keep[i, j] = keep[j, i] = True
     ii, jj = np.nonzero(np.triu(keep, 1))
     return [(int(i), int(j), float(similarity[i, j])) for i, j in zip(ii, jj)]
 

@@ -32,6 +32,25 @@ def test_select_pairs_topk_threshold_symmetric():
     assert len(select_pairs(sim[:10, :10], cfg)) == 45
 
 
+def test_select_pairs_bridges_a_tight_group():
+    """Nine near-identical frames are each other's 8 nearest neighbours; without bridges they would only pair among
+    themselves (fox, first 40 frames: a 31 + 9 split). The bridges join them to their most similar other images."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(2, 16))
+    d = np.concatenate([base[0] + 0.3 * rng.normal(size=(31, 16)), base[1] + 0.05 * rng.normal(size=(9, 16))])
+    d[31:] += 0.2 * base[0]  # the group is a little similar to the rest
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    sim = d @ d.T
+    group = set(range(31, 40))
+    for bridges, expect in ((0, 0), (3, 3)):
+        cfg = RetrievalConfig(num_neighbors=8, min_score=2.0, exhaustive_below=6, bridge_pairs=bridges)
+        cross = [(i, j) for i, j, _ in select_pairs(sim, cfg) if (i in group) != (j in group)]
+        assert len(cross) == expect
+    # the bridges are the most similar cross pairs
+    masked = sim[np.ix_(sorted(group), range(31))]
+    assert max(sim[i, j] for i, j in cross) == masked.max()
+
+
 def _retrieval_run(tmp_path, names_src, monkeypatch):
     run = tmp_path / "run"
     (run / "images").mkdir(parents=True)
