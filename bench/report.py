@@ -149,6 +149,25 @@ def write_report(results: dict, out: Path, md_path: Path) -> None:
         met = bal and bal["mAA"] >= tgt and (not sift or bal["mAA"] >= sift["mAA"])
         lines.append(f"| {s} | {tgt:.2f} | {bal['mAA'] if bal else 0:.3f} | {best:.3f} | "
                      f"{sift['mAA'] if sift else float('nan'):.3f} | {'yes' if met else 'no'} |")
+    lines += ["", "## Where the time goes", "",
+              "Share of the wall time per stage, and the unit costs that bound it: seconds per image for ALIKED "
+              "(features) and seconds per pair for LightGlue (matching). \"other\" is process start, imports, model "
+              "loading, image checks, retrieval and exports.", "",
+              "| scene | config | features % | matching % | verification + mapping % | other % | s / image (features) "
+              "| s / pair (matching) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for s in scenes:
+        for c in configs:
+            r = _by(rows, s, c)
+            if not r or r.get("timed_out") or not r["wall_seconds"]:
+                continue
+            st = r.get("stage_seconds") or {}
+            f, m = st.get("features") or 0, st.get("matching") or 0
+            vm = (st.get("verification") or 0) + (st.get("mapping") or 0)
+            w = r["wall_seconds"]
+            other = max(w - f - m - vm, 0)
+            pairs = r.get("pairs") or 0
+            lines.append(f"| {s} | {c} | {100 * f / w:.0f} | {100 * m / w:.0f} | {100 * vm / w:.0f} | "
+                         f"{100 * other / w:.0f} | {f / r['n_images']:.2f} | {m / pairs if pairs else 0:.3f} |")
     lines += ["", "## Speed targets", "",
               "balanced: at most 0.5x the naive configuration's wall time at equal or better mAA; fast: at most 2x "
               "COLMAP-SIFT's wall time at equal or better mAA.", "",
