@@ -111,7 +111,9 @@ def write_report(results: dict, out: Path, md_path: Path) -> None:
                 total = f"> {r['wall_seconds']:.0f} (stopped" + (
                     f"; est. {r['estimated_wall_seconds']:.0f} from {r['pairs_matched_before_stop']} of "
                     f"{r['pairs']} pairs)" if r.get("estimated_wall_seconds") else ")")
-            lines.append(f"| {s} | {c} | {r['registered_images']}/{r['n_images']} | {r['mAA']:.3f} | "
+            reg = "-" if r.get("timed_out") else f"{r['registered_images']}/{r['n_images']}"
+            maa = "-" if r.get("timed_out") else f"{r['mAA']:.3f}"
+            lines.append(f"| {s} | {c} | {reg} | {maa} | "
                          f"{total} | {st.get('features', 0) or 0:.1f} | {st.get('matching', 0) or 0:.1f} | "
                          f"{mapping:.1f} | {r['peak_rss_mb']:.0f} | {r.get('pairs') or ''} |")
     lines += ["", "## Ratios of ours to the peers (wall time; lower is faster) and mAA differences", "",
