@@ -332,13 +332,18 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
     def summary(groups):
         return [{"images": len(g["names"]), "focal_px": round(g["focal_px"], 1)} for g in groups]
 
+    def use_cameras(groups: list[dict]) -> None:
+        """Make ``database.db`` (and ``two_view.h5``) hold these shared-camera groups ([] = one camera per image);
+        rebuilt and re-verified only when it holds other ones."""
+        if _database_groups(run_dir) != groups:
+            _build_database(run_dir, names, images, pairs, cfg, min_matches, report, groups=groups)
+            _verify(run_dir, cfg, report)
+
     models = None
     if cfg.camera_mode == "auto":
         meta = metadata_camera_groups(images, names)
         if meta:
-            if _database_groups(run_dir) != meta:  # the verification stage normally built it so already
-                _build_database(run_dir, names, images, pairs, cfg, min_matches, report, groups=meta)
-                _verify(run_dir, cfg, report)
+            use_cameras(meta)  # the verification stage normally built it so already
             models = _incremental(run_dir, n_images, cfg, report, " (shared cameras from metadata)")
             best = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
             agree, mostly = check_shared_groups(best, meta) if best is not None else (False, False)
@@ -347,15 +352,13 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
                 # keep the shared pass unless one camera per image registers more
                 camera_info["passes"] += 1
                 meta_models = models
-                _build_database(run_dir, names, images, pairs, cfg, min_matches, report)
-                _verify(run_dir, cfg, report)
+                use_cameras([])
                 models = _incremental(run_dir, n_images, cfg, report)
                 camera_info["per_image_pass_registered"] = n_reg(models)
                 camera_info["shared_pass_registered"] = n_reg(meta_models)
                 if n_reg(meta_models) >= n_reg(models):
                     models, mostly = meta_models, True
-                    _build_database(run_dir, names, images, pairs, cfg, min_matches, report, groups=meta)
-                    _verify(run_dir, cfg, report)
+                    use_cameras(meta)
             if agree and mostly:
                 refined = {im.name: float(best.cameras[im.camera_id].mean_focal_length())
                            for im in best.images.values() if im.has_pose}
@@ -366,12 +369,13 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
             elif not agree:
                 camera_info["metadata_groups_confirmed"] = False
                 camera_info["passes"] += 1
-                _build_database(run_dir, names, images, pairs, cfg, min_matches, report)
-                _verify(run_dir, cfg, report)
+                use_cameras([])
                 models = None
             else:  # the per-image pass registered more: keep it
                 camera_info["metadata_groups_confirmed"] = False
     if models is None:
+        if cfg.camera_mode == "auto":
+            use_cameras([])
         models = _incremental(run_dir, n_images, cfg, report)
         if cfg.camera_mode == "auto" and models:
             best = max(models.values(), key=lambda r: r.num_reg_images())
@@ -379,8 +383,7 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
             if groups:
                 camera_info["passes"] += 1
                 first_reg = best.num_reg_images()
-                _build_database(run_dir, names, images, pairs, cfg, min_matches, report, groups=groups)
-                _verify(run_dir, cfg, report)
+                use_cameras(groups)
                 models2 = _incremental(run_dir, n_images, cfg, report, " (shared cameras)")
                 reg2 = n_reg(models2)
                 camera_info["first_pass_registered"] = first_reg
@@ -389,8 +392,7 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
                     models = models2
                     camera_info["shared_groups"] = summary(groups)
                 else:  # restore the database of the pass that is kept
-                    _build_database(run_dir, names, images, pairs, cfg, min_matches, report)
-                    _verify(run_dir, cfg, report)
+                    use_cameras([])
     order = sorted(models.items(), key=lambda kv: (-kv[1].num_reg_images(), kv[0]))
     if order:
         report("mapping", n_images, n_images, "final bundle adjustment")

@@ -196,6 +196,8 @@ def camera_summary(run_dir: Path) -> str | None:
         except (OSError, ValueError, KeyError):
             n_images = 0
         text += "; every other image has its own." if sum(g["images"] for g in groups) < n_images else "."
+    elif cams.get("mode") == "auto" and "metadata_groups_confirmed" not in cams:
+        text = "One camera per image: no three images share a size and EXIF."
     else:
         text = "One camera per image."
     if cams.get("metadata_groups_confirmed") is False:

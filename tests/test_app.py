@@ -211,19 +211,27 @@ def test_pages_without_a_run_say_what_to_do(app):
         assert any("No run is open" in i.value for i in app.info), page
 
 
-def test_unfinished_stage_explains_itself(app, runs_root, finished_run):
-    """A run paused after 'features' shows its images and keypoints; later pages say what is missing."""
+def _copy_run(runs_root, finished_run: str, rid: str, edit) -> str:
+    """A copy of the finished run under id ``rid`` whose ``run.json`` record ``edit(record)`` changed in place."""
     import json
 
-    rid = "paused-copy"
     d = runs_root / rid
     if not d.exists():
         shutil.copytree(runs_root / finished_run, d)
         rec = json.loads((d / "run.json").read_text())
+        edit(rec)
+        (d / "run.json").write_text(json.dumps(rec))
+    return rid
+
+
+def test_unfinished_stage_explains_itself(app, runs_root, finished_run):
+    """A run paused after 'features' shows its images and keypoints; later pages say what is missing."""
+    def pause(rec):
         for s in ("matching", "verification", "mapping", "exports"):
             rec["stages"].pop(s)
         rec["status"] = "paused"
-        (d / "run.json").write_text(json.dumps(rec))
+
+    rid = _copy_run(runs_root, finished_run, "paused-copy", pause)
     app.query_params["run"] = rid
     app.run()
     assert not app.exception
@@ -235,18 +243,13 @@ def test_unfinished_stage_explains_itself(app, runs_root, finished_run):
 
 
 def test_failed_run_shows_a_readable_error_and_keeps_finished_stages(app, runs_root, finished_run):
-    import json
-
-    rid = "failed-copy"
-    d = runs_root / rid
-    if not d.exists():
-        shutil.copytree(runs_root / finished_run, d)
-        rec = json.loads((d / "run.json").read_text())
+    def fail(rec):
         rec["stages"]["mapping"] = {"status": "failed", "error": "RuntimeError: pycolmap exploded\nTraceback (most "
                                     "recent call last):\n  File \"x.py\", line 1"}
         rec["stages"].pop("exports")
         rec["status"] = "failed"
-        (d / "run.json").write_text(json.dumps(rec))
+
+    rid = _copy_run(runs_root, finished_run, "failed-copy", fail)
     app.query_params["run"] = rid
     app.run()
     assert not app.exception
