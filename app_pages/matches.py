@@ -16,7 +16,9 @@ VIEWS = {
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _drawing(run_dir: str, a: str, b: str, view: str, max_lines: int, mtime: float):
+def _drawing(run_dir: str, a: str, b: str, view: str, max_lines: int, content_key: str):
+    # content_key (runview.matches_key) changes with the matches, the features and images they index, and the
+    # verified inliers: a cached drawing is never one of older data
     m, sc = runview.matches(run_dir, a, b)
     inl, geom = runview.inliers(run_dir, a, b) if view != "raw" else (None, "")
     mask = runview.inlier_mask(m, inl)
@@ -58,8 +60,8 @@ def page() -> None:
     view = c2.radio("Show", list(VIEWS) if verified else ["raw"], format_func=VIEWS.get, key="match_view",
                     index=1 if verified else 0)
     max_lines = c3.select_slider("Lines drawn (at most)", [100, 200, 400, 800, 2000], value=200, key="match_lines")
-    mtime = (run_dir / "matches.h5").stat().st_mtime
-    img, n, n_inl, geom = _drawing(str(run_dir), pair[0], pair[1], view, max_lines, mtime)
+    key = runview.matches_key(run_dir, pair[0], pair[1])
+    img, n, n_inl, geom = _drawing(str(run_dir), pair[0], pair[1], view, max_lines, key)
     text = f"{n} matches" + (f" (a random {max_lines} of them drawn)" if n > max_lines else "")
     if view != "raw":
         text += f"; {n_inl} verified inliers" + (f", two-view geometry: {geom}" if geom else "")

@@ -123,7 +123,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         from .evaluate import evaluate_files
 
         thresholds = args.thresholds or str(Path(args.gt).parent / "thresholds.txt")
-        res = evaluate_files(args.gt, run_dir / "poses.csv", thresholds)
+        try:
+            res = evaluate_files(args.gt, run_dir / "poses.csv", thresholds)
+        except (ValueError, OSError) as e:
+            print(f"error: the reconstruction finished but cannot be evaluated: {e}", file=sys.stderr)
+            return 2
         record["evaluation"] = res.to_dict()
         from .pipeline import RUN_JSON, _write_json_atomic
 
@@ -162,11 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="recompute every stage")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_reconstruct)
-    e = sub.add_parser("evaluate", help="IMC mAA of predicted poses against ground truth")
-    e.add_argument("gt", help="ground-truth CSV")
-    e.add_argument("pred", help="predicted poses CSV (poses.csv or the IMC 2024 variant)")
-    e.add_argument("--thresholds", required=True, help="a thresholds file or a list such as '0.1;0.2,0.5'")
-    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e = sub.add_parser("evaluate", help="official IMC 2025 score (mAA, clusterness, score) of predicted poses")
+    e.add_argument("gt", help="ground-truth CSV (IMC training layout, or IMC 2025 with dataset,scene,image)")
+    e.add_argument("pred", help="predicted poses CSV: our poses.csv, an IMC 2024 or an IMC 2025 submission")
+    e.add_argument("--thresholds", required=True,
+                   help="a list such as '0.1;0.2,0.5', a file of numbers (thresholds.txt), or the IMC thresholds CSV "
+                        "(dataset,scene,thresholds)")
+    e.add_argument("--json", action="store_true",
+                   help='print {"mAA", "clusterness", "score", "accuracy_all_thresholds", "per_dataset"} as JSON')
     e.set_defaults(func=cmd_evaluate)
     return p
 

@@ -1,32 +1,51 @@
-"""Pose accuracy of a reconstruction: the Image Matching Challenge mAA of registered camera centres.
+"""Pose accuracy of a reconstruction: the official Image Matching Challenge 2025 score.
 
-This reproduces the metric of the Kaggle "Image Matching Challenge 2024" and "Image Matching
-Challenge 2025" competitions (evaluation code in the style of
-github.com/ubc-vision/image-matching-benchmark and the IMC 2024/2025 ``metric.py``): a reconstruction
-lives in an arbitrary similarity frame (scale, rotation, translation), so its camera centres are first
-registered onto the ground-truth (GT) centres with a RANSAC over triplets of centre correspondences and
-a least-squares refinement on the inliers; a camera then counts as *accurate at threshold* ``th`` when
-its registered centre lies strictly closer than ``th`` (GT units, usually metres) to its GT centre.
-Registration is redone for every threshold, as IMC does. The accuracy at ``th`` is the number of
-accurate cameras divided by the number of GT cameras (images that fail to register stay in the
-denominator), and the mean average accuracy (mAA) is the mean of the accuracies over the thresholds.
+This is our own implementation of the metric of the Kaggle "Image Matching Challenge 2025" (the organisers'
+``metric.py`` in ``imc25-utils``, parameters ``skip_top_thresholds=2, to_dec=3, inl_cf=0, strict_cf=-1``), checked
+against reference scores of the official code (``../shared/data/_metric_fixtures``) to 1e-6.
+
+One scene
+---------
+A reconstruction lives in an arbitrary similarity frame, so its camera centres ``C = -R.T @ t`` are registered onto
+the ground-truth (GT) centres, once per distance threshold ``th`` (GT units, usually metres):
+
+1. every triplet of cameras with a finite predicted centre (all ``C(n, 3)``, none sampled) gives a similarity
+   transform by Horn's closed form (unit quaternions, Horn 1987, scale = ratio of the RMS deviations from the
+   centroids); its inliers at a threshold are the cameras whose transformed centre lies closer than ``th``;
+2. every inlier set with more than 2 cameras is refined: one similarity fitted on all its cameras (Kabsch SVD with
+   the same scale rule), whose inliers are counted again at every threshold;
+3. per threshold the refined model with the most inliers wins; ties go to the smaller sum of squared centre errors
+   over all cameras, then to the first found.
+
+With ``k_th`` inliers at threshold ``th`` and ``m`` GT cameras in the scene, the accuracy at ``th`` is
+``max(0, k_th - 3) / (m - 3)`` (any triplet registers three cameras for free), and the mAA is the mean over the
+thresholds after skipping the two tightest (the registration heuristics of earlier years made them unreliable).
+Unregistered and missing images count as failures (they stay in ``m``).
+
+Mixed datasets (IMC 2025)
+-------------------------
+A dataset mixes GT scenes and ``outliers``; a submission assigns each image to a cluster (any name) or to
+``outliers``. Each GT scene is matched to the submitted cluster that shares most of its images (mAA breaks ties,
+then the cluster listed first); ``clusterness`` = images shared with the chosen clusters / images in the chosen
+clusters (a precision), the dataset's mAA = summed free-camera-corrected inliers / summed ``lt * (m - 3)`` (a
+recall), and its score is their harmonic mean. Overall figures are the means over datasets.
+
+A second, differently named figure, ``accuracy over all thresholds`` (``accuracy_all_thresholds``), is the mean
+over *all* thresholds of registered-within-threshold cameras / GT cameras, with no free cameras subtracted (what
+this product called mAA before it implemented the official metric). It is never called mAA.
 
 Conventions
 -----------
-* Poses are world-to-camera: ``x_cam = R @ X + t`` with ``R`` float64 ``[3, 3]`` and ``t`` float64
-  ``[3]``; the camera centre is ``C = -R.T @ t`` (float64 ``[3]``, world units).
-* A pose dictionary maps image name (basename) to ``(R, t)`` or ``None`` for an unregistered image.
-* Pose CSV files follow the IMC convention: a header naming ``image_name`` (or ``image``, or the IMC
-  2024/2025 submission column ``image_path`` whose basename is taken), ``rotation_matrix`` (9 numbers,
-  row-major, ``;``-separated) and ``translation_vector`` (3 numbers, ``;``-separated); other columns
-  (``dataset``, ``scene``, ``calibration_matrix``, ...) are allowed and ignored. An empty or NaN pose
-  field means "not registered".
+* Poses are world-to-camera (``cam_from_world``): ``x_cam = R @ X + t`` with ``R`` float64 ``[3, 3]`` and ``t``
+  float64 ``[3]``; the camera centre is ``C = -R.T @ t``.
+* Pose CSV files (all read by :func:`read_pose_table`): our ``poses.csv`` and IMC training GT
+  (``image_name,rotation_matrix,translation_vector[,calibration_matrix]``), IMC 2024 submissions
+  (``image_path,dataset,scene,rotation_matrix,translation_vector``; the basename of ``image_path`` is taken) and
+  IMC 2025 submissions / GT (``[image_id,]dataset,scene,image,rotation_matrix,translation_vector``). R is 9 numbers
+  row-major, t 3 numbers, separated by ``;``; an empty or NaN field means "not registered".
 
-Differences from the official code, none of which changes a result on well-posed data: the minimal
-solver is Umeyama's (1991) closed form instead of Horn's quaternion method (same rotation and
-translation; Umeyama's least-squares scale), triplets are sampled with a fixed seed when there are
-more than ``max_iters`` of them instead of all being enumerated, and only the best triplet hypothesis
-(plus the all-camera least-squares fit) is refined.
+Speed (2 CPU cores): 50 cameras take about 0.1 s per scene; the triplet enumeration is vectorised and streamed in
+chunks, so memory stays bounded; 500 cameras (20.7 M triplets) take the time given in ``bench/NOTES.md``.
 
 Everything here is pure numpy; nothing imports streamlit.
 """
@@ -34,7 +53,6 @@ Everything here is pure numpy; nothing imports streamlit.
 from __future__ import annotations
 
 import csv
-import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -47,19 +65,45 @@ Pose = tuple[np.ndarray, np.ndarray]
 PoseDict = Mapping[str, Union[Pose, None]]
 ThresholdSpec = Union[str, Path, Sequence[float], np.ndarray, float]
 
+SKIP_TOP_THRESHOLDS = 2  # the official default: the two tightest thresholds do not count
+TO_DEC = 3  # cameras any triplet registers for free, subtracted per threshold
+OUTLIERS = "outliers"  # the scene name of outlier images (GT) and of images called outliers (submission)
+DEFAULT_DATASET = "dataset"
+DEFAULT_SCENE = "scene"
+
 NAME_COLUMNS = ("image_name", "image", "image_path")  # by priority; image_path is reduced to its basename
 ROTATION_COLUMN = "rotation_matrix"
 TRANSLATION_COLUMN = "translation_vector"
 
-DEFAULT_MAX_ITERS = 4000  # triplets: all of them when C(N, 3) <= this, else this many sampled with a fixed seed
-_REFINE_ROUNDS = 5
-_CHUNK_ELEMS = 1 << 20  # hypotheses x cameras per chunk when scoring (bounds memory for large scenes)
-_FULL_ENUM_LIMIT = 50_000  # up to this many triplets, sample without replacement from the full list
+_TRIPLET_CHUNK = 4096  # triplets per vectorised block, scaled by 4 M / cameras (bounds memory)
+_REFINE_CHUNK = 2048  # refined inlier sets per vectorised block
+_RESCORE = 4  # best candidates per threshold and block re-scored with direct errors
+_SEEN_LIMIT = 2_000_000  # inlier sets remembered to skip repeated refinements (a speed-up only)
 
 
 # --------------------------------------------------------------------------------------------------
 # Reading files
 # --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PoseRow:
+    """One row of a pose file: ``R`` float64 [3, 3] and ``t`` float64 [3] world-to-camera, or None (unregistered).
+    ``dataset`` / ``scene`` are None when the file has no such column."""
+
+    image: str
+    R: np.ndarray | None
+    t: np.ndarray | None
+    dataset: str | None = None
+    scene: str | None = None
+    line: int = 0
+
+    @property
+    def center(self) -> np.ndarray:
+        """Camera centre ``-R.T @ t`` float64 [3]; NaN when unregistered."""
+        if self.R is None or self.t is None:
+            return np.full(3, np.nan)
+        return -self.R.T @ self.t
 
 
 def _parse_vector(text: str, expected: int, what: str, where: str) -> np.ndarray | None:
@@ -71,551 +115,818 @@ def _parse_vector(text: str, expected: int, what: str, where: str) -> np.ndarray
     try:
         values = np.array([float(tok) for tok in tokens], dtype=np.float64)
     except ValueError:
-        raise ValueError(f"{where}: {what} {text!r} is not a list of numbers separated by ';'") from None
-    if values.size and np.all(np.isnan(values)):
+        raise ValueError(f"{where}: {what} {text[:80]!r} is not a list of numbers separated by ';'") from None
+    if values.size and np.any(np.isnan(values)):
         return None
     if values.size != expected:
-        raise ValueError(f"{where}: {what} has {values.size} numbers, expected {expected} (got {text!r})")
+        raise ValueError(f"{where}: {what} has {values.size} numbers, expected {expected} (got {text[:80]!r})")
     if not np.all(np.isfinite(values)):
         return None
     return values
 
 
-def read_poses_csv(
-    path: str | Path, *, dataset: str | None = None, scene: str | None = None
-) -> dict[str, Pose | None]:
-    """Read an IMC-style pose CSV.
+def _display_name(path: Path, label: str | None) -> str:
+    return label if label is not None else str(path)
 
-    Accepted headers (column order free, names case-insensitive, extra columns ignored):
-    ``image_name,rotation_matrix,translation_vector[,calibration_matrix]`` (IMC training GT),
-    ``image,...`` and ``image_path,dataset,scene,rotation_matrix,translation_vector`` (IMC 2024/2025
-    submission; the image name is the basename of ``image_path``).
+
+def read_pose_table(path: str | Path, *, label: str | None = None) -> list[PoseRow]:
+    """Read any of the pose CSV layouts this product meets (see the module docstring).
 
     Args:
         path: CSV file.
-        dataset, scene: when given, keep only rows whose ``dataset`` / ``scene`` column equals it
-            (for multi-scene submission files; the column must exist).
+        label: how messages name the file (default: its path; the app passes "the uploaded CSV" so that no server
+            path reaches a user).
 
     Returns:
-        ``{image_name: (R, t)}`` with ``R`` float64 ``[3, 3]`` (row-major from the 9 numbers of
-        ``rotation_matrix``, world-to-camera) and ``t`` float64 ``[3]``, or ``{image_name: None}``
-        for an image whose rotation or translation field is empty or NaN (not registered).
-        ``R`` is not checked for orthonormality.
+        The rows in file order. ``dataset``/``scene`` are None when the file lacks those columns.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: empty file, a required column missing, or a malformed row (wrong number of
-            fields or of numbers, non-numeric value, empty or duplicate image name); the message
-            names the file and the 1-based line number.
+        ValueError: empty file, a required column missing, a malformed row (wrong number of fields or of numbers,
+            non-numeric value, empty image name, a field too large for a pose CSV) or an image listed twice in one
+            dataset; the message names the file and the 1-based line number.
     """
     path = Path(path)
+    name = _display_name(path, label)
+    rows: list[PoseRow] = []
+    seen: dict[tuple, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = None
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    header = [cell.strip().lower() for cell in row]
+                    break
+            if header is None:
+                raise ValueError(f"{name}: empty file, expected a header such as "
+                                 "'image_name,rotation_matrix,translation_vector'")
+            header_line = reader.line_num
+            name_col = next((header.index(c) for c in NAME_COLUMNS if c in header), None)
+            missing = [c for c in (ROTATION_COLUMN, TRANSLATION_COLUMN) if c not in header]
+            if name_col is None:
+                missing.insert(0, "image_name (or image / image_path)")
+            if missing:
+                raise ValueError(f"{name}:{header_line}: the header lacks the required column(s): "
+                                 f"{', '.join(missing)}")
+            use_basename = header[name_col] == "image_path"
+            rot_col = header.index(ROTATION_COLUMN)
+            trans_col = header.index(TRANSLATION_COLUMN)
+            ds_col = header.index("dataset") if "dataset" in header else None
+            sc_col = header.index("scene") if "scene" in header else None
+            for row in reader:
+                line = reader.line_num
+                where = f"{name}:{line}"
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != len(header):
+                    raise ValueError(f"{where}: {len(row)} fields, the header has {len(header)}")
+                image = row[name_col].strip()
+                if use_basename:
+                    image = re.split(r"[\\/]", image)[-1]
+                if not image:
+                    raise ValueError(f"{where}: empty image name")
+                dataset = row[ds_col].strip() if ds_col is not None else None
+                scene = row[sc_col].strip() if sc_col is not None else None
+                key = (dataset, image)
+                if key in seen:
+                    raise ValueError(f"{where}: image {image[:80]!r} already appeared on line {seen[key]}")
+                seen[key] = line
+                R = _parse_vector(row[rot_col], 9, ROTATION_COLUMN, where)
+                t = _parse_vector(row[trans_col], 3, TRANSLATION_COLUMN, where)
+                if R is None or t is None:
+                    R = t = None
+                rows.append(PoseRow(image, None if R is None else R.reshape(3, 3), t, dataset, scene, line))
+    except csv.Error as e:
+        raise ValueError(f"{name}: not a pose CSV ({e}); expected columns such as "
+                         "'image_name,rotation_matrix,translation_vector'") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{name}: not a text CSV file (it is not UTF-8)") from None
+    return rows
+
+
+def read_poses_csv(path: str | Path, *, dataset: str | None = None, scene: str | None = None,
+                   label: str | None = None) -> dict[str, Pose | None]:
+    """Read a pose CSV into ``{image_name: (R, t) or None}`` (see :func:`read_pose_table` for the layouts).
+
+    Args:
+        path: CSV file.
+        dataset, scene: when given, keep only rows whose ``dataset`` / ``scene`` column equals it.
+        label: how messages name the file.
+
+    Returns:
+        ``R`` float64 [3, 3] (world-to-camera), ``t`` float64 [3]; None for an unregistered image.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_pose_table`; also when an image occurs twice among the rows
+            kept (a multi-scene file needs ``dataset``/``scene`` to pick one).
+    """
     out: dict[str, Pose | None] = {}
-    first_line: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = None
-        for row in reader:
-            if any(cell.strip() for cell in row):
-                header = [cell.strip().lower() for cell in row]
-                break
-        if header is None:
-            raise ValueError(f"{path}: empty file, expected a header such as 'image_name,rotation_matrix,translation_vector'")
-        header_line = reader.line_num
-
-        name_col = next((header.index(c) for c in NAME_COLUMNS if c in header), None)
-        missing = [c for c in (ROTATION_COLUMN, TRANSLATION_COLUMN) if c not in header]
-        if name_col is None:
-            missing.insert(0, "image_name (or image / image_path)")
-        if missing:
-            raise ValueError(
-                f"{path}:{header_line}: header {','.join(header)!r} lacks the required column(s): {', '.join(missing)}"
-            )
-        use_basename = header[name_col] == "image_path"
-        rot_col = header.index(ROTATION_COLUMN)
-        trans_col = header.index(TRANSLATION_COLUMN)
-        filters = []
-        for col, wanted in (("dataset", dataset), ("scene", scene)):
-            if wanted is not None:
-                if col not in header:
-                    raise ValueError(f"{path}:{header_line}: cannot filter on {col}={wanted!r}, the file has no {col!r} column")
-                filters.append((header.index(col), str(wanted)))
-
-        for row in reader:
-            line = reader.line_num
-            where = f"{path}:{line}"
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise ValueError(f"{where}: {len(row)} fields, the header has {len(header)} ({','.join(header)})")
-            if any(row[col].strip() != wanted for col, wanted in filters):
-                continue
-            name = row[name_col].strip()
-            if use_basename:
-                name = re.split(r"[\\/]", name)[-1]
-            if not name:
-                raise ValueError(f"{where}: empty image name")
-            if name in out:
-                raise ValueError(
-                    f"{where}: image {name!r} already appeared on line {first_line[name]} "
-                    "(a multi-scene file needs dataset=/scene= to pick one scene)"
-                )
-            R = _parse_vector(row[rot_col], 9, ROTATION_COLUMN, where)
-            t = _parse_vector(row[trans_col], 3, TRANSLATION_COLUMN, where)
-            out[name] = None if R is None or t is None else (R.reshape(3, 3), t)
-            first_line[name] = line
+    name = _display_name(Path(path), label)
+    for r in read_pose_table(path, label=label):
+        if dataset is not None and r.dataset != dataset:
+            continue
+        if scene is not None and r.scene != scene:
+            continue
+        if r.image in out:
+            raise ValueError(f"{name}:{r.line}: image {r.image[:80]!r} occurs twice "
+                             "(a multi-dataset file needs dataset=/scene= to pick one scene)")
+        out[r.image] = None if r.R is None else (r.R, r.t)
     return out
 
 
-def read_thresholds(spec: ThresholdSpec) -> np.ndarray:
-    """Distance thresholds (GT units) for the mAA.
+def parse_threshold_text(text: str, source: str = "thresholds") -> np.ndarray:
+    """Numbers separated by ``;``, ``,``, whitespace or newlines (``#`` starts a comment) -> float64 [T] ascending.
 
-    Args:
-        spec: a ``Path`` or the name of an existing file (e.g. IMC's ``thresholds.txt``) holding numbers
-            separated by ``;``, ``,``, whitespace or newlines (``#`` starts a comment); or such a list
-            as a string (``"0.1;0.2,0.5"``); or a sequence / array of numbers; or one number.
+    Never reads a file: safe for text a user typed.
+
+    Raises:
+        ValueError: no numbers, a token that is not a number, or a non-finite / non-positive value.
+    """
+    text = "\n".join(line.split("#", 1)[0] for line in str(text).splitlines())
+    tokens = [tok for tok in re.split(r"[;,\s\[\]()]+", text) if tok]
+    values = []
+    for tok in tokens:
+        try:
+            values.append(float(tok))
+        except ValueError:
+            raise ValueError(f"{source}: {tok[:40]!r} is not a number") from None
+    arr = np.array(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError(f"{source}: no threshold given")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{source}: thresholds must be finite and > 0, got {arr.tolist()}")
+    return np.sort(arr)
+
+
+@dataclass
+class ThresholdTable:
+    """Thresholds per ``(dataset, scene)``, with a default for scenes not listed (None: no default).
+
+    Attributes:
+        by_scene: ``{(dataset, scene): float64 [T] ascending}`` (GT units).
+        default: float64 [T] used for any scene not in ``by_scene`` (None: such a scene is an error).
+    """
+
+    by_scene: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    default: np.ndarray | None = None
+
+    def get(self, dataset: str, scene: str) -> np.ndarray:
+        """Thresholds of one GT scene.
+
+        Raises:
+            ValueError: the scene is not listed and there is no default.
+        """
+        if (dataset, scene) in self.by_scene:
+            return self.by_scene[(dataset, scene)]
+        real = {k: v for k, v in self.by_scene.items() if k[1] != OUTLIERS}
+        if self.default is None and len(real) == 1:  # one-scene thresholds CSV against a file without names
+            return next(iter(real.values()))
+        if self.default is None:
+            raise ValueError(f"no thresholds for dataset {dataset[:60]!r}, scene {scene[:60]!r} in the thresholds "
+                             "CSV (it lists " + ", ".join(f"{d}/{s}" for d, s in list(self.by_scene)[:5]) + ")")
+        return self.default
+
+
+def read_thresholds(spec: ThresholdSpec | ThresholdTable) -> ThresholdTable:
+    """Thresholds for the metric, from any of: a list of numbers (sequence, array or one number), a text such as
+    ``"0.1;0.2,0.5"``, a file of numbers (IMC's ``thresholds.txt``), or the IMC thresholds CSV
+    (``dataset,scene,thresholds`` with ``;``-separated numbers per scene).
+
+    A string is read as a file only when it is not a list of numbers and names an existing file (the CLI's
+    argument); the app never passes user text here (it uses :func:`parse_threshold_text`).
 
     Returns:
-        float64 ``[T]``, sorted ascending (duplicates are kept: each one weighs in the mean).
+        A :class:`ThresholdTable` (a list or a file of numbers gives its ``default``).
 
     Raises:
         FileNotFoundError: ``spec`` is a ``Path`` that does not exist.
-        ValueError: no numbers, a token that is not a number, or a non-finite / non-positive value.
+        ValueError: no numbers, a non-number, a non-positive value, or a thresholds CSV whose scenes have different
+            numbers of thresholds (the official metric requires one count).
     """
-    source = "thresholds"
-    if isinstance(spec, Path) or (isinstance(spec, str) and _is_file(spec.strip())):
-        path = Path(spec if isinstance(spec, Path) else spec.strip())
-        text = path.read_text(encoding="utf-8-sig")
-        source = f"thresholds file {path}"
-    elif isinstance(spec, str):
-        text = spec
-    else:
-        values = np.asarray(spec, dtype=np.float64).ravel()
-        text = None
-    if text is not None:
-        text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-        tokens = [tok for tok in re.split(r"[;,\s\[\]()]+", text) if tok]
-        try:
-            values = np.array([float(tok) for tok in tokens], dtype=np.float64)
-        except ValueError:
-            bad = next(tok for tok in tokens if not _is_float(tok))
-            hint = " (and no file by that name exists)" if source == "thresholds" and len(tokens) == 1 else ""
-            raise ValueError(f"{source}: {bad!r} is not a number{hint}") from None
-    if values.size == 0:
-        raise ValueError(f"{source}: no threshold given")
-    if not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise ValueError(f"{source}: thresholds must be finite and > 0, got {values.tolist()}")
-    return np.sort(values)
+    if isinstance(spec, ThresholdTable):
+        return spec
+    if isinstance(spec, (str, Path)):
+        text = str(spec).strip()
+        is_numbers = isinstance(spec, str) and re.fullmatch(r"[0-9eE+\-.;,\s\[\]()]+", text) is not None
+        if not is_numbers:
+            path = Path(spec)
+            if isinstance(spec, str) and not path.is_file():
+                raise ValueError(f"thresholds: {text[:80]!r} is neither a list of numbers nor an existing file")
+            content = path.read_text(encoding="utf-8-sig")
+            first = next((ln for ln in content.splitlines() if ln.strip()), "")
+            if "thresholds" in first.lower() and "scene" in first.lower():
+                return _read_threshold_csv(content, str(path))
+            return ThresholdTable(default=parse_threshold_text(content, f"thresholds file {path}"))
+        return ThresholdTable(default=parse_threshold_text(text))
+    values = np.asarray(spec, dtype=np.float64).ravel()
+    return ThresholdTable(default=parse_threshold_text(";".join(repr(float(v)) for v in values)))
 
 
-def _is_file(text: str) -> bool:
-    if not text or "\n" in text:
-        return False
-    try:
-        return Path(text).is_file()
-    except (OSError, ValueError):  # e.g. a name too long to be a path
-        return False
-
-
-def _is_float(tok: str) -> bool:
-    try:
-        float(tok)
-        return True
-    except ValueError:
-        return False
-
-
-# --------------------------------------------------------------------------------------------------
-# Geometry
-# --------------------------------------------------------------------------------------------------
-
-
-def _check_pose(name: str, pose) -> bool:
-    """True for a usable pose, False for None / non-finite; ValueError for a wrongly shaped one."""
-    if pose is None:
-        return False
-    try:
-        R, t = pose
-    except (TypeError, ValueError):
-        raise ValueError(f"pose of {name!r} must be (R [3,3], t [3]) or None") from None
-    R = np.asarray(R, dtype=np.float64)
-    t = np.asarray(t, dtype=np.float64)
-    if R.size != 9 or t.size != 3:
-        raise ValueError(f"pose of {name!r}: R must hold 9 numbers and t 3, got shapes {R.shape} and {t.shape}")
-    return bool(np.all(np.isfinite(R)) and np.all(np.isfinite(t)))
+def _read_threshold_csv(content: str, source: str) -> ThresholdTable:
+    table = ThresholdTable()
+    reader = csv.reader(content.splitlines())
+    header = [c.strip().lower() for c in next(reader)]
+    for col in ("dataset", "scene", "thresholds"):
+        if col not in header:
+            raise ValueError(f"{source}: the header lacks the column {col!r}")
+    di, si, ti = header.index("dataset"), header.index("scene"), header.index("thresholds")
+    for k, row in enumerate(reader, start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"{source}:{k}: {len(row)} fields, the header has {len(header)}")
+        table.by_scene[(row[di].strip(), row[si].strip())] = parse_threshold_text(row[ti], f"{source}:{k}")
+    if not table.by_scene:
+        raise ValueError(f"{source}: no scene listed")
+    counts = {len(v) for v in table.by_scene.values()}
+    if len(counts) != 1:
+        raise ValueError(f"{source}: the scenes have different numbers of thresholds ({sorted(counts)}); the "
+                         "official metric needs the same number for every scene")
+    return table
 
 
 def camera_centers(poses: PoseDict) -> dict[str, np.ndarray]:
-    """Camera centres ``C = -R.T @ t`` (float64 ``[3]``, world units) of the registered images.
-
-    Images mapped to ``None`` or to a non-finite pose are left out.
-
-    Raises:
-        ValueError: a pose that is not ``(R [3,3], t [3])``.
-    """
-    out = {}
-    for name, pose in poses.items():
-        if _check_pose(name, pose):
-            R = np.asarray(pose[0], dtype=np.float64).reshape(3, 3)
-            t = np.asarray(pose[1], dtype=np.float64).reshape(3)
-            out[name] = -R.T @ t
-    return out
-
-
-def _umeyama_batch(src: np.ndarray, dst: np.ndarray, w: np.ndarray | None = None):
-    """Batched Umeyama: src, dst ``[M, K, 3]``, w ``[M, K]`` -> s ``[M]``, R ``[M,3,3]``, t ``[M,3]``,
-    valid ``[M]`` bool (False where src or dst points coincide), D ``[M, 3]`` singular values of the
-    cross-covariance (rank tells collinearity)."""
-    M, K, _ = src.shape
-    if w is None:
-        w = np.full((M, K), 1.0 / K)
-    else:
-        w = w / w.sum(axis=1, keepdims=True)
-    mu_s = np.einsum("mk,mkd->md", w, src)
-    mu_d = np.einsum("mk,mkd->md", w, dst)
-    xs = src - mu_s[:, None, :]
-    xd = dst - mu_d[:, None, :]
-    var_s = np.einsum("mk,mkd,mkd->m", w, xs, xs)
-    var_d = np.einsum("mk,mkd,mkd->m", w, xd, xd)
-    cov = np.einsum("mk,mki,mkj->mij", w, xd, xs)  # Sigma_xy of Umeyama: E[(dst - mu_d)(src - mu_s)^T]
-    U, D, Vt = np.linalg.svd(cov)
-    sign = np.sign(np.linalg.det(U) * np.linalg.det(Vt))
-    sign[sign == 0] = 1.0
-    S = np.ones((M, 3))
-    S[:, 2] = sign
-    R = U @ (S[:, :, None] * Vt)
-    ref_s = var_s + np.einsum("md,md->m", mu_s, mu_s)
-    ref_d = var_d + np.einsum("md,md->m", mu_d, mu_d)
-    valid = (
-        (var_s > 1e-18 * ref_s)
-        & (var_d > 1e-18 * ref_d)
-        & (D[:, 0] > 1e-9 * np.sqrt(var_s * var_d))
-        & np.all(np.isfinite(D), axis=1)
-    )
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.where(valid, (D * S).sum(axis=1) / np.where(valid, var_s, 1.0), np.nan)
-    valid &= np.isfinite(s) & (s > 0)
-    t = mu_d - s[:, None] * np.einsum("mij,mj->mi", R, mu_s)
-    return s, R, t, valid, D
-
-
-def estimate_similarity(
-    src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity ``dst ≈ s * R @ src + t`` (Umeyama 1991, "Least-squares estimation of
-    transformation parameters between two point patterns", IEEE TPAMI 13(4)).
-
-    Minimises ``sum_i w_i |dst_i - (s R src_i + t)|^2`` with ``R`` a proper rotation (det +1; a
-    reflection is never returned) and ``s > 0``.
-
-    Args:
-        src, dst: float ``[N, 3]`` corresponding points, ``N >= 3``.
-        weights: optional non-negative ``[N]``; at least 3 must be positive. Uniform when None.
-
-    Returns:
-        ``(s, R, t)``: ``s`` float, ``R`` float64 ``[3, 3]``, ``t`` float64 ``[3]``.
-
-    Raises:
-        ValueError: shapes differ or are not ``[N, 3]``, ``N < 3``, non-finite values, bad weights, or a
-            degenerate configuration (points coincide, or src / dst collinear so that the rotation
-            is not determined).
-    """
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    if src.ndim != 2 or src.shape[1] != 3 or src.shape != dst.shape:
-        raise ValueError(f"src and dst must both be [N, 3], got {src.shape} and {dst.shape}")
-    if src.shape[0] < 3:
-        raise ValueError(f"a similarity needs at least 3 point pairs, got {src.shape[0]}")
-    if not (np.all(np.isfinite(src)) and np.all(np.isfinite(dst))):
-        raise ValueError("src and dst must be finite")
-    w = None
-    if weights is not None:
-        w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if w.shape[0] != src.shape[0] or not np.all(np.isfinite(w)) or np.any(w < 0):
-            raise ValueError(f"weights must be {src.shape[0]} finite non-negative numbers")
-        if np.count_nonzero(w) < 3:
-            raise ValueError("at least 3 weights must be positive")
-        w = w[None]
-    s, R, t, valid, D = _umeyama_batch(src[None], dst[None], w)
-    if not valid[0]:
-        raise ValueError("degenerate point sets: the src or dst points coincide")
-    if D[0, 1] <= 1e-9 * D[0, 0]:
-        raise ValueError("degenerate point sets: src or dst points are collinear, the rotation is not determined")
-    return float(s[0]), R[0], t[0]
-
-
-def _triplets(n: int, max_iters: int, rng: np.random.Generator) -> np.ndarray:
-    """Index triplets ``[M, 3]`` (intp): all of them when C(n,3) <= max_iters, else max_iters distinct ones."""
-    total = math.comb(n, 3)
-    if total <= _FULL_ENUM_LIMIT:
-        idx = np.fromiter(
-            itertools.chain.from_iterable(itertools.combinations(range(n), 3)), dtype=np.intp, count=3 * total
-        ).reshape(total, 3)
-        if total <= max_iters:
-            return idx
-        return idx[np.sort(rng.choice(total, size=max_iters, replace=False))]
-    chosen = np.empty((0, 3), dtype=np.intp)
-    while chosen.shape[0] < max_iters:
-        draw = np.sort(rng.integers(0, n, size=(2 * max_iters, 3)), axis=1)
-        draw = draw[(draw[:, 0] != draw[:, 1]) & (draw[:, 1] != draw[:, 2])]
-        chosen = np.concatenate([chosen, draw])
-        _, first = np.unique(chosen, axis=0, return_index=True)
-        chosen = chosen[np.sort(first)]
-    return chosen[:max_iters]
-
-
-def _transform(s, R, t, pts):
-    return s * pts @ R.T + t
-
-
-def _hypotheses(pred: np.ndarray, gt: np.ndarray, rng_seed: int, max_iters: int):
-    """Similarity hypotheses from triplets plus the all-camera fit: s ``[M]``, R ``[M,3,3]``, t ``[M,3]``,
-    or None when every one is degenerate."""
-    rng = np.random.default_rng(rng_seed)
-    trip = _triplets(pred.shape[0], max_iters, rng)
-    s, R, t, valid, _ = _umeyama_batch(pred[trip], gt[trip])
-    s0, R0, t0, valid0, _ = _umeyama_batch(pred[None], gt[None])
-    s = np.concatenate([s0, s])
-    R = np.concatenate([R0, R])
-    t = np.concatenate([t0, t])
-    valid = np.concatenate([valid0, valid])
-    if not np.any(valid):
-        return None
-    return s[valid], R[valid], t[valid]
-
-
-def _score(pred, gt, hyp, thresholds: np.ndarray):
-    """Inlier counts ``[M, T]`` (int) and inlier error sums ``[M, T]`` of every hypothesis."""
-    s, R, t = hyp
-    M, N, T = s.shape[0], pred.shape[0], thresholds.shape[0]
-    counts = np.empty((M, T), dtype=np.int64)
-    sums = np.empty((M, T))
-    step = max(1, _CHUNK_ELEMS // N)
-    for a in range(0, M, step):
-        b = min(M, a + step)
-        moved = s[a:b, None, None] * np.einsum("mij,nj->mni", R[a:b], pred) + t[a:b, None, :]
-        err = np.linalg.norm(moved - gt[None], axis=2)  # [m, N]
-        for q, th in enumerate(thresholds):
-            inl = err < th
-            counts[a:b, q] = inl.sum(axis=1)
-            sums[a:b, q] = np.where(inl, err, 0.0).sum(axis=1)
-    return counts, sums
-
-
-def _select_and_refine(pred, gt, hyp, counts: np.ndarray, sums: np.ndarray, threshold: float):
-    """Best hypothesis (most inliers, then smallest inlier error sum), refined on its inliers."""
-    best = int(np.lexsort((sums, -counts))[0])
-    s, R, t = float(hyp[0][best]), hyp[1][best], hyp[2][best]
-    err = np.linalg.norm(_transform(s, R, t, pred) - gt, axis=1)
-    inl = err < threshold
-    count, total = int(inl.sum()), float(err[inl].sum())
-    for _ in range(_REFINE_ROUNDS):
-        if count < 3:
-            break
-        s2, R2, t2, valid, _ = _umeyama_batch(pred[inl][None], gt[inl][None])
-        if not valid[0]:
-            break
-        s2, R2, t2 = float(s2[0]), R2[0], t2[0]
-        err2 = np.linalg.norm(_transform(s2, R2, t2, pred) - gt, axis=1)
-        inl2 = err2 < threshold
-        count2, total2 = int(inl2.sum()), float(err2[inl2].sum())
-        if count2 < count or (count2 == count and total2 > total):
-            break
-        same = np.array_equal(inl2, inl)
-        s, R, t, err, inl, count, total = s2, R2, t2, err2, inl2, count2, total2
-        if same:
-            break
-    return s, R, t, inl, err
-
-
-def _check_centres(pred, gt, threshold=None):
-    pred = np.asarray(pred, dtype=np.float64)
-    gt = np.asarray(gt, dtype=np.float64)
-    if pred.ndim != 2 or pred.shape[1] != 3 or pred.shape != gt.shape:
-        raise ValueError(f"pred and gt centres must both be [N, 3], got {pred.shape} and {gt.shape}")
-    if pred.shape[0] < 3:
-        raise ValueError(f"registration needs at least 3 cameras, got {pred.shape[0]}")
-    if not (np.all(np.isfinite(pred)) and np.all(np.isfinite(gt))):
-        raise ValueError("camera centres must be finite")
-    if threshold is not None and not (np.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold must be finite and > 0, got {threshold}")
-    return pred, gt
-
-
-def register_centers(
-    pred: np.ndarray,
-    gt: np.ndarray,
-    threshold: float,
-    rng_seed: int = 0,
-    max_iters: int = DEFAULT_MAX_ITERS,
-) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """Robustly register predicted camera centres onto GT centres (IMC 2024/2025 style).
-
-    Hypotheses are Umeyama similarities of triplets of corresponding centres, all ``C(N, 3)`` triplets
-    when that is at most ``max_iters``, else ``max_iters`` distinct triplets drawn with
-    ``np.random.default_rng(rng_seed)`` (deterministic), plus the least-squares fit of all cameras.
-    Each is scored by the number of cameras whose transformed predicted centre lies strictly within
-    ``threshold`` of its GT centre, ties broken by the smaller sum of those inliers' errors. The best is
-    re-estimated on its inliers, up to a few rounds while the inlier count does not drop.
-
-    Args:
-        pred: float ``[N, 3]`` predicted camera centres (reconstruction frame), ``N >= 3``.
-        gt: float ``[N, 3]`` GT centres of the same cameras, same order (GT units, e.g. metres).
-        threshold: inlier distance in GT units, > 0.
-        rng_seed: seed of the triplet sampling.
-        max_iters: number of triplet hypotheses at most.
-
-    Returns:
-        ``(s, R, t, inliers)`` with ``gt ≈ s * R @ pred + t``: ``s`` float, ``R`` float64 ``[3, 3]``,
-        ``t`` float64 ``[3]``, ``inliers`` bool ``[N]`` (registered error < threshold).
-
-    Raises:
-        ValueError: bad shapes, ``N < 3``, non-finite values, ``threshold <= 0``, or no non-degenerate
-            hypothesis (e.g. all predicted centres coincide).
-    """
-    pred, gt = _check_centres(pred, gt, threshold)
-    hyp = _hypotheses(pred, gt, rng_seed, max_iters)
-    if hyp is None:
-        raise ValueError("cannot register: every camera triplet is degenerate (coincident centres)")
-    th = np.array([float(threshold)])
-    counts, sums = _score(pred, gt, hyp, th)
-    s, R, t, inl, _ = _select_and_refine(pred, gt, hyp, counts[:, 0], sums[:, 0], float(threshold))
-    return s, R, t, inl
+    """``{name: C}`` with ``C = -R.T @ t`` float64 [3] for every registered image (``None`` entries dropped)."""
+    return {n: -np.asarray(p[0], float).T @ np.asarray(p[1], float) for n, p in poses.items() if p is not None}
 
 
 # --------------------------------------------------------------------------------------------------
-# Metric
+# Registration of camera centres (vectorised, exhaustive)
+# --------------------------------------------------------------------------------------------------
+
+
+def _quat_to_rot(q: np.ndarray) -> np.ndarray:
+    """Unit quaternions [B, 4] (w, x, y, z) -> rotation matrices [B, 3, 3]."""
+    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+    R = np.empty((q.shape[0], 3, 3))
+    R[:, 0, 0] = 1 - 2 * (y * y + z * z)
+    R[:, 0, 1] = 2 * (x * y - z * w)
+    R[:, 0, 2] = 2 * (x * z + y * w)
+    R[:, 1, 0] = 2 * (x * y + z * w)
+    R[:, 1, 1] = 1 - 2 * (x * x + z * z)
+    R[:, 1, 2] = 2 * (y * z - x * w)
+    R[:, 2, 0] = 2 * (x * z - y * w)
+    R[:, 2, 1] = 2 * (y * z + x * w)
+    R[:, 2, 2] = 1 - 2 * (x * x + y * y)
+    return R
+
+
+def horn_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Similarity transforms ``dst ~ s * R @ src + t`` by Horn's closed form (B. K. P. Horn, "Closed-form solution of
+    absolute orientation using unit quaternions", JOSA A 4(4), 1987), batched.
+
+    The rotation is the eigenvector of the largest eigenvalue of Horn's 4x4 matrix; the scale is the ratio of the RMS
+    deviations from the centroids (Horn's symmetric scale, as the IMC metric uses), not Umeyama's.
+
+    Args:
+        src, dst: float64 [B, K, 3] corresponding points (K >= 3).
+
+    Returns:
+        ``(s [B], R [B, 3, 3], t [B, 3])``; NaN for a degenerate set (coincident points).
+    """
+    cs, cd = src.mean(1), dst.mean(1)
+    a, b = src - cs[:, None], dst - cd[:, None]
+    S = np.einsum("bki,bkj->bij", a, b)  # S[i, j] = sum a_i b_j
+    sxx, sxy, sxz = S[:, 0, 0], S[:, 0, 1], S[:, 0, 2]
+    syx, syy, syz = S[:, 1, 0], S[:, 1, 1], S[:, 1, 2]
+    szx, szy, szz = S[:, 2, 0], S[:, 2, 1], S[:, 2, 2]
+    N = np.empty((S.shape[0], 4, 4))
+    N[:, 0, 0] = sxx + syy + szz
+    N[:, 1, 1] = sxx - syy - szz
+    N[:, 2, 2] = -sxx + syy - szz
+    N[:, 3, 3] = -sxx - syy + szz
+    N[:, 0, 1] = N[:, 1, 0] = syz - szy
+    N[:, 0, 2] = N[:, 2, 0] = szx - sxz
+    N[:, 0, 3] = N[:, 3, 0] = sxy - syx
+    N[:, 1, 2] = N[:, 2, 1] = sxy + syx
+    N[:, 1, 3] = N[:, 3, 1] = szx + sxz
+    N[:, 2, 3] = N[:, 3, 2] = syz + szy
+    with np.errstate(invalid="ignore", divide="ignore"):
+        _, V = np.linalg.eigh(N)
+        q = V[:, :, -1]
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        R = _quat_to_rot(q)
+        s = np.sqrt((b * b).sum((1, 2)) / (a * a).sum((1, 2)))
+    t = cd - s[:, None] * np.einsum("bij,bj->bi", R, cs)
+    return s, R, t
+
+
+def kabsch_similarity(P: np.ndarray, G: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares similarity transforms ``G ~ s * R @ P + t`` over subsets of corresponding points (Kabsch SVD
+    rotation with the reflection removed, RMS-ratio scale as :func:`horn_similarity`), batched over subsets.
+
+    Args:
+        P, G: float64 [N, 3] predicted and GT centres.
+        masks: bool [U, N], the points each transform is fitted on (at least 3 each).
+
+    Returns:
+        ``(s [U], R [U, 3, 3], t [U, 3])``; NaN for a degenerate subset.
+    """
+    w = masks.astype(np.float64)
+    cnt = w.sum(1)
+    cs = (w @ P) / cnt[:, None]
+    cd = (w @ G) / cnt[:, None]
+    outer = (G[:, :, None] * P[:, None, :]).reshape(-1, 9)  # g p^T per point
+    H = (w @ outer).reshape(-1, 3, 3) - cnt[:, None, None] * cd[:, :, None] * cs[:, None, :]  # sum b a^T
+    ssa = w @ (P * P).sum(1) - cnt * (cs * cs).sum(1)
+    ssb = w @ (G * G).sum(1) - cnt * (cd * cd).sum(1)
+    n = masks.shape[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = np.isfinite(H).all((1, 2))
+        U = np.full((n, 3, 3), np.nan)
+        Vt = np.full((n, 3, 3), np.nan)
+        if ok.any():
+            U[ok], _, Vt[ok] = np.linalg.svd(H[ok])
+        R = U @ Vt
+        neg = np.linalg.det(np.where(ok[:, None, None], R, np.eye(3))) < 0
+        if neg.any():
+            R[neg] -= 2 * np.einsum("ui,uj->uij", U[neg, :, 2], Vt[neg, 2, :])
+        s = np.sqrt(ssb / ssa)
+    t = cd - s[:, None] * np.einsum("uij,uj->ui", R, cs)
+    return s, R, t
+
+
+def _error_features(P: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """float64 [18, N]: the per-point terms of ``|s R p + t - g|^2`` expanded, so that the squared errors of B
+    transforms are one matrix product ``_error_coefficients(...) @ features`` (see :func:`_squared_errors`)."""
+    outer = (G[:, :, None] * P[:, None, :]).reshape(-1, 9)
+    return np.concatenate([(P * P).sum(1)[:, None], np.ones((len(P), 1)), (G * G).sum(1)[:, None], P, outer, G],
+                          axis=1).T
+
+
+def _squared_errors(s, R, t, feats) -> np.ndarray:
+    """Squared centre errors [B, N] of B transforms (``s`` [B], ``R`` [B,3,3], ``t`` [B,3]) from
+    :func:`_error_features`: ``s^2|p|^2 + |t|^2 + |g|^2 + 2 s p.(R^T t) - 2 s <R, g p^T> - 2 t.g``."""
+    B = s.shape[0]
+    coef = np.empty((B, 18))
+    coef[:, 0] = s * s
+    coef[:, 1] = (t * t).sum(1)
+    coef[:, 2] = 1.0
+    coef[:, 3:6] = 2 * s[:, None] * np.einsum("bji,bj->bi", R, t)
+    coef[:, 6:15] = -2 * s[:, None] * R.reshape(B, 9)
+    coef[:, 15:18] = -2 * t
+    return np.maximum(coef @ feats, 0.0)
+
+
+def _triplet_blocks(n: int, chunk: int, limit: int | None, seed: int):
+    """Triplets i < j < k of ``range(n)`` as int [B, 3] blocks of about ``chunk``: all of them in lexicographic
+    order when there are at most ``limit`` (or ``limit`` is None), else ``limit`` distinct ones drawn with
+    ``seed`` (sorted)."""
+    total = n * (n - 1) * (n - 2) // 6
+    if limit is not None and total > limit:
+        rng = np.random.default_rng(seed)
+        picked = np.unique(rng.integers(0, total, size=int(limit * 1.1)))[:limit]
+        rng.shuffle(picked)
+        picked = np.sort(picked[:limit])
+        # unrank lexicographic triplet indices: count of triplets starting below i
+        i_starts = np.array([0] + list(np.cumsum([(n - 1 - i) * (n - 2 - i) // 2 for i in range(n - 2)])))
+        for lo in range(0, len(picked), chunk):
+            idx = picked[lo:lo + chunk]
+            i = np.searchsorted(i_starts, idx, side="right") - 1
+            rem = idx - i_starts[i]
+            out = np.empty((len(idx), 3), dtype=np.int64)
+            for u in np.unique(i):
+                sel = i == u
+                jj, kk = np.triu_indices(n - u - 1, k=1)
+                out[sel, 0] = u
+                out[sel, 1] = jj[rem[sel]] + u + 1
+                out[sel, 2] = kk[rem[sel]] + u + 1
+            yield out
+        return
+    jj, kk = np.triu_indices(n, k=1)
+    buf = []
+    size = 0
+    for i in range(n - 2):
+        sel = jj > i
+        jk = np.stack([np.full(int(sel.sum()), i), jj[sel], kk[sel]], axis=1)
+        buf.append(jk)
+        size += len(jk)
+        if size >= chunk:
+            yield np.concatenate(buf)
+            buf, size = [], 0
+    if buf:
+        yield np.concatenate(buf)
+
+
+@dataclass
+class Registration:
+    """Outcome of :func:`register_cameras` for ``n`` cameras and ``r`` thresholds.
+
+    Attributes:
+        thresholds: float64 [r] ascending.
+        errors: float64 [n, r], centre error of each camera under the best model of each threshold (inf when no
+            model was found).
+        inliers: int [r], cameras closer than the threshold under that model.
+        transforms: per threshold ``(s, R [3,3], t [3])`` mapping predicted centres onto the GT, or None.
+        exhaustive: every triplet was tried (False when more than ``max_triplets`` existed and a fixed-seed sample
+            was used instead).
+    """
+
+    thresholds: np.ndarray
+    errors: np.ndarray
+    inliers: np.ndarray
+    transforms: list
+    exhaustive: bool = True
+
+
+MAX_TRIPLETS = 300_000  # above this many triplets (n > 122 cameras) a fixed-seed sample of this size is used
+
+
+def register_cameras(pred: np.ndarray, gt: np.ndarray, thresholds: np.ndarray, *,
+                     max_triplets: int | None = MAX_TRIPLETS, seed: int = 0) -> Registration:
+    """Register predicted camera centres onto GT centres as the official IMC metric does (see the module docstring):
+    every triplet, refinement of every distinct inlier set of more than 2 cameras, the most inliers per threshold
+    (ties: smallest sum of squared errors, then the first found).
+
+    The official code loops over triplets in Python; here they are processed in vectorised blocks (squared errors of
+    a block as one matrix product, inlier sets identified by two exact integer hashes so each distinct set is
+    refined once). Up to ``max_triplets`` triplets (all of them for up to 263 cameras) the result is the official
+    one; above, a fixed-seed sample of ``max_triplets`` triplets is used and ``exhaustive`` is False.
+
+    Args:
+        pred, gt: float64 [n, 3] corresponding centres (rows with a non-finite predicted centre must be removed).
+        thresholds: float64 [r] ascending (GT units).
+        max_triplets: None for no limit.
+        seed: of the triplet sample (only used above ``max_triplets``).
+
+    Returns:
+        :class:`Registration`.
+    """
+    pred = np.asarray(pred, np.float64)
+    gt = np.asarray(gt, np.float64)
+    th = np.asarray(thresholds, np.float64)
+    n, r = pred.shape[0], th.shape[0]
+    th2 = th**2
+    best_cnt = np.zeros(r, dtype=np.int64)
+    best_sum = np.full(r, np.inf)
+    best_err2 = np.full((n, r), np.inf)
+    best_T: list = [None] * r
+    total = n * (n - 1) * (n - 2) // 6
+    exhaustive = max_triplets is None or total <= max_triplets
+    if n >= 3:
+        # the problem is translation invariant: centre both sets (smaller numbers, better rounding)
+        mp, mg = pred.mean(0), gt.mean(0)
+        P, G = pred - mp, gt - mg
+        feats = _error_features(P, G)
+        hw = np.random.default_rng(12345).integers(0, 2**40, size=(n, 2)).astype(np.float64)  # exact sums < 2^53
+        seen: set[tuple[float, float]] = set()
+        chunk = max(256, min(_TRIPLET_CHUNK * 4, 4_000_000 // max(n, 1)))
+        for trip in _triplet_blocks(n, chunk, None if exhaustive else max_triplets, seed):
+            s, R, t = horn_similarity(P[trip], G[trip])
+            with np.errstate(invalid="ignore"):
+                err2 = _squared_errors(s, R, t, feats)  # [B, n]
+            err2[~np.isfinite(err2)] = np.inf
+            new_b, new_q = [], []
+            for q in range(r):
+                m = err2 < th2[q]
+                cnt = m.sum(1)
+                rows = np.nonzero(cnt > 2)[0]
+                if rows.size == 0:
+                    continue
+                h = m[rows].astype(np.float64) @ hw  # [C, 2] exact integer-valued hashes
+                _, first = np.unique(h, axis=0, return_index=True)
+                for i in first:
+                    key = (h[i, 0], h[i, 1])
+                    if key in seen:
+                        continue
+                    if len(seen) < _SEEN_LIMIT:
+                        seen.add(key)
+                    new_b.append(rows[i])
+                    new_q.append(q)
+            if not new_b:
+                continue
+            order = np.lexsort((np.array(new_q), np.array(new_b)))  # triplet order, then threshold order
+            b_arr, q_arr = np.array(new_b)[order], np.array(new_q)[order]
+            masks = err2[b_arr] < th2[q_arr][:, None]
+            _refine_and_update(P, G, th2, masks, best_cnt, best_sum, best_err2, best_T, feats)
+        # transforms back to the caller's frame: g = s R (p - mp) + t + mg
+        best_T = [None if T is None else (T[0], T[1], T[2] + mg - T[0] * T[1] @ mp) for T in best_T]
+    return Registration(thresholds=th, errors=np.sqrt(best_err2), inliers=best_cnt, transforms=best_T,
+                        exhaustive=exhaustive)
+
+
+def _refine_and_update(P, G, th2, masks, best_cnt, best_sum, best_err2, best_T, feats):
+    """Refine on each inlier set (in order) and keep, per threshold, the first model with the most inliers and the
+    smallest sum of squared errors (the official update rule, applied in one pass per block).
+
+    Candidates are ranked with the expanded squared errors (one matrix product); the few best per threshold are
+    then re-scored with directly computed errors, as the official code computes them, before the update."""
+    for lo in range(0, masks.shape[0], _REFINE_CHUNK):
+        m = masks[lo:lo + _REFINE_CHUNK]
+        s, R, t = kabsch_similarity(P, G, m)
+        with np.errstate(invalid="ignore"):
+            approx = _squared_errors(s, R, t, feats)  # [U, n]
+            approx[~np.isfinite(approx)] = np.inf
+            cnt = (approx[:, :, None] < th2).sum(1)  # [U, r]
+            sums = approx.sum(1)
+        short = set()
+        for q in range(th2.shape[0]):
+            key = np.lexsort((np.arange(len(sums)), sums, -cnt[:, q]))  # most inliers, smallest sum, first
+            short.update(int(u) for u in key[:_RESCORE])
+        idx = np.array(sorted(short))
+        with np.errstate(invalid="ignore"):
+            diff = s[idx, None, None] * np.matmul(P[None], R[idx].transpose(0, 2, 1)) + t[idx, None, :] - G[None]
+            err2 = (diff * diff).sum(-1)  # [K, n], direct
+            dsum = err2.sum(1)
+            dcnt = (err2[:, :, None] < th2).sum(1)
+        for q in range(th2.shape[0]):
+            c = dcnt[:, q]
+            ok = ~np.isnan(dsum)
+            if not ok.any():
+                continue
+            top = c[ok].max()
+            cand = np.nonzero(ok & (c == top))[0]
+            k = cand[np.argmin(dsum[cand])]  # argmin: first of equal sums (idx is in candidate order)
+            if top > best_cnt[q] or (top == best_cnt[q] and dsum[k] < best_sum[q]):
+                u = idx[k]
+                best_cnt[q] = top
+                best_sum[q] = dsum[k]
+                best_err2[:, q] = err2[k]
+                best_T[q] = (float(s[u]), R[u].copy(), t[u].copy())
+
+
+def maa_on_cameras(errors: np.ndarray, thresholds: np.ndarray, n_gt: int, skip_top_thresholds: int = SKIP_TOP_THRESHOLDS,
+                   to_dec: int = TO_DEC) -> float:
+    """Official mAA of one registration: mean over thresholds (the ``skip_top_thresholds`` tightest skipped) of
+    ``max(0, #{errors < th} - to_dec) / (n_gt - to_dec)``.
+
+    Args:
+        errors: float64 [n, r] from :attr:`Registration.errors`.
+        thresholds: float64 [r] ascending.
+        n_gt: GT cameras of the scene (the denominator, missing and unregistered images included).
+
+    Returns:
+        mAA in [0, 1] (0 when no camera counts, e.g. ``n_gt <= to_dec``).
+    """
+    th = np.asarray(thresholds)[skip_top_thresholds:]
+    counts = (np.asarray(errors)[:, skip_top_thresholds:] < th[None]).sum(0)
+    num = float(np.maximum(counts - to_dec, 0).sum())
+    return 0.0 if num == 0 else num / (len(th) * (n_gt - to_dec))
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
 # --------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class EvalResult:
-    """Outcome of :func:`mean_average_accuracy`.
+class SceneScore:
+    """One GT scene matched to one submitted cluster.
 
     Attributes:
-        thresholds: float64 ``[T]`` ascending, GT units.
-        accuracies: float64 ``[T]``, fraction of GT cameras accurate at each threshold (registration
-            redone per threshold).
-        mAA: mean of ``accuracies``, in [0, 1].
-        n_gt: GT images that have a GT pose (the denominator).
-        n_registered: of those, images with a predicted pose.
-        n_missing: ``n_gt - n_registered`` (counted as failures).
-        errors: image name -> centre error (GT units) after the registration at the largest threshold;
-            ``inf`` for unregistered images, or for all when fewer than 3 could be registered.
+        dataset, scene: the GT scene; ``cluster``: the submitted cluster it was matched to (None: none shares an
+            image, or only ``outliers`` does).
+        n_gt: GT images of the scene; ``n_shared``: of them, images in the cluster (registered or not);
+        n_registered: shared images with a finite predicted pose; ``cluster_size``: images in the cluster.
+        thresholds: float64 [r]; ``inliers``: int [r] registered-within-threshold cameras.
+        mAA: the official mAA of the scene; ``accuracy_all_thresholds``: mean over all thresholds of inliers / n_gt.
+        errors: image -> centre error (GT units) under the model of the largest threshold (None: not registered).
+        transforms: per threshold ``(s, R, t)`` or None (for drawing the aligned centres).
     """
 
-    thresholds: np.ndarray
-    accuracies: np.ndarray
-    mAA: float
+    dataset: str
+    scene: str
+    cluster: str | None
     n_gt: int
+    n_shared: int
     n_registered: int
-    n_missing: int
-    errors: dict[str, float] = field(default_factory=dict)
+    cluster_size: int
+    thresholds: np.ndarray
+    inliers: np.ndarray
+    mAA: float
+    accuracy_all_thresholds: float
+    errors: dict[str, float | None] = field(default_factory=dict)
+    transforms: list = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
-        """JSON-friendly copy: lists and plain floats; an infinite error becomes ``None``."""
-        return {
-            "mAA": float(self.mAA),
-            "thresholds": [float(x) for x in self.thresholds],
-            "accuracies": [float(x) for x in self.accuracies],
-            "n_gt": int(self.n_gt),
-            "n_registered": int(self.n_registered),
-            "n_missing": int(self.n_missing),
-            "errors": {k: (float(v) if math.isfinite(v) else None) for k, v in self.errors.items()},
-        }
+        """JSON-friendly copy (no transforms)."""
+        return {"cluster": self.cluster, "n_gt": self.n_gt, "n_shared": self.n_shared,
+                "n_registered": self.n_registered, "cluster_size": self.cluster_size,
+                "thresholds": [float(x) for x in self.thresholds], "inliers": [int(x) for x in self.inliers],
+                "mAA": float(self.mAA), "accuracy_all_thresholds": float(self.accuracy_all_thresholds),
+                "errors": self.errors}
+
+
+@dataclass
+class DatasetScore:
+    """The official figures of one dataset: ``mAA`` (recall), ``clusterness`` (precision), ``score`` (harmonic
+    mean), and the matched scenes."""
+
+    dataset: str
+    mAA: float
+    clusterness: float
+    score: float
+    scenes: dict[str, SceneScore]
+
+    def to_dict(self) -> dict:
+        return {"mAA": float(self.mAA), "clusterness": float(self.clusterness), "score": float(self.score),
+                "scenes": {k: v.to_dict() for k, v in self.scenes.items()}}
+
+
+@dataclass
+class Score:
+    """Outcome of :func:`score`: means over datasets, and each dataset.
+
+    Attributes:
+        mAA, clusterness, score: official IMC 2025 figures in [0, 1].
+        accuracy_all_thresholds: mean over GT scenes of :attr:`SceneScore.accuracy_all_thresholds` (not the mAA).
+        per_dataset: ``{dataset: DatasetScore}``.
+        ignored_images: submitted images absent from the GT (not scored).
+    """
+
+    mAA: float
+    clusterness: float
+    score: float
+    accuracy_all_thresholds: float
+    per_dataset: dict[str, DatasetScore]
+    ignored_images: int = 0
+
+    @property
+    def scenes(self) -> list[SceneScore]:
+        return [s for d in self.per_dataset.values() for s in d.scenes.values()]
+
+    def to_dict(self) -> dict:
+        """``{"mAA", "clusterness", "score", "accuracy_all_thresholds", "per_dataset": {...}, ...}``."""
+        return {"mAA": float(self.mAA), "clusterness": float(self.clusterness), "score": float(self.score),
+                "accuracy_all_thresholds": float(self.accuracy_all_thresholds),
+                "metric": "IMC 2025 (skip_top_thresholds=2, to_dec=3, exhaustive triplets)",
+                "per_dataset": {k: v.to_dict() for k, v in self.per_dataset.items()},
+                "ignored_images": self.ignored_images}
 
     def table(self) -> str:
-        """Markdown table ``threshold | accuracy`` followed by an mAA line."""
-        lines = ["| threshold | accuracy |", "|---:|---:|"]
-        lines += [f"| {th:g} | {acc:.4f} |" for th, acc in zip(self.thresholds, self.accuracies)]
-        lines.append("")
-        lines.append(
-            f"**mAA = {self.mAA:.4f}** ({self.n_registered}/{self.n_gt} images registered, {self.n_missing} missing)"
-        )
+        """Plain-text summary: overall figures, then per scene the inliers per threshold."""
+        lines = [f"mAA (IMC 2025) = {self.mAA:.4f}   clusterness = {self.clusterness:.4f}   "
+                 f"score = {self.score:.4f}   accuracy over all thresholds = {self.accuracy_all_thresholds:.4f}"]
+        for ds in self.per_dataset.values():
+            if len(self.per_dataset) > 1:
+                lines.append(f"dataset {ds.dataset}: mAA {ds.mAA:.4f}, clusterness {ds.clusterness:.4f}, "
+                             f"score {ds.score:.4f}")
+            for sc in ds.scenes.values():
+                lines.append(f"  scene {sc.scene} -> cluster {sc.cluster}: {sc.n_registered}/{sc.n_gt} registered, "
+                             f"mAA {sc.mAA:.4f}")
+                for k, (th, c) in enumerate(zip(sc.thresholds, sc.inliers)):
+                    skip = "  (skipped)" if k < SKIP_TOP_THRESHOLDS else ""
+                    lines.append(f"    threshold {th:g}: {int(c)}/{sc.n_gt} cameras within{skip}")
+        if self.ignored_images:
+            lines.append(f"{self.ignored_images} submitted image(s) are not in the ground truth and were ignored")
         return "\n".join(lines)
 
 
-def mean_average_accuracy(
-    gt: PoseDict,
-    pred: PoseDict,
-    thresholds: ThresholdSpec,
-    *,
-    rng_seed: int = 0,
-    max_iters: int = DEFAULT_MAX_ITERS,
-) -> EvalResult:
-    """IMC 2024/2025 mAA of registered camera centres (Kaggle "Image Matching Challenge 2025"
-    evaluation; github.com/ubc-vision/image-matching-benchmark style).
+def _harmonic(a: float, b: float) -> float:
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
-    For each threshold ``th`` the predicted centres of the GT images that have a prediction are
-    registered onto their GT centres with :func:`register_centers` (``threshold=th``), and the
-    accuracy is ``#{GT cameras with registered error < th} / n_gt``. Predicted images absent from
-    ``gt`` are ignored; GT images that are missing from ``pred`` or unregistered (``None``) stay in the
-    denominator as failures; GT images whose GT pose is ``None`` are not evaluated. With fewer than 3
-    registered cameras no similarity can be estimated and every accuracy is 0 (as in IMC).
+
+def _group(rows: list[PoseRow], default_dataset: str, default_scene: str) -> dict[str, dict[str, dict[str, PoseRow]]]:
+    """``{dataset: {scene: {image: row}}}`` keeping first-appearance order."""
+    out: dict[str, dict[str, dict[str, PoseRow]]] = {}
+    for r in rows:
+        d = r.dataset if r.dataset is not None else default_dataset
+        s = r.scene if r.scene is not None else default_scene
+        out.setdefault(d, {}).setdefault(s, {})[r.image] = r
+    return out
+
+
+def score(gt_rows: list[PoseRow], pred_rows: list[PoseRow], thresholds: ThresholdSpec | ThresholdTable) -> Score:
+    """The official IMC 2025 score of a submission (see the module docstring).
+
+    Files without ``dataset``/``scene`` columns (our ``poses.csv``, IMC training GT) form one dataset and one scene
+    (or cluster); a submission without a ``dataset`` column takes the dataset of each image from the GT. GT images
+    absent from the submission count as unregistered; submitted images absent from the GT are ignored (counted in
+    :attr:`Score.ignored_images`).
 
     Args:
-        gt, pred: pose dictionaries ``{name: (R float [3,3], t float [3]) or None}``, world-to-camera.
-        thresholds: anything :func:`read_thresholds` accepts (GT units).
-        rng_seed, max_iters: triplet sampling of the registration (deterministic for a given seed).
+        gt_rows, pred_rows: from :func:`read_pose_table`.
+        thresholds: anything :func:`read_thresholds` accepts.
 
     Returns:
-        :class:`EvalResult`.
+        :class:`Score`.
 
     Raises:
-        ValueError: no GT image has a pose, a malformed pose, or bad thresholds.
+        ValueError: no GT scene with a pose, a GT scene without thresholds, or thresholds of unequal counts.
     """
-    thr = read_thresholds(thresholds)
-    gt_names = sorted(n for n, p in gt.items() if _check_pose(n, p))
-    if not gt_names:
-        raise ValueError("the ground truth holds no image with a pose")
-    gt_c = camera_centers({n: gt[n] for n in gt_names})
-    reg_names = [n for n in gt_names if n in pred and _check_pose(n, pred[n])]
-    pred_c = camera_centers({n: pred[n] for n in reg_names})
-    n_gt, n_reg = len(gt_names), len(reg_names)
+    table = read_thresholds(thresholds)
+    gt = _group(gt_rows, DEFAULT_DATASET, DEFAULT_SCENE)
+    if not any(s != OUTLIERS for d in gt.values() for s in d):
+        raise ValueError("the ground truth holds no scene (only outliers)")
+    gt_dataset_of = {}
+    for d, scenes in gt.items():
+        for s, imgs in scenes.items():
+            for im in imgs:
+                gt_dataset_of.setdefault(im, d)
+    single_ds = next(iter(gt)) if len(gt) == 1 else None
+    fixed = []
+    ignored = 0
+    for r in pred_rows:
+        d = r.dataset
+        if d is None or (d not in gt and single_ds is not None and all(p.dataset == d for p in pred_rows)):
+            d = gt_dataset_of.get(r.image, single_ds)
+        if d is None or d not in gt or r.image not in {im for s in gt[d].values() for im in s}:
+            ignored += 1
+            continue
+        fixed.append(PoseRow(r.image, r.R, r.t, d, r.scene if r.scene is not None else DEFAULT_SCENE, r.line))
+    pred = _group(fixed, DEFAULT_DATASET, DEFAULT_SCENE)
 
-    accuracies = np.zeros(thr.shape[0])
-    errors = {n: math.inf for n in gt_names}
-    if n_reg >= 3:
-        P = np.stack([pred_c[n] for n in reg_names])
-        G = np.stack([gt_c[n] for n in reg_names])
-        hyp = _hypotheses(P, G, rng_seed, max_iters)
-        if hyp is not None:
-            counts, sums = _score(P, G, hyp, thr)
-            err = None
-            for q, th in enumerate(thr):
-                _, _, _, inl, err = _select_and_refine(P, G, hyp, counts[:, q], sums[:, q], float(th))
-                accuracies[q] = inl.sum() / n_gt
-            for n, e in zip(reg_names, err):
-                errors[n] = float(e)
-    return EvalResult(
-        thresholds=thr,
-        accuracies=accuracies,
-        mAA=float(accuracies.mean()),
-        n_gt=n_gt,
-        n_registered=n_reg,
-        n_missing=n_gt - n_reg,
-        errors=errors,
+    counts = set()
+    per_dataset: dict[str, DatasetScore] = {}
+    all_acc = []
+    for d, gt_scenes in gt.items():
+        clusters = pred.get(d, {})
+        cluster_names = list(clusters)
+        results: dict[str, SceneScore] = {}
+        shared_sum = user_sum = gt_sum = 0
+        num = 0.0
+        n_real = 0
+        lt = None
+        for s, gt_imgs in gt_scenes.items():
+            if s == OUTLIERS:
+                continue
+            n_real += 1
+            th = table.get(d, s)
+            counts.add(len(th))
+            lt = len(th) - SKIP_TOP_THRESHOLDS
+            best = None  # (n_shared, mAA, -index) maximal
+            cand: list[SceneScore] = []
+            for j, c in enumerate(cluster_names):
+                if c == OUTLIERS:
+                    cand.append(None)
+                    continue
+                cand.append(_score_pair(d, s, c, gt_imgs, clusters[c], th))
+            for j, sc in enumerate(cand):
+                key = (0, 0.0) if sc is None else (sc.n_shared, sc.mAA)
+                if best is None or key > best[0]:
+                    best = (key, j)
+            chosen = cand[best[1]] if best is not None else None
+            if chosen is None:  # no cluster at all, or the outliers cluster came first among equals
+                chosen = _score_pair(d, s, None, gt_imgs, {}, th)  # adds nothing but its free cameras below
+            else:
+                shared_sum += chosen.n_shared
+                user_sum += chosen.cluster_size
+                gt_sum += chosen.n_gt
+                num += float(np.maximum(chosen.inliers[SKIP_TOP_THRESHOLDS:] - TO_DEC, 0).sum())
+            results[s] = chosen
+            all_acc.append(chosen.accuracy_all_thresholds)
+        if len(counts) > 1:
+            raise ValueError(f"the GT scenes have different numbers of thresholds ({sorted(counts)}); the official "
+                             "metric needs one count")
+        clusterness = 0.0 if user_sum == 0 else shared_sum / user_sum
+        den = max(0, (lt or 0) * (gt_sum - n_real * TO_DEC))
+        maa = 0.0 if den == 0 else num / den
+        per_dataset[d] = DatasetScore(d, maa, clusterness, _harmonic(maa, clusterness), results)
+    ds = list(per_dataset.values())
+    return Score(
+        mAA=float(np.mean([x.mAA for x in ds])),
+        clusterness=float(np.mean([x.clusterness for x in ds])),
+        score=float(np.mean([x.score for x in ds])),
+        accuracy_all_thresholds=float(np.mean(all_acc)) if all_acc else 0.0,
+        per_dataset=per_dataset,
+        ignored_images=ignored,
     )
 
 
-def evaluate_files(
-    gt_csv: str | Path,
-    pred_csv: str | Path,
-    thresholds: ThresholdSpec,
-    *,
-    dataset: str | None = None,
-    scene: str | None = None,
-    rng_seed: int = 0,
-    max_iters: int = DEFAULT_MAX_ITERS,
-) -> EvalResult:
-    """mAA of the poses in ``pred_csv`` against ``gt_csv`` (see :func:`read_poses_csv` for the format,
-    :func:`read_thresholds` for ``thresholds``, :func:`mean_average_accuracy` for the metric).
+def _score_pair(dataset: str, scene: str, cluster: str | None, gt_imgs: dict[str, PoseRow],
+                user_imgs: dict[str, PoseRow], th: np.ndarray) -> SceneScore:
+    """Register one submitted cluster against one GT scene."""
+    shared = [im for im in gt_imgs if im in user_imgs]
+    P = np.array([user_imgs[im].center for im in shared]).reshape(-1, 3)
+    G = np.array([gt_imgs[im].center for im in shared]).reshape(-1, 3)
+    valid = np.all(np.isfinite(P), axis=1) & np.all(np.isfinite(G), axis=1)
+    names = [im for im, v in zip(shared, valid) if v]
+    reg = register_cameras(P[valid], G[valid], th)
+    m = len(gt_imgs)
+    maa = maa_on_cameras(reg.errors, th, m)
+    acc_all = float(np.mean(reg.inliers / m)) if m else 0.0
+    errors: dict[str, float | None] = {im: None for im in gt_imgs}
+    for im, e in zip(names, reg.errors[:, -1] if len(names) else []):
+        errors[im] = float(e) if math.isfinite(e) else None
+    return SceneScore(dataset, scene, cluster, m, len(shared), len(names), len(user_imgs), th, reg.inliers, maa,
+                      acc_all, errors, reg.transforms)
 
-    ``dataset`` / ``scene``, when given, select the rows of that scene in both files.
+
+def evaluate_files(gt_csv: str | Path, pred_csv: str | Path, thresholds: ThresholdSpec | ThresholdTable, *,
+                   gt_label: str | None = None, pred_label: str | None = None) -> Score:
+    """Official IMC 2025 score of the poses in ``pred_csv`` against ``gt_csv`` (layouts: :func:`read_pose_table`;
+    thresholds: :func:`read_thresholds`; metric: :func:`score`).
 
     Raises:
         FileNotFoundError: a file is missing.
-        ValueError: malformed CSV (file and line named), bad thresholds, or no GT pose.
+        ValueError: malformed CSV (file and line named), bad thresholds, or no GT scene.
     """
-    gt = read_poses_csv(gt_csv, dataset=dataset, scene=scene)
-    pred = read_poses_csv(pred_csv, dataset=dataset, scene=scene)
-    return mean_average_accuracy(gt, pred, thresholds, rng_seed=rng_seed, max_iters=max_iters)
+    return score(read_pose_table(gt_csv, label=gt_label), read_pose_table(pred_csv, label=pred_label), thresholds)
+
+
+def mean_average_accuracy(gt: PoseDict, pred: PoseDict, thresholds: ThresholdSpec | ThresholdTable) -> SceneScore:
+    """Official mAA of one scene from pose dictionaries ``{name: (R [3,3], t [3]) or None}`` (world-to-camera).
+    Predicted images absent from ``gt`` are ignored; GT images missing from ``pred`` count as unregistered.
+
+    Raises:
+        ValueError: empty ground truth or bad thresholds.
+    """
+    if not gt:
+        raise ValueError("the ground truth holds no image")
+    g = [PoseRow(n, None if p is None else np.asarray(p[0], float), None if p is None else np.asarray(p[1], float))
+         for n, p in gt.items()]
+    u = [PoseRow(n, None if p is None else np.asarray(p[0], float), None if p is None else np.asarray(p[1], float))
+         for n, p in pred.items()]
+    res = score(g, u, thresholds)
+    return next(iter(res.per_dataset.values())).scenes[DEFAULT_SCENE]

@@ -9,7 +9,11 @@ Extraction Network via Deformable Transformation", IEEE TIM 2023; github.com/Shi
   COLMAP puts pixel centres at +0.5; :func:`to_colmap_keypoints` converts.
 - ``scores``: float32 [N], detection scores in (0, 1), sorted in decreasing order.
 - ``descriptors``: float16 [N, 128], L2-normalised.
-- attributes ``image_size`` (W, H) of the original and ``resized_size`` (W, H) the network saw.
+- attributes ``image_size`` (W, H) of the original and ``resized_size`` (W, H) the network saw;
+- attribute ``image_sha256``: the sha256 of the image file the features were computed from;
+- attribute ``key`` (written last): :func:`feature_key` of the image bytes, the decode options, the config and
+  the weights. An image is recomputed unless its entry carries the key it would get now (see
+  :mod:`backend.h5cache`), and a pair's key in ``matches.h5`` chains both images' keys.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import numpy as np
 import torch
 
 from .config import FeaturesConfig
-from .h5cache import cached_keys
-from .images import load_rgb
-from .weights import weight_path
+from .h5cache import KEY_ATTR, config_key, content_key, open_cache, write_entry, writing
+from .images import file_sha256, load_rgb
+from .weights import checksums, weight_path
 
 FEATURES_H5 = "features.h5"
+FEATURE_DATASETS = ("keypoints", "scores", "descriptors")
 
 
 def get_device() -> torch.device:
@@ -92,25 +97,47 @@ def extract_one(model: torch.nn.Module, image: np.ndarray, device: torch.device)
     }
 
 
+def feature_key(image_sha256: str, decode: dict, cfg: FeaturesConfig) -> str:
+    """The content key (32 hex digits) of one image's features: its file's sha256, the options that decide its
+    pixels (``decode``, e.g. ``{"background": "white"}``), the features config and the ALIKED weights' sha256."""
+    return content_key("features", image_sha256, decode, config_key(cfg), checksums([cfg.model]))
+
+
 def run_features(
     run_dir: Path,
     names: list[str],
     cfg: FeaturesConfig,
     progress: Callable[[int, int, str], None] | None = None,
     cancel: threading.Event | None = None,
+    decode: dict | None = None,
+    force: bool = False,
 ) -> dict:
     """Extract features for ``names`` (images in ``run_dir/images``) into ``run_dir/features.h5``.
 
-    Images already in the file with the same config are kept (resumable). Image loading runs in a
-    background thread so that decoding overlaps with the network.
+    An image whose entry carries the key it would get now (:func:`feature_key` of its bytes, ``decode``, ``cfg``)
+    is kept (resumable); every other one is recomputed, all of them with ``force``. Each image is written
+    atomically (see :mod:`backend.h5cache`). Image loading runs in a background thread so that decoding overlaps
+    with the network.
 
-    Returns counts: ``{"keypoints_total", "keypoints_mean", "keypoints_min", "device"}``.
+    Args:
+        decode: the image options that decide the pixels the network sees besides ``cfg.resize`` (the pipeline
+            passes ``{"background": ...}``); part of every key.
+        force: recompute every image.
+
+    Returns counts: ``{"keypoints_total", "keypoints_mean", "keypoints_min", "device", "computed", "reused"}``.
+
+    Raises:
+        InterruptedError: ``cancel`` was set.
+        OSError: an image cannot be read.
+        MissingWeightsError: the ALIKED weights are missing or fail their check.
     """
     run_dir = Path(run_dir)
     path = run_dir / FEATURES_H5
     device = get_device()
-    cached = cached_keys(path, cfg)
-    todo = [n for n in names if n not in cached]
+    shas = {n: file_sha256(run_dir / "images" / n) for n in names}
+    keys = {n: feature_key(shas[n], decode or {}, cfg) for n in names}
+    cached = open_cache(path, 1, FEATURE_DATASETS)
+    todo = [n for n in names if force or cached.get(n) != keys[n]]
     model = load_aliked(cfg, device) if todo else None
     done = len(names) - len(todo)
     if progress:
@@ -127,13 +154,16 @@ def run_features(
             order = np.argsort(-out["scores"], kind="stable")  # strongest first: a prefix is a smaller budget
             out = {k: v[order] for k, v in out.items()}
             kpts = scale_keypoints(out["keypoints"], sx, sy)
-            with h5py.File(path, "a") as f:
-                g = f.create_group(name)
-                g.create_dataset("keypoints", data=kpts)
-                g.create_dataset("scores", data=out["scores"].astype(np.float32))
-                g.create_dataset("descriptors", data=out["descriptors"].astype(np.float16))
-                g.attrs["image_size"] = [round(img.shape[1] * sx), round(img.shape[0] * sy)]
-                g.attrs["resized_size"] = [img.shape[1], img.shape[0]]
+            with writing(path, [name]) as f:
+                write_entry(f, name, {
+                    "keypoints": kpts,
+                    "scores": out["scores"].astype(np.float32),
+                    "descriptors": out["descriptors"].astype(np.float16),
+                }, {
+                    "image_size": [round(img.shape[1] * sx), round(img.shape[0] * sy)],
+                    "resized_size": [img.shape[1], img.shape[0]],
+                    "image_sha256": shas[name],
+                }, keys[name])
             done += 1
             if progress:
                 progress(done, len(names), name)
@@ -143,11 +173,28 @@ def run_features(
         "keypoints_mean": float(np.mean(counts)) if counts else 0.0,
         "keypoints_min": int(min(counts)) if counts else 0,
         "device": device.type,
+        "computed": len(todo),
+        "reused": len(names) - len(todo),
     }
 
 
+def read_feature_keys(path: Path, names: list[str]) -> dict[str, str]:
+    """The content key of each image's entry in ``features.h5`` ("" for an entry without one).
+
+    Raises:
+        KeyError: an image has no features in the file.
+        OSError: the file is missing or unreadable.
+    """
+    with h5py.File(path, "r") as f:
+        return {n: str(f[n].attrs.get(KEY_ATTR, "")) for n in names}
+
+
 def read_keypoint_counts(path: Path, names: list[str]) -> dict[str, int]:
-    """Number of keypoints per image in ``features.h5``."""
+    """Number of keypoints per image in ``features.h5``.
+
+    Raises:
+        KeyError: an image has no features in the file.
+    """
     with h5py.File(path, "r") as f:
         return {n: int(f[n]["keypoints"].shape[0]) for n in names}
 

@@ -5,7 +5,10 @@ official ALIKED weights and adaptive depth (early stopping) and width (point pru
 ``matches.h5`` holds, per pair, the group ``/<image0>/<image1>/`` with
 
 - ``matches``: int32 [M, 2], indices into the keypoints of image0 and image1 in ``features.h5``;
-- ``scores``: float16 [M], LightGlue matching confidence in (0, 1].
+- ``scores``: float16 [M], LightGlue matching confidence in (0, 1];
+- attribute ``key`` (written last): :func:`match_key` of both images' feature keys (``features.h5``), the
+  matching config and the LightGlue weights. A pair is recomputed unless its entry carries the key it would get
+  now, so matches always index the current keypoints (see :mod:`backend.h5cache`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import numpy as np
 import torch
 
 from .config import MatchingConfig
-from .features import get_device, read_features
-from .h5cache import cached_keys
-from .weights import weight_path
+from .features import FEATURES_H5, get_device, read_feature_keys, read_features
+from .h5cache import content_key, open_cache, write_entry, writing
+from .weights import checksums, weight_path
 
 MATCHES_H5 = "matches.h5"
+MATCH_DATASETS = ("matches", "scores")
 
 
 def load_lightglue(cfg: MatchingConfig, device: torch.device | None = None) -> torch.nn.Module:
@@ -83,24 +87,44 @@ def match_pair(model: torch.nn.Module, f0: dict, f1: dict, device: torch.device)
     )
 
 
+def match_key(feature_key0: str, feature_key1: str, cfg: MatchingConfig) -> str:
+    """The content key (32 hex digits) of a pair's matches: the two images' feature keys (in pair order), the
+    LightGlue options (not ``min_matches``, which only filters later) and the LightGlue weights' sha256."""
+    options = {"depth_confidence": cfg.depth_confidence, "width_confidence": cfg.width_confidence,
+               "filter_threshold": cfg.filter_threshold}
+    return content_key("matches", feature_key0, feature_key1, options, checksums(["aliked-lightglue"]))
+
+
 def run_matching(
     run_dir: Path,
     pairs: list[tuple[str, str]],
     cfg: MatchingConfig,
     progress: Callable[[int, int, str], None] | None = None,
     cancel: threading.Event | None = None,
+    force: bool = False,
 ) -> dict:
-    """Match every pair of ``pairs`` into ``run_dir/matches.h5`` (pairs already in the file are kept).
+    """Match every pair of ``pairs`` into ``run_dir/matches.h5``.
 
-    Returns counts: ``{"pairs", "matches_total", "matches_mean", "pairs_min_matches"}`` where the last is the
-    number of pairs with at least ``cfg.min_matches`` matches.
+    A pair whose entry carries the key it would get now (:func:`match_key` of the two images' current feature
+    keys) is kept; every other one is recomputed, all of them with ``force``. Pairs are written atomically in
+    batches (every 5 s, see :mod:`backend.h5cache`).
+
+    Returns counts: ``{"pairs", "matches_total", "matches_mean", "pairs_min_matches", "computed", "reused"}``
+    where ``pairs_min_matches`` is the number of pairs with at least ``cfg.min_matches`` matches.
+
+    Raises:
+        InterruptedError: ``cancel`` was set.
+        KeyError: an image of ``pairs`` has no features in ``features.h5``.
+        MissingWeightsError: the LightGlue weights are missing or fail their check.
     """
     run_dir = Path(run_dir)
     path = run_dir / MATCHES_H5
-    feats_path = run_dir / "features.h5"
+    feats_path = run_dir / FEATURES_H5
     device = get_device()
-    cached = cached_keys(path, cfg)
-    todo = [p for p in pairs if pair_key(*p) not in cached]
+    fkeys = read_feature_keys(feats_path, sorted({n for p in pairs for n in p}))
+    keys = {p: match_key(fkeys[p[0]], fkeys[p[1]], cfg) for p in pairs}
+    cached = open_cache(path, 2, MATCH_DATASETS)
+    todo = [p for p in pairs if force or cached.get(pair_key(*p)) != keys[p]]
     model = load_lightglue(cfg, device) if todo else None
     cache: dict[str, dict] = {}
 
@@ -117,11 +141,11 @@ def run_matching(
 
     def flush():
         # the file is opened only to write, so that readers (the app) can open it between writes
-        with h5py.File(path, "a") as f:
+        if not buffer:
+            return
+        with writing(path, [pair_key(a, b) for a, b, _, _ in buffer]) as f:
             for a, b, m, s in buffer:
-                g = f.require_group(a).create_group(b)
-                g.create_dataset("matches", data=m)
-                g.create_dataset("scores", data=s.astype(np.float16))
+                write_entry(f, pair_key(a, b), {"matches": m, "scores": s.astype(np.float16)}, {}, keys[(a, b)])
         buffer.clear()
 
     try:
@@ -144,6 +168,8 @@ def run_matching(
         "matches_total": int(sum(counts)),
         "matches_mean": float(np.mean(counts)) if counts else 0.0,
         "pairs_min_matches": int(sum(c >= cfg.min_matches for c in counts)),
+        "computed": len(todo),
+        "reused": len(pairs) - len(todo),
     }
 
 

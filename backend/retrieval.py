@@ -189,9 +189,14 @@ def run_retrieval(
     progress: Callable[[int, int, str], None] | None = None,
     cancel: "threading.Event | None" = None,
 ) -> dict:
-    """Compute global descriptors of ``names`` and write ``pairs.txt`` and ``retrieval.h5``.
+    """Compute global descriptors of ``names`` and write ``pairs.txt`` and ``retrieval.h5`` (each atomically).
+    Recomputed whenever it runs: the pipeline reruns it only when the images (their content) or the config change.
 
     Returns counts ``{"pairs", "model", "fallback_reason", "exhaustive"}``.
+
+    Raises:
+        InterruptedError: ``cancel`` was set.
+        MissingWeightsError: the descriptor's weights are missing or fail their check.
     """
     run_dir = Path(run_dir)
     model, reason = resolve_model(cfg.model)
@@ -209,15 +214,21 @@ def run_retrieval(
     d = np.stack(descs).astype(np.float32)
     sim = (d @ d.T).astype(np.float32)
     pairs = select_pairs(sim, cfg)
-    with open(run_dir / PAIRS_TXT, "w") as f:
+    # both files are written beside and renamed into place: a killed run never leaves half of one, and readers (the
+    # app) keep the old file open undisturbed
+    tmp = run_dir / (PAIRS_TXT + ".tmp")
+    with open(tmp, "w") as f:
         for i, j, s in pairs:
             f.write(f"{names[i]} {names[j]} {s:.4f}\n")
-    with h5py.File(run_dir / RETRIEVAL_H5, "w") as f:
+    os.replace(tmp, run_dir / PAIRS_TXT)
+    tmp = run_dir / (RETRIEVAL_H5 + ".tmp")
+    with h5py.File(tmp, "w") as f:
         f.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
         f.create_dataset("descriptors", data=d)
         f.create_dataset("similarity", data=sim)
         f.attrs["model"] = model
         f.attrs["fallback_reason"] = reason
+    os.replace(tmp, run_dir / RETRIEVAL_H5)
     return {
         "pairs": len(pairs),
         "model": model,

@@ -1,10 +1,13 @@
-"""Read a run folder for display: the tables and arrays the app's pages show. Read-only (except thumbnails,
-written once into ``<run>/thumbs/``); nothing imports streamlit.
+"""Read a run folder for display: the tables and arrays the app's pages show, and the content keys the app's
+caches are keyed on (:func:`features_key`, :func:`matches_key`, :func:`model_key`). Read-only (except thumbnails,
+written once per version of an image into ``<run>/thumbs/``); nothing imports streamlit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from pathlib import Path
 
 import h5py
@@ -51,11 +54,26 @@ def image_path(run_dir: Path, name: str) -> Path:
 
 
 def thumbnail_path(run_dir: Path, name: str, size: int = 320) -> Path:
-    """A JPEG thumbnail of one of the run's images (made once)."""
+    """A JPEG thumbnail of one of the run's images (made once per version of the image):
+    ``thumbs/<size>/<name>.<version>.jpg``, where the version hashes the image file's size, modification and
+    status-change times (ctime, which no tool can set back), so a replaced image gets a new thumbnail even with the
+    same size and modification time. Older versions' thumbnails are deleted.
+
+    Raises:
+        KeyError: ``name`` is not one of the run's images.
+    """
     from .viz import thumbnail
 
     src = image_path(run_dir, name)
-    return thumbnail(src, Path(run_dir) / THUMBS / f"{size}" / (name + ".jpg"), size)
+    st = src.stat()
+    version = hashlib.sha256(f"{st.st_size}/{st.st_mtime_ns}/{st.st_ctime_ns}/{st.st_ino}".encode()).hexdigest()[:12]
+    folder = Path(run_dir) / THUMBS / f"{size}"
+    dst = folder / f"{name}.{version}.jpg"
+    if not dst.exists() and folder.is_dir():
+        for old in folder.iterdir():
+            if old.name.startswith(name + ".") and old.name != dst.name and old.name.count(".") == name.count(".") + 2:
+                old.unlink(missing_ok=True)
+    return thumbnail(src, dst, size)
 
 
 def retrieval_info(run_dir: Path) -> dict:
@@ -93,6 +111,56 @@ def features(run_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     with h5py.File(Path(run_dir) / "features.h5", "r") as f:
         g = f[name]
         return g["keypoints"][()], g["scores"][()]
+
+
+def _entry_key(path: Path, names: list[str]) -> str:
+    """The ``key`` attribute of the first of ``names`` (HDF5 paths) present in ``path``; "" when none is."""
+    if not path.exists():
+        return ""
+    try:
+        with h5py.File(path, "r") as f:
+            for n in names:
+                if n in f:
+                    return str(f[n].attrs.get("key", ""))
+    except OSError:  # being written right now (HDF5 file locking) or unreadable: a key no cache holds
+        return f"unreadable-{time.monotonic_ns()}"
+    return ""
+
+
+def _stage_stamp(run_dir: Path, stage: str) -> str:
+    """``hash/status/started`` of a stage in ``run.json`` ("" when it has not run)."""
+    try:
+        rec = json.loads((Path(run_dir) / "run.json").read_text()).get("stages", {}).get(stage, {})
+    except (OSError, ValueError):
+        return ""
+    return f"{rec.get('hash', '')}/{rec.get('status', '')}/{rec.get('started', '')}" if rec else ""
+
+
+def features_key(run_dir: Path, name: str) -> str:
+    """A key that changes whenever an image's features (or the image itself) change: the entry's content key in
+    ``features.h5`` (sha256 of the image bytes, decode options, config, weights) and the features stage's record.
+    For caching drawings; "" while there are none."""
+    key = _entry_key(Path(run_dir) / "features.h5", [name])
+    return f"{key}|{_stage_stamp(run_dir, 'features')}" if key else ""
+
+
+def matches_key(run_dir: Path, name0: str, name1: str) -> str:
+    """A key that changes whenever a pair's drawing can change: the pair's content key in ``matches.h5`` (which
+    chains both images' feature keys) and the verification stage's record (its inliers). "" while there are
+    no matches for the pair."""
+    key = _entry_key(Path(run_dir) / "matches.h5", [f"{name0}/{name1}", f"{name1}/{name0}"])
+    return f"{key}|{_stage_stamp(run_dir, 'matching')}|{_stage_stamp(run_dir, 'verification')}" if key else ""
+
+
+def model_key(run_dir: Path, k: int) -> str:
+    """A key that changes whenever model ``sparse/<k>`` can change: the mapping stage's record in ``run.json``
+    (its hash chains the content of every input) and the model file's size and change times."""
+    p = Path(run_dir) / "sparse" / str(int(k)) / "images.bin"
+    try:
+        st = p.stat()
+    except OSError:
+        return ""
+    return f"{_stage_stamp(run_dir, 'mapping')}|{st.st_size}/{st.st_mtime_ns}/{st.st_ctime_ns}"
 
 
 def matches(run_dir: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:

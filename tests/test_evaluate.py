@@ -1,25 +1,28 @@
-"""Tests of backend.evaluate: the IMC mAA of registered camera centres, on synthetic scenes."""
+"""Tests of backend.evaluate: the official IMC 2025 metric against reference scores of the organisers' code
+(../shared/data/_metric_fixtures), through the library and the CLI; the pose and threshold readers."""
 
 from __future__ import annotations
 
 import json
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from backend.evaluate import (
-    EvalResult,
+    ThresholdTable,
     camera_centers,
-    estimate_similarity,
     evaluate_files,
-    mean_average_accuracy,
+    horn_similarity,
+    kabsch_similarity,
+    read_pose_table,
     read_poses_csv,
     read_thresholds,
-    register_centers,
 )
+from conftest import DATA, run_cli
 
-THRESHOLDS = [0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
+FIXTURES = DATA / "_metric_fixtures"
+CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "expected.json").is_file()) if FIXTURES.is_dir() else []
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -30,26 +33,14 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
-def pose_from_center(R: np.ndarray, C: np.ndarray):
-    return R, -R @ C
-
-
 def random_scene(n: int = 20, seed: int = 0) -> dict:
     """n world-to-camera poses with centres spread in a 10-unit cube."""
     rng = np.random.default_rng(seed)
-    return {f"img_{i:03d}.jpg": pose_from_center(random_rotation(rng), rng.uniform(0, 10, 3)) for i in range(n)}
-
-
-def transform_poses(poses: dict, s: float, Ra: np.ndarray, ta: np.ndarray) -> dict:
-    """Poses of the same cameras in a frame where X_gt = s Ra X_pred + ta (camera frames rescaled by 1/s)."""
     out = {}
-    for name, (R, t) in poses.items():
-        out[name] = (R @ Ra, (R @ ta + t) / s)
+    for i in range(n):
+        R = random_rotation(rng)
+        out[f"img_{i:03d}.jpg"] = (R, -R @ rng.uniform(0, 10, 3))
     return out
-
-
-def with_centers(poses: dict, centers: dict) -> dict:
-    return {n: pose_from_center(poses[n][0], centers[n]) for n in poses}
 
 
 def write_csv(path, poses: dict, header: str = "image_name", blank: set = frozenset()):
@@ -68,157 +59,119 @@ def write_csv(path, poses: dict, header: str = "image_name", blank: set = frozen
     return path
 
 
-# ---------------------------------------------------------------- geometry
+# ---------------------------------------------------------------- the official metric's reference scores
 
 
-def test_camera_centers_and_similarity_recovery():
+def _expected(case: str) -> dict:
+    return json.loads((FIXTURES / case / "expected.json").read_text())
+
+
+def test_fixtures_exist():
+    assert len(CASES) >= 21, f"metric fixtures missing in {FIXTURES}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reproduces_official_scores(case):
+    d = FIXTURES / case
+    exp = _expected(case)
+    res = evaluate_files(d / "gt.csv", d / "pred.csv", d / "thresholds.csv")
+    assert res.mAA == pytest.approx(exp["mAA"]["final"], abs=1e-6)
+    assert res.clusterness == pytest.approx(exp["clusterness"]["final"], abs=1e-6)
+    assert res.score == pytest.approx(exp["harmonic"]["final"], abs=1e-6)
+    assert set(res.per_dataset) == set(exp["mAA"]["per_dataset"])
+    for ds, got in res.per_dataset.items():
+        assert got.mAA == pytest.approx(exp["mAA"]["per_dataset"][ds], abs=1e-6)
+        assert got.clusterness == pytest.approx(exp["clusterness"]["per_dataset"][ds], abs=1e-6)
+        assert got.score == pytest.approx(exp["harmonic"]["per_dataset"][ds], abs=1e-6)
+
+
+@pytest.mark.parametrize("case", ["mixed__three_scenes_and_outliers", "church_imc2024__half_flipped",
+                                  "fox_instant_ngp__noise2pct"])
+def test_cli_json_reproduces_official_scores(case):
+    d = FIXTURES / case
+    exp = _expected(case)
+    res = run_cli("evaluate", str(d / "gt.csv"), str(d / "pred.csv"), "--thresholds", str(d / "thresholds.csv"),
+                  "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    for ours, theirs in (("mAA", "mAA"), ("clusterness", "clusterness"), ("score", "harmonic")):
+        assert out[ours] == pytest.approx(exp[theirs]["final"], abs=1e-6)
+        for ds, v in exp[theirs]["per_dataset"].items():
+            assert out["per_dataset"][ds][ours] == pytest.approx(v, abs=1e-6)
+
+
+def test_mixed_dataset_matches_scenes_to_clusters():
+    d = FIXTURES / "mixed__three_scenes_and_outliers"
+    res = evaluate_files(d / "gt.csv", d / "pred.csv", d / "thresholds.csv")
+    scenes = res.per_dataset["mix"].scenes
+    assert set(scenes) == {"temple_ring_middlebury", "reichstag_imc2020", "church_imc2024"}  # outliers not scored
+    assert len({s.cluster for s in scenes.values()}) == 3  # each scene found its own cluster
+    temple = scenes["temple_ring_middlebury"]
+    assert temple.n_shared == temple.n_gt == 19 and temple.cluster_size == 22  # 3 reichstag images in it
+
+
+def _imc2025_from_poses(path: Path, dataset: str, scene: str, poses: dict, blank=frozenset()) -> Path:
+    fmt = lambda a: ";".join(repr(float(x)) for x in np.ravel(a))  # noqa: E731
+    lines = ["image_id,dataset,scene,image,rotation_matrix,translation_vector"]
+    for k, (n, (R, t)) in enumerate(poses.items()):
+        rs, ts = ("nan;" * 8 + "nan", "nan;nan;nan") if n in blank else (fmt(R), fmt(t))
+        lines.append(f"{dataset}_{k},{dataset},{scene},{n},{rs},{ts}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_layouts_agree_through_the_cli(tmp_path):
+    """The same prediction as our poses.csv, the IMC 2024 and the IMC 2025 layout gives the same score; thresholds
+    as a list, a file of numbers and the IMC thresholds CSV agree too."""
+    case = FIXTURES / "church_imc2024__noise2pct"
+    exp = _expected(case.name)["mAA"]["final"]
+    gt_rows = read_pose_table(case / "gt.csv")
+    pred = read_poses_csv(case / "pred.csv")
+    ours = write_csv(tmp_path / "poses.csv", pred)
+    imc24 = write_csv(tmp_path / "imc24.csv", pred, header="image_path")
+    imc25 = _imc2025_from_poses(tmp_path / "imc25.csv", "ds", "church_imc2024", pred)
+    gt_plain = write_csv(tmp_path / "gt.csv", {r.image: (r.R, r.t) for r in gt_rows})
+    (tmp_path / "th.txt").write_text("0.025;0.05;0.1\n0.2;0.5;1.0\n")
+    runs = [(case / "gt.csv", imc25, str(case / "thresholds.csv")),
+            (gt_plain, ours, "0.025;0.05;0.1;0.2;0.5;1.0"),
+            (gt_plain, imc24, str(tmp_path / "th.txt")),
+            (gt_plain, ours, str(case / "thresholds.csv"))]
+    for gt, pr, th in runs:
+        res = run_cli("evaluate", str(gt), str(pr), "--thresholds", th, "--json")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["mAA"] == pytest.approx(exp, abs=1e-6), (gt.name, pr.name, th)
+
+
+def test_cli_bad_thresholds_exit_2(tmp_path):
+    case = FIXTURES / "church_imc2024__similarity"
+    res = run_cli("evaluate", str(case / "gt.csv"), str(case / "pred.csv"), "--thresholds", "0.1;abc")
+    assert res.returncode == 2 and "thresholds" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_unregistered_and_missing_images_are_failures():
+    """Dropping images from a perfect prediction lowers the official mAA to (k - 3) / (n - 3), k kept of n."""
+    gt = random_scene(20, seed=4)
+    from backend.evaluate import mean_average_accuracy
+
+    pred = {n: p for i, (n, p) in enumerate(gt.items()) if i not in (5, 11)}  # 2 missing
+    pred["img_007.jpg"] = None  # 1 unregistered
+    pred["extra_not_in_gt.jpg"] = gt["img_000.jpg"]  # ignored
+    res = mean_average_accuracy(gt, pred, "0.05;0.1;0.2;0.5;1.0;2.0")
+    assert res.mAA == pytest.approx((17 - 3) / (20 - 3))
+    assert res.errors["img_005.jpg"] is None and res.errors["img_007.jpg"] is None
+
+
+def test_horn_and_kabsch_recover_a_similarity():
     rng = np.random.default_rng(1)
-    gt = random_scene(10, seed=1)
-    C = camera_centers(gt)
-    for n, (R, t) in gt.items():
-        np.testing.assert_allclose(R @ C[n] + t, 0, atol=1e-12)
     src = rng.uniform(-5, 5, (10, 3))
     Ra, s, ta = random_rotation(rng), 2.5, np.array([1.0, -2.0, 3.0])
     dst = s * src @ Ra.T + ta
-    s2, R2, t2 = estimate_similarity(src, dst)
-    assert s2 == pytest.approx(s)
-    np.testing.assert_allclose(R2, Ra, atol=1e-10)
-    np.testing.assert_allclose(t2, ta, atol=1e-10)
-    # zero weights drop a corrupted pair
-    bad = dst.copy()
-    bad[0] += 100
-    w = np.ones(10)
-    w[0] = 0
-    s3, R3, _ = estimate_similarity(src, bad, weights=w)
-    assert s3 == pytest.approx(s)
-    np.testing.assert_allclose(R3, Ra, atol=1e-10)
-    with pytest.raises(ValueError):
-        estimate_similarity(src[:2], dst[:2])
-    with pytest.raises(ValueError):
-        estimate_similarity(np.ones((5, 3)), dst[:5])  # coincident
-    line = np.outer(np.arange(5.0), [1.0, 2.0, 3.0])
-    with pytest.raises(ValueError):
-        estimate_similarity(line, dst[:5])  # collinear
-
-
-def test_register_centers_ignores_outlier():
-    rng = np.random.default_rng(2)
-    gt = rng.uniform(0, 10, (20, 3))
-    Ra = random_rotation(rng)
-    pred = (gt - 1.0) @ Ra / 0.5  # gt = 0.5 * Ra @ pred + 1
-    pred[3] += 50.0
-    s, R, t, inl = register_centers(pred, gt, threshold=0.1)
-    assert s == pytest.approx(0.5)
-    np.testing.assert_allclose(R, Ra, atol=1e-9)
-    np.testing.assert_allclose(t, 1.0, atol=1e-9)
-    assert inl.sum() == 19 and not inl[3]
-
-
-# ---------------------------------------------------------------- metric
-
-
-def test_identical_poses_give_one():
-    gt = random_scene(20)
-    res = mean_average_accuracy(gt, gt, THRESHOLDS)
-    assert isinstance(res, EvalResult)
-    assert res.mAA == 1.0
-    assert np.all(res.accuracies == 1.0)
-    assert (res.n_gt, res.n_registered, res.n_missing) == (20, 20, 0)
-    assert max(res.errors.values()) < 1e-9
-
-
-def test_similarity_transformed_prediction_gives_one():
-    rng = np.random.default_rng(3)
-    gt = random_scene(20, seed=3)
-    s, Ra, ta = 3.7, random_rotation(rng), np.array([12.0, -7.0, 30.0])
-    # predicted world: X_gt = s Ra X_pred + ta  <=>  X_pred = Ra^T (X_gt - ta) / s
-    pred = transform_poses(gt, s, Ra, ta)
-    for n in gt:  # a world point projects to the same ray in both frames
-        X_pred = np.array([1.0, 2.0, 3.0])
-        (Rg, tg), (Rp, tp) = gt[n], pred[n]
-        np.testing.assert_allclose(Rg @ (s * Ra @ X_pred + ta) + tg, s * (Rp @ X_pred + tp), atol=1e-9)
-    gt_c, pred_c = camera_centers(gt), camera_centers(pred)
-    for n in gt:
-        np.testing.assert_allclose(pred_c[n], Ra.T @ (gt_c[n] - ta) / s, atol=1e-9)
-        np.testing.assert_allclose(s * Ra @ pred_c[n] + ta, gt_c[n], atol=1e-9)
-    res = mean_average_accuracy(gt, pred, THRESHOLDS)
-    assert res.mAA == 1.0
-    assert max(res.errors.values()) < 1e-8
-
-
-def test_missing_and_unregistered_count_as_failures(tmp_path):
-    gt = random_scene(20, seed=4)
-    pred = {n: p for i, (n, p) in enumerate(gt.items()) if i not in (5, 11)}
-    pred["extra_not_in_gt.jpg"] = gt["img_000.jpg"]  # ignored
-    res = mean_average_accuracy(gt, pred, THRESHOLDS)
-    np.testing.assert_array_equal(res.accuracies, np.full(6, 18 / 20))
-    assert res.mAA == pytest.approx(0.9)
-    assert (res.n_gt, res.n_registered, res.n_missing) == (20, 18, 2)
-    assert res.errors["img_005.jpg"] == np.inf
-
-    # one more image unregistered through empty pose fields in a CSV
-    gt_csv = write_csv(tmp_path / "gt.csv", gt)
-    pred_csv = write_csv(tmp_path / "pred.csv", {n: p for n, p in pred.items()}, blank={"img_007.jpg"})
-    assert read_poses_csv(pred_csv)["img_007.jpg"] is None
-    res2 = evaluate_files(gt_csv, pred_csv, THRESHOLDS)
-    np.testing.assert_allclose(res2.accuracies, 17 / 20)
-    assert res2.mAA == pytest.approx(0.85)
-    assert (res2.n_registered, res2.n_missing) == (17, 3)
-
-
-def test_noisy_centres_partial_accuracy():
-    rng = np.random.default_rng(5)
-    gt = random_scene(20, seed=5)
-    noisy = {n: c + rng.normal(0, 0.3, 3) for n, c in camera_centers(gt).items()}
-    res = mean_average_accuracy(gt, with_centers(gt, noisy), THRESHOLDS)
-    assert 0.0 < res.mAA < 1.0
-    assert np.all(np.diff(res.accuracies) >= 0)
-    assert res.accuracies[0] < 0.5 and res.accuracies[-1] == 1.0
-
-
-def test_gross_outlier_camera_is_ignored():
-    gt = random_scene(20, seed=6)
-    C = camera_centers(gt)
-    C["img_010.jpg"] = C["img_010.jpg"] + np.array([50.0, 0.0, 0.0])
-    res = mean_average_accuracy(gt, with_centers(gt, C), THRESHOLDS)
-    np.testing.assert_allclose(res.accuracies, 19 / 20)
-    assert res.errors["img_010.jpg"] > 40
-    assert res.mAA == pytest.approx(0.95)
-
-
-def test_fewer_than_three_registered_gives_zero():
-    gt = random_scene(10, seed=7)
-    names = list(gt)
-    pred = {names[0]: gt[names[0]], names[1]: gt[names[1]], names[2]: None}
-    res = mean_average_accuracy(gt, pred, THRESHOLDS)
-    assert res.mAA == 0.0 and np.all(res.accuracies == 0)
-    assert res.n_registered == 2 and all(e == np.inf for e in res.errors.values())
-
-
-def test_result_serialisation():
-    gt = random_scene(8, seed=8)
-    pred = dict(gt)
-    pred["img_000.jpg"] = None
-    res = mean_average_accuracy(gt, pred, "0.1;0.5")
-    d = json.loads(json.dumps(res.to_dict(), allow_nan=False))
-    assert d["errors"]["img_000.jpg"] is None
-    assert d["accuracies"] == [7 / 8, 7 / 8] and d["mAA"] == pytest.approx(7 / 8)
-    table = res.table()
-    assert "| threshold | accuracy |" in table and "mAA = 0.8750" in table
-
-
-def test_fifty_cameras_is_fast():
-    rng = np.random.default_rng(9)
-    gt = random_scene(50, seed=9)
-    noisy = {n: c + rng.normal(0, 0.05, 3) for n, c in camera_centers(gt).items()}
-    pred = with_centers(gt, noisy)
-    t0 = time.perf_counter()
-    res = mean_average_accuracy(gt, pred, THRESHOLDS)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < len(THRESHOLDS) * 0.5
-    assert res.accuracies[-1] == 1.0
-    again = mean_average_accuracy(gt, pred, THRESHOLDS)
-    np.testing.assert_array_equal(res.accuracies, again.accuracies)  # deterministic
+    s1, R1, t1 = horn_similarity(src[None, :3], dst[None, :3])
+    s2, R2, t2 = kabsch_similarity(src, dst, np.ones((1, 10), bool))
+    for sx, Rx, tx in ((s1[0], R1[0], t1[0]), (s2[0], R2[0], t2[0])):
+        assert sx == pytest.approx(s)
+        np.testing.assert_allclose(Rx, Ra, atol=1e-9)
+        np.testing.assert_allclose(tx, ta, atol=1e-9)
 
 
 # ---------------------------------------------------------------- files
@@ -239,7 +192,7 @@ def test_csv_round_trip(tmp_path, header):
             np.testing.assert_array_equal(t, gt[n][1])
 
 
-def test_csv_other_headers_and_filters(tmp_path):
+def test_csv_other_headers_and_filters(tmp_path):  # noqa: D103
     path = tmp_path / "sub.csv"
     row = "1;0;0;0;1;0;0;0;1,0;0;1"
     path.write_text(
@@ -254,11 +207,14 @@ def test_csv_other_headers_and_filters(tmp_path):
     multi.write_text(
         "image_path,dataset,scene,rotation_matrix,translation_vector\n"
         f"d1/s1/x.png,d1,s1,{row}\n"
-        f"d1/s2/x.png,d1,s2,{row}\n"
+        f"d2/s2/x.png,d2,s2,{row}\n"
     )
-    with pytest.raises(ValueError, match="already appeared on line 2"):
+    with pytest.raises(ValueError, match="occurs twice"):
         read_poses_csv(multi)
     assert list(read_poses_csv(multi, scene="s2")) == ["x.png"]
+    multi.write_text(multi.read_text() + f"d1/s3/x.png,d1,s3,{row}\n")  # one image in two scenes of one dataset
+    with pytest.raises(ValueError, match="multi.csv:4: image 'x.png' already appeared on line 2"):
+        read_pose_table(multi)
 
 
 @pytest.mark.parametrize(
@@ -268,6 +224,7 @@ def test_csv_other_headers_and_filters(tmp_path):
         ("c.png,1;0;0;0;1;0;0;0;1,0;0", r"bad\.csv:3: translation_vector has 2 numbers"),
         ("c.png,1;0;0;0;1;0;0;0;1,0;zero;1", r"bad\.csv:3: translation_vector"),
         ("c.png,1;0;0;0;1;0;0;0;1", r"bad\.csv:3: 2 fields"),
+        ("a.png,1;0;0;0;1;0;0;0;1,0;0;1", r"bad\.csv:3: image 'a.png' already appeared on line 2"),
     ],
 )
 def test_csv_malformed_row(tmp_path, bad_row, pattern):
@@ -284,15 +241,32 @@ def test_csv_missing_column(tmp_path):
         read_poses_csv(path)
 
 
+def test_csv_huge_field_is_a_clear_error(tmp_path):
+    path = tmp_path / "huge.csv"
+    path.write_text("image_name,rotation_matrix,translation_vector\na.png," + "1" * 200_000 + ",0;0;1\n")
+    with pytest.raises(ValueError, match="the uploaded CSV: not a pose CSV"):
+        read_poses_csv(path, label="the uploaded CSV")
+
+
 def test_read_thresholds(tmp_path):
     f = tmp_path / "thresholds.txt"
     f.write_text("0.5;0.1\n0.2, 1.0\n# comment\n2.0\n")
-    np.testing.assert_array_equal(read_thresholds(f), [0.1, 0.2, 0.5, 1.0, 2.0])
-    np.testing.assert_array_equal(read_thresholds(str(f)), [0.1, 0.2, 0.5, 1.0, 2.0])
-    out = read_thresholds("0.1;0.2,0.5")
+    for spec in (f, str(f)):
+        np.testing.assert_array_equal(read_thresholds(spec).default, [0.1, 0.2, 0.5, 1.0, 2.0])
+    out = read_thresholds("0.1;0.2,0.5").default
     assert out.dtype == np.float64
     np.testing.assert_array_equal(out, [0.1, 0.2, 0.5])
-    np.testing.assert_array_equal(read_thresholds([1.0, 0.05]), [0.05, 1.0])
-    for bad in ("", "0.1;-0.2", [0.0], "0.1;abc", []):
+    np.testing.assert_array_equal(read_thresholds([1.0, 0.05]).default, [0.05, 1.0])
+    c = tmp_path / "thresholds.csv"
+    c.write_text("dataset,scene,thresholds\nd,a,0.1;0.2\nd,b,1;2\n")
+    table = read_thresholds(c)
+    assert isinstance(table, ThresholdTable)
+    np.testing.assert_array_equal(table.get("d", "b"), [1.0, 2.0])
+    with pytest.raises(ValueError, match="no thresholds for dataset 'd', scene 'z'"):
+        table.get("d", "z")
+    c.write_text("dataset,scene,thresholds\nd,a,0.1;0.2\nd,b,1;2;3\n")
+    with pytest.raises(ValueError, match="different numbers of thresholds"):
+        read_thresholds(c)
+    for bad in ("", "0.1;-0.2", [0.0], "0.1;abc", [], "/no/such/file"):
         with pytest.raises(ValueError):
             read_thresholds(bad)
