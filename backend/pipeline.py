@@ -267,6 +267,15 @@ class Pipeline:
         res = self._child(["mapping"])
         (self.run_dir / "mapping.json").write_text(json.dumps(res, indent=1))
         models = res.get("models", [])
+        if not models:
+            verified = self.record.get("stages", {}).get("verification", {}).get("counts", {}).get("verified_pairs")
+            dropped = res.get("deregistered_outside_models") or []
+            why = (f"{len(dropped)} image(s) were placed but then removed as implausible "
+                   f"({dropped[0]['image']}: {dropped[0]['reason']})" if dropped else
+                   f"no two images had enough verified matches to start a model ({verified or 0} verified pairs)")
+            raise RuntimeError(
+                f"nothing was reconstructed: {why}. Try photos with more overlap (every part of the scene in at "
+                "least three photos, taken a few steps apart), the accurate preset, or more keypoints")
         best = models[0] if models else {}
         return {
             "models": len(models),
@@ -275,6 +284,7 @@ class Pipeline:
             "mean_reprojection_error": best.get("mean_reprojection_error"),
             "mean_track_length": best.get("mean_track_length"),
             "model_sizes": [m["registered_images"] for m in models],
+            "deregistered": best.get("deregistered", []),
             "cameras": res.get("cameras"),
             "child_peak_rss_mb": res.get("child_peak_rss_mb"),
         }

@@ -397,9 +397,14 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
     if order:
         report("mapping", n_images, n_images, "final bundle adjustment")
         camera_info["final_ba"] = final_bundle_adjustment(order[0][1], cfg)
+    deregistered = {}
+    for key, rec in models.items():
+        deregistered[key] = deregister_implausible(rec)
+    order = [(k, r) for k, r in sorted(models.items(), key=lambda kv: (-kv[1].num_reg_images(), kv[0]))
+             if r.num_reg_images() >= 2]
     out.mkdir()
     summary = []
-    for k, (_, rec) in enumerate(order):
+    for k, (key, rec) in enumerate(order):
         d = out / str(k)
         d.mkdir()
         rec.write(d)
@@ -409,8 +414,52 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
             "points": rec.num_points3D(),
             "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
             "mean_track_length": float(rec.compute_mean_track_length()),
+            "deregistered": deregistered.get(key, []),
         })
-    return {"models": summary, "cameras": camera_info}
+    dropped = [d for key, ds in deregistered.items() for d in ds if key not in dict(order)]
+    return {"models": summary, "cameras": camera_info, "deregistered_outside_models": dropped}
+
+
+MIN_OBSERVATIONS = 15  # a registered image must observe at least this many 3D points
+FOCAL_RANGE = (0.1, 10.0)  # plausible focal length, in units of the image's longer side
+
+
+def deregister_implausible(rec, min_observations: int = MIN_OBSERVATIONS,
+                           focal_range: tuple[float, float] = FOCAL_RANGE) -> list[dict]:
+    """De-register images that a model holds without evidence: fewer than ``min_observations`` observed 3D points,
+    or a focal length outside ``focal_range`` x the longer image side (e.g. 22.6 px on a 1024x768 photo, seen in
+    the church sample: such a camera is not a pose anyone can use, and its frustum would fill the 3D view).
+
+    The check repeats until no image fails it (removing an image can leave another with too few points; COLMAP
+    deletes 3D points whose track falls below two observations when an image is de-registered).
+
+    Args:
+        rec: ``pycolmap.Reconstruction``, modified in place.
+
+    Returns:
+        ``[{"image": name, "reason": text}]`` for every image removed.
+    """
+    removed = []
+    changed = True
+    while changed:
+        changed = False
+        for image_id in list(rec.reg_image_ids()):
+            im = rec.images[image_id]
+            cam = rec.cameras[im.camera_id]
+            side = max(cam.width, cam.height)
+            f = float(cam.mean_focal_length())
+            nobs = im.num_points3D
+            reason = None
+            if nobs < min_observations:
+                reason = f"observes {nobs} 3D points (fewer than {min_observations})"
+            elif not (focal_range[0] * side <= f <= focal_range[1] * side):
+                reason = (f"focal length {f:.1f} px is implausible for a {cam.width}x{cam.height} image "
+                          f"(outside {focal_range[0]:g}-{focal_range[1]:g} x {side} px)")
+            if reason:
+                rec.deregister_frame(im.frame_id)
+                removed.append({"image": im.name, "reason": reason})
+                changed = True
+    return removed
 
 
 def _child_main(job_file: str) -> int:
@@ -433,6 +482,7 @@ def _child_main(job_file: str) -> int:
     try:
         import pycolmap
 
+        no_colmap_log_files()
         if not os.environ.get("SFM_COLMAP_VERBOSE"):
             pycolmap.logging.minloglevel = 2  # errors only; progress comes through the messages
         mcfg = MappingConfig(**job["cfg"])
@@ -454,6 +504,17 @@ def _child_main(job_file: str) -> int:
         send("error", f"{type(e).__name__}: {e}")
         traceback.print_exc()
     return 0
+
+
+def no_colmap_log_files() -> None:
+    """Stop COLMAP's glog (inside pycolmap) from writing ``.<host>.<user>.log.<LEVEL>.<date>.<pid>`` files into
+    the system temp folder, for the rest of this process; its lines still go to stderr (the mapping child's stderr
+    is the run's ``mapping.log``). Done in the process: pycolmap's glog ignores ``GLOG_*`` environment variables."""
+    import pycolmap
+
+    lg = pycolmap.logging
+    for level in (lg.INFO, lg.WARNING, lg.ERROR, lg.FATAL):
+        lg.set_log_destination(level, "")  # "" = no log file for this severity
 
 
 def run_in_child(

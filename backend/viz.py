@@ -326,13 +326,29 @@ def _default_view(cams: list[CameraView], lo: np.ndarray, hi: np.ndarray) -> dic
     return dict(up=as_dict(up_n), eye=as_dict(eye), center=dict(x=0, y=0, z=0))
 
 
+def frustum_depth(xyz: np.ndarray, cams: list[CameraView], fraction: float = 0.06) -> float:
+    """Drawing depth of the frusta: ``fraction`` of the scene size, but at most the median distance from each
+    camera to its nearest neighbour (robust: a few far or odd cameras do not blow every frustum up)."""
+    depth = fraction * scene_scale(xyz, cams)
+    if len(cams) >= 2:
+        c = np.array([cv.center for cv in cams], dtype=np.float64)
+        d = np.linalg.norm(c[:, None] - c[None], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        nn = float(np.median(d.min(1)))
+        if math.isfinite(nn) and nn > 0:
+            depth = min(depth, nn)
+    return depth
+
+
 def frustum_lines(cam: CameraView, depth: float) -> np.ndarray:
     """World points [16, 3] of a camera frustum as line segments (centre to the 4 image corners at ``depth``,
     then the image rectangle), with NaN rows separating the pieces."""
     Kinv = np.linalg.inv(cam.K)
     corners = np.array([[0, 0, 1], [cam.width, 0, 1], [cam.width, cam.height, 1], [0, cam.height, 1]], float)
     rays = corners @ Kinv.T
-    rays = rays / rays[:, 2:3] * depth
+    rays = rays / rays[:, 2:3]
+    spread = float(np.abs(rays[:, :2]).max())  # half-width / depth; huge for an implausibly short focal length
+    rays = rays * depth / max(1.0, spread)  # no frustum wider than twice its drawing depth
     world = (rays - cam.t) @ cam.R  # R^T (x - t) for each row
     c = cam.center
     nan = np.full(3, np.nan)
@@ -358,7 +374,7 @@ def reconstruction_figure(xyz: np.ndarray, rgb: np.ndarray, cams: list[CameraVie
         fig.add_trace(go.Scatter3d(
             x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="markers", name=f"points ({len(xyz)})",
             marker=dict(size=point_size, color=[f"rgb({r},{g},{b})" for r, g, b in rgb]), hoverinfo="skip"))
-    depth = frustum_scale * scene_scale(xyz, cams)
+    depth = frustum_depth(xyz, cams, frustum_scale)
     for highlight in (False, True):
         group = [c for c in cams if (c.name == selected) == highlight]
         if not group:
@@ -400,31 +416,34 @@ def point_cloud_figure(xyz: np.ndarray, rgb: np.ndarray, height: int = 520, titl
 
 # ---- evaluation --------------------------------------------------------------------------------------------------
 
-def aligned_centres(gt: dict, pred: dict, threshold: float) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """Register the predicted camera centres onto the ground truth (as the mAA does, at ``threshold``).
+def aligned_centres(gt: dict, pred: dict, transform, threshold: float
+                    ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """The predicted camera centres mapped onto the ground truth by the metric's model of one threshold.
 
     Args:
         gt, pred: pose dicts ``{name: (R, t) or None}`` (see :mod:`backend.evaluate`).
+        transform: ``(s, R [3,3], t [3])`` from :attr:`backend.evaluate.SceneScore.transforms` (GT = s R C + t).
+        threshold: GT units; a camera within it is an inlier.
 
     Returns:
         ``(names, gt_centres [N, 3], aligned_pred_centres [N, 3], inlier bool [N])`` for the images registered
         in both.
 
     Raises:
-        ValueError: fewer than 3 images registered in both, or a degenerate configuration.
+        ValueError: no model at this threshold (fewer than 3 cameras could be registered).
     """
-    from .evaluate import camera_centers, register_centers
+    from .evaluate import camera_centers
 
+    if transform is None:
+        raise ValueError("fewer than 3 cameras could be registered onto the ground truth at this threshold")
     g = camera_centers({n: p for n, p in gt.items() if p is not None})
     p = camera_centers({n: q for n, q in pred.items() if q is not None})
     names = sorted(set(g) & set(p))
-    if len(names) < 3:
-        raise ValueError(f"only {len(names)} image(s) have both a ground-truth and a predicted pose; "
-                         "at least 3 are needed to align them")
     G = np.stack([g[n] for n in names])
     P = np.stack([p[n] for n in names])
-    s, R, t, inl = register_centers(P, G, threshold)
-    return names, G, s * P @ R.T + t, inl
+    s, R, t = transform
+    A = s * P @ np.asarray(R).T + np.asarray(t)
+    return names, G, A, np.linalg.norm(A - G, axis=1) < threshold
 
 
 def gt_vs_prediction_figure(names: list[str], gt_c: np.ndarray, pred_c: np.ndarray,

@@ -54,3 +54,15 @@ def reconstruct(tmp_path_factory):
         return cache[key]
 
     return _run
+
+
+SLOW_FIXTURES = {"reconstruct", "finished_run", "server", "browser"}
+SLOW_FILES = {"test_scenes.py", "test_browser.py", "test_browser_holes.py", "test_cache.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that reconstructs a scene, drives the browser or serves the app as ``scenes``, so that
+    ``pytest -m "not scenes"`` is a quick suite (CI runs everything)."""
+    for item in items:
+        if Path(str(item.fspath)).name in SLOW_FILES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.scenes)
