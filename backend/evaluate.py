@@ -44,8 +44,9 @@ Conventions
   IMC 2025 submissions / GT (``[image_id,]dataset,scene,image,rotation_matrix,translation_vector``). R is 9 numbers
   row-major, t 3 numbers, separated by ``;``; an empty or NaN field means "not registered".
 
-Speed (2 CPU cores): 50 cameras take about 0.1 s per scene; the triplet enumeration is vectorised and streamed in
-chunks, so memory stays bounded; 500 cameras (20.7 M triplets) take the time given in ``bench/NOTES.md``.
+Speed (2 CPU cores): a 50-camera scene takes 0.1-0.8 s; the triplet enumeration is vectorised and streamed in
+blocks, so memory stays bounded. Up to :data:`MAX_TRIPLETS` triplets (122 cameras) every triplet is tried; above,
+a fixed-seed sample of that many is (``SceneScore.exhaustive`` False): 500 cameras take about 30 s.
 
 Everything here is pure numpy; nothing imports streamlit.
 """
@@ -698,10 +699,11 @@ class SceneScore:
     accuracy_all_thresholds: float
     errors: dict[str, float | None] = field(default_factory=dict)
     transforms: list = field(default_factory=list, repr=False)
+    exhaustive: bool = True
 
     def to_dict(self) -> dict:
         """JSON-friendly copy (no transforms)."""
-        return {"cluster": self.cluster, "n_gt": self.n_gt, "n_shared": self.n_shared,
+        return {"cluster": self.cluster, "exhaustive": self.exhaustive, "n_gt": self.n_gt, "n_shared": self.n_shared,
                 "n_registered": self.n_registered, "cluster_size": self.cluster_size,
                 "thresholds": [float(x) for x in self.thresholds], "inliers": [int(x) for x in self.inliers],
                 "mAA": float(self.mAA), "accuracy_all_thresholds": float(self.accuracy_all_thresholds),
@@ -900,7 +902,7 @@ def _score_pair(dataset: str, scene: str, cluster: str | None, gt_imgs: dict[str
     for im, e in zip(names, reg.errors[:, -1] if len(names) else []):
         errors[im] = float(e) if math.isfinite(e) else None
     return SceneScore(dataset, scene, cluster, m, len(shared), len(names), len(user_imgs), th, reg.inliers, maa,
-                      acc_all, errors, reg.transforms)
+                      acc_all, errors, reg.transforms, reg.exhaustive)
 
 
 def evaluate_files(gt_csv: str | Path, pred_csv: str | Path, thresholds: ThresholdSpec | ThresholdTable, *,
