@@ -1,8 +1,11 @@
-"""Evaluate: mAA of the run's poses against a ground-truth CSV (uploaded, or the sample scene's), the
-per-threshold table, and ground-truth camera centres beside the aligned predicted ones."""
+"""Evaluate: the official IMC 2025 mAA of the run's poses against a ground-truth CSV (uploaded, or the sample
+scene's), the per-threshold table, and ground-truth camera centres beside the aligned predicted ones."""
 
 from __future__ import annotations
 
+import csv
+import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -14,6 +17,37 @@ from backend import evaluate, jobs, runview, viz
 
 DEFAULT_THRESHOLDS = "0.025;0.05;0.1;0.2;0.5;1.0"
 MAX_GT_BYTES = 20 * 2**20
+MAX_THRESHOLDS = 100
+MAX_THRESHOLD_FILE_BYTES = 64 * 2**10
+
+
+def parse_thresholds(text: str, source: str = "thresholds") -> list[float]:
+    """Thresholds typed or pasted by the user (or read from a file they uploaded): numbers separated by ``;``,
+    ``,``, spaces or line breaks, ``#`` starting a comment. Never reads a file or anything else on the server.
+
+    Returns:
+        The thresholds (ground-truth units), sorted ascending.
+
+    Raises:
+        ValueError: no number, a token that is not a number (quoted, cut to 40 characters), a value that is not
+            finite and > 0, or more than :data:`MAX_THRESHOLDS` values; the message starts with ``source``.
+    """
+    body = "\n".join(line.split("#", 1)[0] for line in str(text).splitlines())
+    tokens = [t for t in re.split(r"[;,\s]+", body) if t]
+    if not tokens:
+        raise ValueError(f"{source}: no threshold given")
+    if len(tokens) > MAX_THRESHOLDS:
+        raise ValueError(f"{source}: {len(tokens)} values, at most {MAX_THRESHOLDS}")
+    values = []
+    for t in tokens:
+        try:
+            v = float(t)
+        except ValueError:
+            raise ValueError(f"{source}: {t[:40]!r} is not a number") from None
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{source}: {t[:40]!r} is not a positive number")
+        values.append(v)
+    return sorted(values)
 
 
 def _scene_gt(state: dict) -> tuple[Path | None, str]:
@@ -57,15 +91,26 @@ def page() -> None:
             st.error(f"The file is larger than {MAX_GT_BYTES // 2**20} MB.")
             return
         gt_bytes = up.getvalue()
-    th_text = st.text_input("Thresholds (ground-truth units, e.g. metres; separated by ';')",
+    th_text = st.text_input("Thresholds (ground-truth units, e.g. metres; numbers separated by ';' or ',')",
                             value=scene_th if src == "scene" else DEFAULT_THRESHOLDS, key=f"eval_th_{src}",
-                            help="IMC gives each scene its own thresholds (its thresholds.txt); paste them here")
+                            help="IMC gives each scene its own thresholds (its thresholds.txt): type or paste the "
+                                 "numbers here, or upload the file below")
+    th_file = st.file_uploader("Or upload a thresholds file (numbers only, like IMC's thresholds.txt)",
+                               type=["txt", "csv"], key="eval_th_file", max_upload_size=1)
+    tmp_name = None
     try:
+        if th_file is not None:  # a file from the user's browser, read as text; never a server path
+            if th_file.size > MAX_THRESHOLD_FILE_BYTES:
+                raise ValueError(f"the thresholds file is larger than {MAX_THRESHOLD_FILE_BYTES // 2**10} KB")
+            thresholds = parse_thresholds(th_file.getvalue().decode("utf-8-sig"), "the uploaded thresholds file")
+        else:
+            thresholds = parse_thresholds(th_text, "the thresholds box")
         if gt_bytes is not None:
             with tempfile.NamedTemporaryFile(suffix=".csv") as tmp:
+                tmp_name = tmp.name
                 tmp.write(gt_bytes)
                 tmp.flush()
-                gt = evaluate.read_poses_csv(tmp.name)
+                gt = evaluate.read_poses_csv(tmp.name, label="the uploaded CSV")
         else:
             gt = evaluate.read_poses_csv(scene_gt)
         pred = evaluate.read_poses_csv(run_dir / "poses.csv")
@@ -80,28 +125,42 @@ def page() -> None:
                 gt = {n: p for n, p in gt.items() if n in run_names}
                 if not gt:
                     raise ValueError("none of the ground-truth image names occur in this run")
-        res = evaluate.mean_average_accuracy(gt, pred, th_text)
-    except (ValueError, OSError) as e:
-        msg = str(e).replace(tempfile.gettempdir(), "").strip()
-        st.error(f"Cannot evaluate: {msg}. Check that the file is an IMC pose CSV of this scene and that the "
-                 "thresholds are positive numbers separated by ';'.")
+        res = evaluate.mean_average_accuracy(gt, pred, thresholds)
+    except (ValueError, OSError, csv.Error) as e:
+        msg = str(e).replace(tmp_name, "the uploaded CSV") if tmp_name else str(e)
+        if "field larger than field limit" in msg:  # Python's csv module on a huge field: not a pose CSV
+            msg = "the uploaded CSV has a field that is too large: it is not a pose CSV"
+        msg = jobs.scrub_paths(msg.replace(tempfile.gettempdir(), "").strip())
+        st.error(f"Cannot evaluate: {ui.md_escape(msg)}. Check that the file is an IMC pose CSV of this scene and "
+                 "that the thresholds are positive numbers separated by ';' or ','.")
         return
     common = [n for n in gt if n in pred]
     if not common:
         st.warning("None of the ground-truth image names occur in this run: is it the right scene?")
-    c = st.columns(3)
-    c[0].metric("mAA", f"{res.mAA:.3f}")
-    c[1].metric("Registered (of GT images)", f"{res.n_registered} / {res.n_gt}")
-    c[2].metric("Missing or unregistered", res.n_missing)
-    st.dataframe([{"threshold": float(t), "accuracy": float(a), "accurate cameras": int(round(a * res.n_gt))}
-                  for t, a in zip(res.thresholds, res.accuracies)], hide_index=True, width="content")
+    n_reg = res.n_registered
+    c = st.columns(4)
+    c[0].metric("mAA", f"{res.mAA:.3f}", help="the official Image Matching Challenge 2025 metric: per threshold "
+                "max(0, cameras within - 3) / (ground-truth cameras - 3), averaged over the thresholds after the "
+                "two tightest")
+    c[1].metric("Accuracy over all thresholds", f"{res.accuracy_all_thresholds:.3f}",
+                help="cameras within each threshold / all ground-truth cameras, averaged over every threshold, "
+                     "nothing subtracted (not the mAA)")
+    c[2].metric("Registered (of GT images)", f"{n_reg} / {res.n_gt}")
+    c[3].metric("Missing or unregistered", res.n_gt - n_reg)
+    denom = max(res.n_gt - evaluate.TO_DEC, 1)
+    st.dataframe([{"threshold": float(t), "cameras within": int(k),
+                   "accuracy (official)": max(0, int(k) - evaluate.TO_DEC) / denom,
+                   "counted in mAA": q >= evaluate.SKIP_TOP_THRESHOLDS}
+                  for q, (t, k) in enumerate(zip(res.thresholds, res.inliers))], hide_index=True, width="content")
+    if not res.exhaustive:
+        st.caption(f"More than {evaluate.MAX_TRIPLETS:,} camera triplets: a fixed sample of them was tried, not all.")
     st.subheader("Ground truth and aligned prediction")
     ths = [float(t) for t in res.thresholds]
     th = st.select_slider("Align at threshold", ths, value=ths[-1], key="eval_align_th",
-                          help="the predicted centres are registered onto the ground truth as the mAA does at this "
-                               "threshold (similarity transform, RANSAC over camera triplets)")
+                          help="the predicted centres mapped onto the ground truth by the metric's model for this "
+                               "threshold (the similarity transform that puts the most cameras within it)")
     try:
-        names, g, p, inl = viz.aligned_centres(gt, pred, th)
+        names, g, p, inl = viz.aligned_centres(gt, pred, res.transforms[ths.index(th)], th)
     except ValueError as e:
         st.info(f"No 3D comparison: {e}.")
         return
@@ -111,6 +170,5 @@ def page() -> None:
                f"grey lines: errors. Median error {np.median(err):.3g}.")
     st.dataframe([{"image": n, "error": float(e), f"< {th:g}": bool(i)} for n, e, i in zip(names, err, inl)],
                  hide_index=True, width="stretch")
-
 
 page()

@@ -19,7 +19,7 @@ DOWNLOADS = [
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _model(run_dir: str, k: int, mtime: float):
+def _model(run_dir: str, k: int, key: str):
     rec = runview.load_model(run_dir, k)
     xyz, rgb, cams = viz.reconstruction_arrays(rec)
     stats = {
@@ -53,8 +53,7 @@ def page() -> None:
                    "The exports are of the largest one.")
     else:
         k = models[0]["model"]
-    mtime = (run_dir / "sparse" / str(k) / "images.bin").stat().st_mtime
-    xyz, rgb, cams, stats = _model(str(run_dir), int(k), mtime)
+    xyz, rgb, cams, stats = _model(str(run_dir), int(k), runview.model_key(run_dir, int(k)))
     c = st.columns(4)
     c[0].metric("Registered images", f"{stats['registered']} / {n_images}")
     c[1].metric("3D points", f"{stats['points']:,}")
@@ -76,8 +75,8 @@ def page() -> None:
         size = st.slider("Point size", 1.0, 6.0, 2.0, 0.5, key="rec_point_size")
         if sel:
             cv = next(x for x in cams if x.name == sel)
-            st.image(str(runview.thumbnail_path(run_dir, sel, 640)), caption=f"{sel} · {cv.num_points} points seen",
-                     width="stretch")
+            st.image(str(runview.thumbnail_path(run_dir, sel, 640)),
+                     caption=f"{ui.md_escape(sel)} · {cv.num_points} points seen", width="stretch")
     with left:
         fig = viz.reconstruction_figure(xyz, rgb, cams, selected=sel, point_size=size)
         st.plotly_chart(fig, width="stretch", key=f"rec3d_{k}", config={"displaylogo": False})
@@ -85,7 +84,13 @@ def page() -> None:
                    "Red frusta: registered cameras.")
     unregistered = [i["name"] for i in runview.images_info(run_dir)["images"] if i["name"] not in set(names)]
     if unregistered:
-        st.caption(f"Not registered in this model ({len(unregistered)}): " + ", ".join(unregistered))
+        st.caption(f"Not registered in this model ({len(unregistered)}): "
+                   + ", ".join(ui.md_escape(n) for n in unregistered))
+    dereg = models[[m["model"] for m in models].index(k)].get("deregistered") or []
+    if dereg:
+        st.warning(f"De-registered before the exports ({len(dereg)}), so they are not in poses.csv, the model or the "
+                   "counts: " + "; ".join(f"{ui.md_escape(d['image'])}: {ui.md_escape(d['reason'])}" for d in dereg)
+                   + ". A camera with almost no observed points or such a focal length is not a usable pose.")
 
     _open3d(run_dir, int(k), xyz, rgb)
     _downloads(run_dir, state)
@@ -128,7 +133,7 @@ def _open3d(run_dir, k: int, xyz, rgb) -> None:
         if res["png"]:
             st.image(res["png"], caption="Open3D offscreen rendering of the cleaned point cloud", width=720)
         else:
-            st.warning(f"The Open3D preview could not be rendered on this server: {res['error']} "
+            st.warning(f"The Open3D preview could not be rendered on this server: {ui.md_escape(res['error'])} "
                        "Showing an interactive plotly view of the cleaned cloud instead.")
             cx, crgb = pointcloud.read_ply(ply)
             st.plotly_chart(viz.point_cloud_figure(cx, crgb), width="stretch")
