@@ -1,17 +1,18 @@
 """Shared pieces of the app's pages: which run is open (session state and ``?run=<id>``), the progress panel,
-readable errors, and small cached readers. Pages stay thin: they read run folders through ``backend`` and
-render; all computation lives in ``backend/``.
+readable errors, plain-text display of user-controlled text (:func:`md_escape`), and small cached readers. Pages
+stay thin: they read run folders through ``backend`` and render; all computation lives in ``backend/``.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import time
 from pathlib import Path
 
 import streamlit as st
 
-from backend import jobs
+from backend import jobs, uploads
 from backend.pipeline import STAGES
 
 PAGES = {  # url path -> (file, title, icon)
@@ -32,6 +33,35 @@ STATUS_LABEL = {
 STAGE_ICON = {"done": ":green[:material/check_circle:]", "running": ":blue[:material/progress_activity:]",
               "failed": ":red[:material/error:]", "cancelled": ":orange[:material/cancel:]",
               "stopped": ":orange[:material/pause_circle:]", "pending": ":grey[:material/radio_button_unchecked:]"}
+
+
+# ---- user-controlled text ------------------------------------------------------------------------------------
+# Streamlit renders markdown in st.markdown/st.error/st.warning/st.info/st.caption/st.write, and in labels, image
+# captions and progress texts. A run id from the URL, a file name, an EXIF camera name or an error message quoting
+# them must show as typed: no link, no image fetched from a URL, no colour or icon directive.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&=^\"'@])")
+_WORD_JOINER = "\u2060"  # invisible, and no line break
+
+
+def md_escape(text: object, limit: int | None = None) -> str:
+    """``text`` as Streamlit markdown that displays it literally (for any text a user can influence).
+
+    Every markdown-special ASCII character is backslash-escaped; line breaks and other control characters become
+    spaces; and since Streamlit finds bare URLs (``http://``, ``www.``), e-mail addresses and ``:icon:`` codes in
+    the text after parsing (where escapes are gone), an invisible word joiner (U+2060) is put after each ``:`` and
+    ``@`` and inside ``www.``, which breaks those patterns without changing what is seen.
+
+    Args:
+        text: anything (``str()`` is taken; None gives '').
+        limit: cut to this many characters first (``...`` appended), None keeps all.
+    """
+    s = "" if text is None else str(text)
+    if limit is not None and len(s) > limit:
+        s = s[: max(0, limit - 3)] + "..."
+    s = "".join(c if c.isprintable() else " " for c in s)
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    s = s.replace("\\:", "\\:" + _WORD_JOINER).replace("\\@", "\\@" + _WORD_JOINER)
+    return re.sub(r"(?i)(w)(ww\\\.)", lambda m: m.group(1) + _WORD_JOINER + m.group(2), s)
 
 
 # ---- which run is open ----------------------------------------------------------------------------------------
@@ -68,7 +98,7 @@ def show_bad_run() -> bool:
     bad = st.session_state.get("bad_run")
     if bad is None:
         return False
-    shown = str(bad)[:80]
+    shown = md_escape(bad, limit=80)  # straight from the URL: shown as typed, never as markdown
     if jobs.valid_run_id(bad):
         st.error(f"There is no run with the id **{shown}**. Check the id (it was printed when the run started and "
                  "is in the address bar as `?run=...`), or start a new run on the Home page.")
@@ -114,8 +144,9 @@ def guarded(fn):
             return fn(*a, **kw)
         except Exception as e:  # noqa: BLE001 - shown to the user, never a traceback
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            st.error(f"This view could not be shown: {msg}. The run's files may be incomplete or still being "
-                     "written: wait for the stage to finish and reload the page, or resume the run on Home.")
+            st.error(f"This view could not be shown: {md_escape(jobs.scrub_paths(msg))}. The run's files may be "
+                     "incomplete or still being written: wait for the stage to finish and reload the page, or "
+                     "resume the run on Home.")
     return wrapper
 
 
@@ -133,8 +164,11 @@ def require_stage(state: dict, stage: str, what: str) -> bool:
                 f"(see its progress on Home). This page refreshes by itself.")
         _watch(state["run_id"], stage)
     elif st_stage in ("failed", "cancelled"):
-        st.error(state.get("error") or f"The stage {title} did not finish.")
-        st.page_link(home_page(), label="Resume the run on Home", icon=":material/home:")
+        st.error(md_escape(state.get("error")) or f"The stage {title} did not finish.")
+        if state.get("resumable", True):
+            st.page_link(home_page(), label="Resume the run on Home", icon=":material/home:")
+        else:
+            st.page_link(home_page(), label="Start a new run on Home", icon=":material/home:")
     else:
         st.info(f"{what} is not computed yet: the stage **{title}** has not run. "
                 "Continue the run from the Home page.")
@@ -161,10 +195,12 @@ def fmt_seconds(s: float | None) -> str:
     return f"{m} min {sec:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
 
 
-def _counts_text(stage: str, counts: dict) -> str:
+def _counts_text(stage: str, counts: dict, upload_skipped: int = 0) -> str:
     c = counts or {}
     if stage == "images":
-        return f"{c.get('images', 0)} images, {c.get('skipped', 0)} skipped"
+        n = c.get("skipped", 0) + upload_skipped
+        return f"{c.get('images', 0)} images, {n} skipped" + (f" ({upload_skipped} at upload)" if upload_skipped
+                                                               else "")
     if stage == "retrieval":
         return f"{c.get('pairs', 0)} pairs ({c.get('model', '')})"
     if stage == "features":
@@ -183,21 +219,27 @@ def _counts_text(stage: str, counts: dict) -> str:
 
 
 def render_stage_table(state: dict) -> None:
-    """One row per stage: icon, title, progress bar or result counts, time."""
+    """One row per stage: icon, title, progress bar or result counts, time. The images row counts the files skipped
+    at upload too."""
+    try:
+        upload_skipped = len(uploads.read_upload_json(jobs.run_dir_for(state["run_id"])).get("skipped", []))
+    except jobs.JobError:
+        upload_skipped = 0
     for s in STAGES:
         info = state["stages"][s]
         stt = info["status"]
         c1, c2, c3 = st.columns([3, 6, 2], vertical_alignment="center")
         c1.markdown(f"{STAGE_ICON.get(stt, STAGE_ICON['pending'])} **{jobs.STAGE_TITLES[s]}**")
         if stt == "done":
-            c2.markdown(_counts_text(s, info["counts"]))
+            c2.markdown(md_escape(_counts_text(s, info["counts"], upload_skipped if s == "images" else 0)))
         elif stt == "running" and state["status"] in ("running", "queued"):
             done, total = info.get("done") or 0, info.get("total") or 0
             frac = min(1.0, done / total) if total else 0.0
             msg = info.get("message") or ""
             if msg == "cached":  # a resumed stage reports what it already had
                 msg = "resuming" if done else "starting"
-            c2.progress(frac, text=f"{done}/{total} {msg}"[:90] if total else (msg or "starting")[:90])
+            # the message can be a file name: progress texts are markdown too
+            c2.progress(frac, text=md_escape(f"{done}/{total} {msg}"[:90] if total else (msg or "starting")[:90]))
         elif stt in ("failed", "cancelled", "stopped"):
             c2.markdown(f":red[{stt}]" if stt == "failed" else f":orange[{stt}]")
         else:
@@ -263,3 +305,50 @@ def camera_click(key: str) -> str | None:
         return getattr(res, "camera", None)
     except Exception:  # noqa: BLE001 - the picker still works without click support
         return None
+
+
+# ---- Start waits for the uploads ---------------------------------------------------------------------------------
+# While the browser still sends a file, the uploader's value on the server lacks it, and a click on Start in that
+# time is lost (or would start with the files that happen to be there). The server cannot see an upload in
+# flight, so this tiny inline component watches the page instead: while any file chip of an uploader shows its
+# upload spinner, it disables the given buttons (found by their key's ``st-key-<key>`` class) and shows a message.
+_UPLOAD_GUARD_JS = """
+export default function(component) {
+  const { parentElement, data } = component;
+  const keys = (data && data.buttons) || [];
+  const note = document.createElement('div');
+  note.setAttribute('data-testid', 'sfmUploadGuard');
+  note.setAttribute('role', 'status');
+  note.style.cssText = 'display:none;padding:0.5rem 0.75rem;border-radius:0.5rem;background:#fff8db;' +
+    'color:#7a5c00;font-family:inherit;font-size:0.95rem;';
+  note.textContent = (data && data.message) || '';
+  parentElement.appendChild(note);
+  const tick = () => {
+    const busy = !!document.querySelector(
+      '[data-testid="stFileUploader"] [data-testid="stFileChipIconSpinner"]');
+    for (const k of keys) {
+      document.querySelectorAll('.st-key-' + k + ' button').forEach((b) => {
+        if (busy) { b.disabled = true; b.dataset.sfmUploadGuard = '1'; }
+        else if (b.dataset.sfmUploadGuard) { b.disabled = false; delete b.dataset.sfmUploadGuard; }
+      });
+    }
+    note.style.display = busy ? 'block' : 'none';
+  };
+  tick();
+  const timer = setInterval(tick, 200);
+  return () => { clearInterval(timer); note.remove(); };
+}
+"""
+_upload_guard = None
+
+
+def upload_guard(button_keys: list[str], message: str) -> None:
+    """Disable the buttons with these widget keys, and show ``message`` (plain text), while a file is still
+    uploading in the browser. Draws nothing otherwise."""
+    global _upload_guard
+    if _upload_guard is None:
+        _upload_guard = st.components.v2.component("sfm_upload_guard", js=_UPLOAD_GUARD_JS)
+    try:
+        _upload_guard(key="upload_guard", data={"buttons": list(button_keys), "message": message})
+    except Exception:  # noqa: BLE001 - without it Start still works once the uploads are done
+        pass

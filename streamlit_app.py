@@ -24,9 +24,13 @@ from backend.pipeline import STAGES
 
 PRESET_HELP = {"fast": "quickest", "balanced": "the default", "accurate": "slowest"}
 RETRIEVAL_MODELS = ["auto", "dinov2-small", "dinov2-base", "efficientnet-lite0"]
-CAMERA_MODES = {"auto": "per image first, then shared where the refined focal lengths agree",
+CAMERA_MODES = {"auto": "shared per image size and EXIF, checked after mapping",
                 "per_image": "one camera per image (safe for mixed cameras)",
-                "shared": "one shared camera (one camera and zoom; one image size)"}
+                "shared": "one camera for all (one camera and zoom; one image size)"}
+CAMERA_HELP = ("auto (default): images of one size and the same EXIF (or none) share a camera, kept only if each "
+               "image's own focal length re-estimated after mapping agrees (else one camera per image, then sharing "
+               "where the refined focal lengths agree). per_image: one camera per image. shared: one camera for all "
+               "images (they must have one size).")
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
@@ -70,7 +74,7 @@ def options_form() -> tuple[str, dict]:
                               help="n16rot copes with rotated photos (portrait/landscape mixes, drone shots)")
         cam = c2.selectbox("Cameras", list(CAMERA_MODES), key="opt_cam" + k,
                            index=list(CAMERA_MODES).index(base.mapping.camera_mode),
-                           format_func=lambda m: f"{m}: {CAMERA_MODES[m]}")
+                           format_func=lambda m: f"{m}: {CAMERA_MODES[m]}", help=CAMERA_HELP)
         mm = c1.number_input("Minimum matches per pair", 1, 1000, base.matching.min_matches, key="opt_mm" + k,
                              help="pairs with fewer LightGlue matches are not used for the reconstruction")
     return preset, dict(retrieval_model=model, num_neighbors=int(nn), resize=int(resize), max_keypoints=int(kp),
@@ -90,8 +94,8 @@ def start_new_run(source: str, files, preset: str, overrides: dict, until: str |
     last = ss.get("last_start")
     if last and last[0] == fp and jobs.run_exists(last[1]):
         ui.open_run(last[1])
-        ss["flash"] = (f"These photos and options were already started as run **{last[1]}**; it is shown here "
-                       "(nothing was started twice).")
+        ss["flash"] = (f"These photos and options were already started as run **{ui.md_escape(last[1])}**; it is "
+                       "shown here (nothing was started twice).")
         st.rerun()
     if source == "sample":
         default = cfg.to_dict() == get_preset("balanced").to_dict()
@@ -102,15 +106,15 @@ def start_new_run(source: str, files, preset: str, overrides: dict, until: str |
             jobs.start_run(run_dir, jobs.SAMPLE_IMAGES, cfg, until)
     else:
         if not files:
-            st.warning("Add photos first: drop JPEG/PNG files or a .zip of them into the box above.")
+            st.warning("Add photos first: drop JPEG, PNG or HEIC files or a .zip of them into the box above.")
             return
         run_id = jobs.new_run_id()
         run_dir = jobs.run_dir_for(run_id)
         res = uploads.save_uploads(((f.name, f) for f in files), run_dir / "upload")
         if len(res.saved) < 2:
             shutil.rmtree(run_dir, ignore_errors=True)
-            st.error(f"{len(res.saved)} usable photo(s): a reconstruction needs at least two JPEG or PNG photos of "
-                     "the same scene. Add more photos and press Start again.")
+            st.error(f"{len(res.saved)} usable photo(s): a reconstruction needs at least two JPEG, PNG or HEIC "
+                     "photos of the same scene. Add more photos and press Start again.")
             if res.skipped:
                 st.dataframe(res.skipped, hide_index=True, width="stretch")
             return
@@ -146,12 +150,13 @@ def run_section(run_id: str) -> None:
     run_dir = jobs.run_dir_for(run_id)
     state = jobs.run_state(run_dir)
     if not state["exists"]:
-        st.error(f"Run **{run_id}** has no files on the server any more. Start a new run below.")
+        st.error(f"Run **{ui.md_escape(run_id)}** has no files on the server any more. Start a new run below.")
         return
     rec = state["record"]
-    st.subheader(f"Run `{run_id}`")
+    st.subheader(f"Run `{run_id}`")  # a valid run id (letters, digits, - and _) in a code span
     cfg = rec.get("config") or jobs.read_json(run_dir / jobs.REQUEST_JSON).get("config", {})
-    st.caption(f"Preset **{cfg.get('preset', '?')}** · created {rec.get('created', '')} · link: `?run={run_id}`")
+    st.caption(f"Preset **{ui.md_escape(cfg.get('preset', '?'))}** · created {ui.md_escape(rec.get('created', ''))} "
+               f"· link: `?run={run_id}`")
     if (flash := st.session_state.pop("flash", None)):
         st.info(flash)
     if state["status"] in ("running", "queued"):
@@ -159,9 +164,12 @@ def run_section(run_id: str) -> None:
     else:
         _panel(run_id, state["status"])
         if state["error"]:
-            st.error(state["error"])
+            st.error(ui.md_escape(state["error"]))
         nxt = state["next_stage"]
-        if state["status"] != "done" and nxt:
+        if state["status"] != "done" and nxt and not state.get("resumable", True):
+            st.info("Resuming cannot help here: the photos themselves are the problem. Start a new run below with "
+                    "at least two photos of the scene (the Images page lists each skipped file and why).")
+        elif state["status"] != "done" and nxt:
             if state["status"] == "paused":
                 done = [s for s in STAGES if jobs.stage_done(state, s)]
                 if done:
@@ -184,7 +192,7 @@ def _continue(run_dir, until) -> None:
     try:
         jobs.continue_run(run_dir, until)
     except jobs.JobError as e:
-        st.error(str(e))
+        st.error(ui.md_escape(e))
         return
     st.rerun()
 
@@ -219,7 +227,7 @@ def reopen_section() -> None:
             state = jobs.run_state(jobs.run_dir_for(r))
             c1, c2, c3 = st.columns([4, 3, 2], vertical_alignment="center")
             n = state["record"].get("summary", {}).get("images")
-            c1.markdown(f"`{r}`" + (f" · {n} images" if n else ""))
+            c1.markdown(f"`{r}`" + (f" · {n} images" if n else ""))  # r: a valid run id, in a code span
             c2.markdown(ui.STATUS_LABEL.get(state["status"], state["status"]))
             if c3.button("Open", key=f"open_{r}"):
                 ui.open_run(r)
@@ -239,7 +247,7 @@ def reopen_section() -> None:
         elif not jobs.valid_run_id(rid):
             st.error("A run id has letters, digits, '-' and '_' only (for example 20261121-073000-3f9a1c2b4d5e).")
         else:
-            st.error(f"There is no run with the id **{rid}**. Check the id and try again.")
+            st.error(f"There is no run with the id **{ui.md_escape(rid)}**. Check the id and try again.")
 
 
 # ---- home ------------------------------------------------------------------------------------------------------
@@ -263,11 +271,12 @@ def home() -> None:
                                                  "sample": "Sample scene: church (16 photos)"}[s])
         files = None
         if source == "upload":
-            files = st.file_uploader("Photos of one scene (JPEG/PNG), several files or one .zip",
+            files = st.file_uploader("Photos of one scene (JPEG, PNG or HEIC), several files or one .zip",
                                      accept_multiple_files=True, key=f"uploader_{ss.get('upload_nonce', 0)}")
             st.caption(f"{uploads.DEFAULT_LIMITS.describe()}; at most "
                        f"{st.get_option('server.maxUploadSize')} MB per uploaded file. Other files are listed as "
-                       "skipped with the reason. Names are cleaned up (letters, digits, . _ -).")
+                       "skipped with the reason, and so is a second copy of the same photo. Names are cleaned up "
+                       "(letters, digits, . _ -).")
         else:
             st.caption("The IMC 2024 'church' scene bundled with the app (Apache-2.0): a wide and a ~3x tele camera, "
                        "no EXIF. Its ground truth is available on the Evaluate page. With the default options this "
@@ -277,8 +286,11 @@ def home() -> None:
             cfg = jobs.build_config(preset, **overrides)
             ss["pending_config"] = cfg.to_dict()
         except ValueError as e:
-            st.error(f"Invalid option: {e}")
+            st.error(f"Invalid option: {ui.md_escape(e)}")
             return
+        if source == "upload":  # Start waits for the uploads: a click while a file is still on its way is lost
+            ui.upload_guard(["start", "start_steps"], "Uploading photos: Start is available when every file has "
+                                                      "been uploaded.")
         c1, c2 = st.columns(2)
         until = None
         go = c1.button("Start run", type="primary", icon=":material/play_arrow:", key="start",
@@ -290,7 +302,7 @@ def home() -> None:
             try:
                 start_new_run(source, files, preset, overrides, until)
             except (jobs.JobError, ValueError) as e:
-                st.error(str(e))
+                st.error(ui.md_escape(e))
 
     with st.container(border=True):
         reopen_section()
@@ -298,7 +310,9 @@ def home() -> None:
 
 # ---- router ----------------------------------------------------------------------------------------------------
 
-st.set_page_config(page_title="SfM Explorer", page_icon=":material/view_in_ar:", layout="wide")
+# an emoji favicon is drawn in the browser (an inline SVG); a ':material/...:' one would be fetched from
+# fonts.gstatic.com, a request to an outside host on every page load
+st.set_page_config(page_title="SfM Explorer", page_icon="📷", layout="wide")
 _home = st.Page(home, title="Home", icon=":material/home:", default=True)
 _pages = {k: st.Page(f, title=t, icon=i, url_path=k) for k, (f, t, i) in ui.PAGES.items()}
 ui.NAV.update(home=_home, **_pages)
@@ -306,7 +320,7 @@ _nav = st.navigation([_home, *_pages.values()])
 ui.sync_run_from_query()
 with st.sidebar:
     if st.session_state.get("run_id"):
-        st.caption(f"Open run: `{st.session_state['run_id']}`")
+        st.caption(f"Open run: `{st.session_state['run_id']}`")  # a valid run id in a code span
     else:
         st.caption("No run open: start or reopen one on Home.")
 _nav.run()

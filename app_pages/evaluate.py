@@ -97,7 +97,6 @@ def page() -> None:
                                  "numbers here, or upload the file below")
     th_file = st.file_uploader("Or upload a thresholds file (numbers only, like IMC's thresholds.txt)",
                                type=["txt", "csv"], key="eval_th_file", max_upload_size=1)
-    tmp_name = None
     try:
         if th_file is not None:  # a file from the user's browser, read as text; never a server path
             if th_file.size > MAX_THRESHOLD_FILE_BYTES:
@@ -105,6 +104,12 @@ def page() -> None:
             thresholds = parse_thresholds(th_file.getvalue().decode("utf-8-sig"), "the uploaded thresholds file")
         else:
             thresholds = parse_thresholds(th_text, "the thresholds box")
+    except ValueError as e:  # UnicodeDecodeError included
+        st.error(f"Cannot use the thresholds: {ui.md_escape(e)}. Type numbers separated by ';' or ',' (e.g. "
+                 "0.025; 0.05; 0.1), or upload a thresholds file.")
+        return
+    tmp_name = None
+    try:
         if gt_bytes is not None:
             with tempfile.NamedTemporaryFile(suffix=".csv") as tmp:
                 tmp_name = tmp.name

@@ -43,8 +43,10 @@ def page() -> None:
                 focal = (f"{im['exif_focal_mm']:.1f} mm EXIF" if im.get("exif_focal_mm") else "no EXIF focal")
                 prior = f"prior {im['focal_px']:.0f} px ({'EXIF 35 mm' if im['focal_source'] == 'exif' else 'default'})"
                 camera = " ".join(x for x in (im.get("make"), im.get("model")) if x) or "camera unknown"
-                st.markdown(f"**{im['name']}**  \n{im['width']}×{im['height']} px · {focal}  \n{prior}  \n{camera}"
-                            + (f"  \n:orange[{im['conversion']}]" if im.get("conversion") else ""))
+                # names and EXIF camera names come from the user's files: shown as plain text
+                st.markdown(f"**{ui.md_escape(im['name'])}**  \n{im['width']}×{im['height']} px · {focal}  \n"
+                            f"{prior}  \n{ui.md_escape(camera)}"
+                            + (f"  \n:orange[{ui.md_escape(im['conversion'])}]" if im.get("conversion") else ""))
     st.subheader("Skipped files")
     if skipped:
         st.dataframe(skipped, hide_index=True, width="stretch")

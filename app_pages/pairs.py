@@ -20,10 +20,11 @@ def page() -> None:
     n = len(r["names"])
     k = state["record"].get("config", {}).get("retrieval", {}).get("num_neighbors", "?")
     how = "all pairs, as there are few images" if counts.get("exhaustive") else f"the {k} most similar per image"
-    st.markdown(f"Global descriptor: **{r['model']}** · {n} images · **{len(prs)}** pairs selected ({how})")
+    st.markdown(f"Global descriptor: **{ui.md_escape(r['model'])}** · {n} images · **{len(prs)}** pairs selected "
+                f"({how})")
     if r["fallback_reason"]:
-        st.warning(f"DINOv2 was not used: {r['fallback_reason']}. See the README section 'Adding DINOv2 weights by "
-                   "hand' to install it.")
+        st.warning(f"DINOv2 was not used: {ui.md_escape(r['fallback_reason'])}. See the README section 'Adding "
+                   "DINOv2 weights by hand' to install it.")
     col1, col2 = st.columns(2)
     with col1:
         st.plotly_chart(viz.similarity_heatmap(r["similarity"], r["names"], prs), width="stretch")
@@ -41,7 +42,8 @@ def page() -> None:
         else:
             edges = [(a, b, float(w)) for a, b, w in zip(table["image0"], table["image1"], table[weight].fillna(0))]
         st.plotly_chart(viz.pair_graph(r["names"], edges, weight), width="stretch")
-        st.caption("Node numbers are the image indices: " + ", ".join(f"{i}: {nm}" for i, nm in enumerate(r["names"])))
+        st.caption("Node numbers are the image indices: "
+                   + ", ".join(f"{i}: {ui.md_escape(nm)}" for i, nm in enumerate(r["names"])))
     st.subheader("Selected pairs")
     rows = table if table is not None else [{"image0": a, "image1": b, "similarity": s} for a, b, s in prs]
     st.dataframe(rows, hide_index=True, width="stretch")

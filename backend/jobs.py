@@ -419,17 +419,35 @@ def next_stage(record: dict) -> str | None:
     return None
 
 
+_ABS_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"`,;:()\[\]]+/)+([^\s/'\"`,;:()\[\]]*)")
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every absolute server path replaced by its last component (``/srv/runs/x/upload/a.jpg`` ->
+    ``a.jpg``; a folder ending in ``/`` -> ``the folder``), for messages shown to users. URLs are left alone."""
+    return _ABS_PATH.sub(lambda m: m.group(1) or "the folder", str(text))
+
+
+def input_failure(stage: str | None, message: str | None) -> bool:
+    """True when a failure comes from the photos themselves (fewer than two usable images, no folder): resuming
+    the same run cannot succeed, only a new run with other photos can."""
+    low = (message or "").lower()
+    return stage in ("images", None) and ("usable image" in low or "not a folder" in low)
+
+
 def friendly_error(stage: str | None, message: str | None) -> str:
-    """A one-paragraph message for the page: what failed and what to do (never a stack trace)."""
+    """A one-paragraph message for the page: what failed and what to do (never a stack trace, never a server
+    path). Plain text (no markdown): pages escape it, since it can quote file names."""
     msg = (message or "unknown error").strip().splitlines()[0] if (message or "").strip() else "unknown error"
+    msg = scrub_paths(msg)
     if "cancelled" in msg:
         return "The run was cancelled. The stages that finished are kept: press Resume to go on from there."
     where = f"The stage '{STAGE_TITLES.get(stage, stage)}' failed" if stage else "The run failed"
     low = msg.lower()
     if "weight" in low and ("missing" in low or "sha256" in low or "install" in low):
-        hint = "Install the network weights on the server with `bash setup/setup.sh`, then press Resume."
+        hint = "Install the network weights on the server (bash setup/setup.sh), then press Resume."
     elif "usable image" in low or "at least 2" in low:
-        hint = ("Upload at least two JPEG or PNG photos of the same scene and start a new run "
+        hint = ("Upload at least two JPEG, PNG or HEIC photos of the same scene and start a new run "
                 "(the Images page lists the files that were skipped and why).")
     elif stage in ("verification", "mapping") or "pycolmap" in low:
         hint = ("The earlier stages are kept. Try the 'accurate' preset, more keypoints, or per-image cameras, and "
@@ -446,7 +464,9 @@ def run_state(run_dir: Path) -> dict:
 
     Returns a dict with ``run_id``, ``exists``, ``status`` (``new``, ``queued``, ``running``, ``paused``, ``done``,
     ``failed``, ``cancelled``, ``interrupted``), ``record`` (run.json), ``progress`` (progress.json), ``error``
-    (readable message or None), ``next_stage``, ``elapsed`` (s, of the job or of the finished stages),
+    (readable plain-text message or None), ``resumable`` (False when the failure is in the photos themselves,
+    see :func:`input_failure`), ``next_stage``, ``elapsed`` (s, the run's total: the time of every stage that
+    ran, over all its continuations, the running one up to now),
     ``queue_position``, ``where`` (``"here"``/``"elsewhere"``/None for a working run), ``stages`` (per stage:
     status, done, total, message, seconds, counts).
     """
@@ -470,10 +490,12 @@ def run_state(run_dir: Path) -> dict:
     else:
         status = "new" if not exists else "interrupted"
     error = None
+    resumable = True
     if status in ("failed", "cancelled", "interrupted"):
         failed = [(s, v) for s, v in rec.get("stages", {}).items() if v.get("status") in ("failed", "cancelled")]
         if failed:
             error = friendly_error(failed[-1][0], failed[-1][1].get("error"))
+            resumable = not input_failure(failed[-1][0], failed[-1][1].get("error"))
         elif prog.get("error"):
             error = friendly_error(prog.get("error_stage"), prog.get("error"))
         elif rec.get("error"):
@@ -497,15 +519,12 @@ def run_state(run_dir: Path) -> dict:
                 st = "stopped"
         stages[s] = {"status": st, "done": p.get("done"), "total": p.get("total"), "message": p.get("message", ""),
                      "seconds": secs, "counts": r.get("counts", {})}
-    if status in ("running", "queued") and prog.get("started"):
-        elapsed = now - float(prog["started"])
-    elif prog.get("started") and prog.get("finished"):
-        elapsed = float(prog["finished"]) - float(prog["started"])
-    else:
-        elapsed = rec.get("total_seconds") or sum((v.get("seconds") or 0) for v in stages.values()
-                                                   if v["status"] == "done")
+    # the sum over stages, not the time since progress.json's start: each continuation of a stage-by-stage run
+    # writes a new progress.json, and the pauses between continuations are the user's, not the run's
+    elapsed = sum((v.get("seconds") or 0) for v in stages.values() if v["status"] != "pending")
     return {
         "run_id": run_id, "exists": exists, "status": status, "record": rec, "progress": prog, "error": error,
+        "resumable": resumable,
         "next_stage": next_stage(rec), "elapsed": elapsed, "queue_position": queue_position(run_id),
         "where": where, "stages": stages,
     }

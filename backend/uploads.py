@@ -1,13 +1,13 @@
-"""Safe saving of uploaded photos (JPEG/PNG files, or zips of them) into a run's ``upload/`` folder.
+"""Safe saving of uploaded photos (JPEG/PNG/HEIC files, or zips of them) into a run's ``upload/`` folder.
 
-Nothing the user sends is ever used as a path: every saved file gets a sanitised name (letters, digits,
-``.``, ``_``, ``-``; no folders; de-duplicated) inside the destination folder. Zip entries are read as bytes
-and written under their sanitised base name, so an entry such as ``../../etc/passwd`` or ``/abs/x.jpg``
-never lands outside the folder (such entries are skipped and listed). Zip bombs are bounded: at most
-:data:`Limits.max_files` images, :data:`Limits.max_image_bytes` per image and
+Nothing the user sends is ever used as a path: every saved file gets a sanitised name (ASCII letters,
+digits, ``.``, ``_``, ``-``, accents transliterated; no folders; de-duplicated) inside the destination
+folder. Zip entries are read as bytes and written under their sanitised base name, so an entry such as
+``../../etc/passwd`` or ``/abs/x.jpg`` never lands outside the folder (such entries are skipped and listed).
+Zip bombs are bounded: at most :data:`Limits.max_files` images, :data:`Limits.max_image_bytes` per image and
 :data:`Limits.max_total_bytes` in all, each checked while decompressing (the sizes a zip header claims are
-not trusted), plus a compression-ratio cap. Pixel bombs are caught later by the images stage (Pillow's
-decompression-bomb check).
+not trusted), plus a compression-ratio cap. Pixel bombs are refused here from the image header (above
+:data:`backend.images.MAX_PIXELS`, nothing decoded), and again by the images stage.
 
 Everything that is not saved is returned in ``skipped`` with a reason a user can act on.
 """
@@ -23,12 +23,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO, Iterable, Union
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png"}
+from .images import MAX_PIXELS, header_problem
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".heic", ".heif"}
 UPLOAD_JSON = "upload.json"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# ISO base media 'ftyp' brands of HEIF still images (HEVC-coded: iPhone, many Android phones)
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+_HEAD = 16  # bytes looked at to tell the kind of a file
 _CHUNK = 1 << 20
+_TYPES = "JPEG, PNG or HEIC"
+# letters that NFKD does not decompose into a base letter and combining marks
+_TRANSLIT = str.maketrans({"ø": "o", "Ø": "O", "ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe",
+                           "Œ": "OE", "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "Th", "ł": "l",
+                           "Ł": "L", "ı": "i", "ħ": "h", "Ħ": "H", "ŋ": "ng", "Ŋ": "Ng"})
 
 
 @dataclass(frozen=True)
@@ -43,8 +53,8 @@ class Limits:
     max_ratio: float = 200.0  # uncompressed / compressed size of one zip entry (JPEG/PNG barely compress)
 
     def describe(self) -> str:
-        return (f"JPEG or PNG photos (up to {self.max_image_bytes // 2**20} MB each) or zips of them; "
-                f"at most {self.max_files} photos and {self.max_total_bytes / 2**30:g} GB in all")
+        return (f"{_TYPES} photos (up to {self.max_image_bytes // 2**20} MB and {MAX_PIXELS // 10**6} MP each) or "
+                f"zips of them; at most {self.max_files} photos and {self.max_total_bytes / 2**30:g} GB in all")
 
 
 DEFAULT_LIMITS = Limits()
@@ -69,10 +79,14 @@ Source = Union[bytes, bytearray, BinaryIO]
 
 def sanitize_name(name: str, max_len: int = 100) -> str:
     """A safe file name from an untrusted one: its last path component (``/`` and ``\\`` both separate),
-    NFKC-normalised, characters other than letters, digits, ``.``, ``_``, ``-`` replaced by ``_``, no leading
-    dots, at most ``max_len`` characters (the extension is kept), never empty."""
+    transliterated to ASCII (NFKD, combining marks dropped, and ``ø``->``o``, ``ß``->``ss``, ``æ``->``ae`` and
+    the like: ``ünï cøde (1).JPG`` -> ``uni_code_1.jpg``), other characters than ASCII letters, digits, ``.``,
+    ``_``, ``-`` replaced by ``_`` (runs of them by one), no leading dots, extension lower-cased, at most
+    ``max_len`` characters (the extension is kept), never empty (``image``). Uniqueness within a folder is the
+    caller's (:func:`save_uploads` appends ``_1``, ``_2``...)."""
     base = re.split(r"[\\/]", str(name))[-1]
-    base = unicodedata.normalize("NFKC", base)
+    base = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", base).translate(_TRANSLIT))
+    base = "".join(c for c in base if not unicodedata.combining(c))
     base = "".join(c if (c.isascii() and (c.isalnum() or c in "._-")) else "_" for c in base)
     base = base.lstrip(".")
     base = re.sub(r"_+", "_", base)
@@ -98,6 +112,8 @@ def _kind(head: bytes) -> str:
         return "png"
     if head.startswith(_ZIP_MAGIC):
         return "zip"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "heif"
     return ""
 
 
@@ -146,15 +162,15 @@ class _Saver:
             self.skip(shown, why)
             return
         ext = PurePosixPath(re.split(r"[\\/]", shown)[-1]).suffix.lower()
-        kind = _kind(data[:8])
+        kind = _kind(data[:_HEAD])
         if ext not in IMAGE_EXTENSIONS:
-            self.skip(shown, f"unsupported file type '{ext or 'none'}' (use JPEG or PNG photos, or a zip of them)")
+            self.skip(shown, f"unsupported file type '{ext or 'none'}' (use {_TYPES} photos, or a zip of them)")
             return
         if not data:
             self.skip(shown, "empty file (0 bytes)")
             return
-        if kind not in ("jpeg", "png"):
-            self.skip(shown, f"not a JPEG or PNG image although named '{ext}' (the content does not match)")
+        if kind not in ("jpeg", "png", "heif"):
+            self.skip(shown, f"not a {_TYPES} image although named '{ext}' (the content does not match)")
             return
         if len(data) > self.limits.max_image_bytes:
             self.skip(shown, f"larger than {self.limits.max_image_bytes // 2**20} MB")
@@ -162,9 +178,14 @@ class _Saver:
         if self.res.total_bytes + len(data) > self.limits.max_total_bytes:
             self.skip(shown, f"the photos exceed {self.limits.max_total_bytes / 2**30:g} GB in all: not saved")
             return
+        too_big = header_problem(data)  # pixel count from the header only
+        if too_big:
+            self.skip(shown, too_big)
+            return
         name = self._unique(sanitize_name(shown))
         if not name.lower().endswith(tuple(IMAGE_EXTENSIONS)):
-            name = self._unique(f"{PurePosixPath(name).stem}.{'png' if kind == 'png' else 'jpg'}")
+            new_ext = {"png": "png", "heif": "heic"}.get(kind, "jpg")
+            name = self._unique(f"{PurePosixPath(name).stem}.{new_ext}")
         target = self.dest / name
         # defence in depth: the name has no separators, but check the resolved parent anyway
         if target.resolve().parent != self.dest.resolve():
@@ -210,7 +231,7 @@ class _Saver:
                     self.skip(label, "zip inside a zip (upload it separately)")
                     continue
                 if ext not in IMAGE_EXTENSIONS:
-                    self.skip(label, f"unsupported file type '{ext or 'none'}' (use JPEG or PNG)")
+                    self.skip(label, f"unsupported file type '{ext or 'none'}' (use {_TYPES})")
                     continue
                 ok, why = self.room()
                 if not ok:
@@ -291,11 +312,11 @@ def save_uploads(files: Iterable[tuple[str, Source]], dest: Path, limits: Limits
         shown = str(shown)
         ext = PurePosixPath(re.split(r"[\\/]", shown)[-1]).suffix.lower()
         if isinstance(src, (bytes, bytearray)):
-            head = bytes(src[:8])
+            head = bytes(src[:_HEAD])
         else:
             try:
                 src.seek(0)
-                head = src.read(8)
+                head = src.read(_HEAD)
                 src.seek(0)
             except (OSError, ValueError, AttributeError):
                 head = b""
@@ -308,7 +329,7 @@ def save_uploads(files: Iterable[tuple[str, Source]], dest: Path, limits: Limits
             if ext in IMAGE_EXTENSIONS:
                 saver.skip(shown, f"larger than {limits.max_image_bytes // 2**20} MB")
             else:
-                saver.skip(shown, f"unsupported file type '{ext or 'none'}' (use JPEG or PNG photos, or a zip of them)")
+                saver.skip(shown, f"unsupported file type '{ext or 'none'}' (use {_TYPES} photos, or a zip of them)")
             continue
         saver.save(shown, data)
     write_upload_json(dest.parent, res)

@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     import pycolmap
 
     from backend.export import model_poses, write_poses_csv
+    from backend.reconstruction import no_colmap_log_files
 
     ap = argparse.ArgumentParser()
     ap.add_argument("images_dir")
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-image-size", type=int, default=1024)
     a = ap.parse_args(argv)
     pycolmap.logging.minloglevel = 2
+    no_colmap_log_files()  # no glog files in the system temp folder
     out = Path(a.out_dir)
     if out.exists():
         shutil.rmtree(out)

@@ -187,7 +187,8 @@ def test_thresholds_box_takes_numbers_only(app, finished_run, tmp_path):
         app.text_input(key="eval_th_scene").set_value(typed).run()
         assert not app.exception
         errors = [_plain(e.value) for e in app.error]
-        assert len(errors) == 1 and errors[0].startswith("Cannot evaluate: the thresholds box: "), errors
+        assert len(errors) == 1 and errors[0].startswith("Cannot use the thresholds: the thresholds box: "), errors
+        assert typed.split(",")[-1].split(";")[-1].strip()[:30] in errors[0]  # the offending text, as typed
         assert "s3cr3t" not in _texts(app)
     assert "'-2' is not a positive number" in errors[0]
     app.text_input(key="eval_th_scene").set_value("0.025; 0.05, 0.1 0.2\n0.5").run()
@@ -216,9 +217,9 @@ def test_reconstruction_camera_pick_and_open3d(app, finished_run):
     assert not app.exception and not app.error
     text = _texts(app)
     assert "after outlier removal" in text
-    # either the Open3D rendering, or the readable fallback message with a plotly view
+    # setup installs the offscreen renderer's drivers (libvulkan1, mesa): the Open3D rendering must show
     rendered = any("Open3D offscreen rendering" in c for im in app.get("image") for c in im.captions)
-    assert rendered or "could not be rendered" in text
+    assert rendered and "could not be rendered" not in text
 
 
 @pytest.mark.parametrize("page", ["home", "images", "reconstruction"])
@@ -708,8 +709,7 @@ def test_aligned_centres_recover_a_similarity():
     res = mean_average_accuracy(gt, pred, "0.005;0.01")
     names, g, p, inl = viz.aligned_centres(gt, pred, res.transforms[1], threshold=0.01)
     assert len(names) == 6 and inl.all() and np.allclose(g, p, atol=1e-6)
-    g2, p2 = g.copy(), p.copy()
-    g2[0] += 1.0  # one ground-truth camera moved: it is the only outlier
+    # one ground-truth camera moved by 1: it is the only outlier
     _, _, _, inl2 = viz.aligned_centres({n: (np.eye(3), -(c + (1.0 if k == 0 else 0.0)))
                                          for k, (n, c) in enumerate(zip(names, g))}, pred, res.transforms[1], 0.01)
     assert inl2.tolist() == [False] + [True] * 5

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from conftest import run_cli, scene_dir
 
 
@@ -82,3 +84,47 @@ def test_pycolmap_abort_is_reported_and_earlier_stages_kept(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "features.h5").stat().st_mtime_ns == features_mtime
     assert json.loads((out / "run.json").read_text())["summary"]["registered_images"] >= 3
+
+
+@pytest.mark.scenes
+def test_a_run_leaves_no_files_in_the_temp_folder(tmp_path):
+    """COLMAP's glog used to write ``.<host>.<user>.log.INFO.<date>.<pid>`` into the system temp folder on every
+    mapping step; its lines now stay in the run's mapping.log. Also: phone formats (an MPO, a HEIC) and a
+    byte-identical copy in a real run."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from conftest import REPO
+
+    pytest.importorskip("pillow_heif").register_heif_opener()
+    images = tmp_path / "images"
+    images.mkdir()
+    names = ["05534141_6340060522.jpg", "05791347_12791964625.jpg", "05866831_3427466899.jpg",
+             "05936329_2458217347.jpg"]
+    src = scene_dir("reichstag_imc2020") / "images"
+    shutil.copy(src / names[0], images / names[0])
+    shutil.copy(src / names[1], images / names[1])
+    with Image.open(src / names[2]) as im:  # a dual-frame JPEG (Pillow: MPO), frame 2 a small "gain map"
+        im.save(images / names[2], format="MPO", save_all=True, append_images=[im.resize((64, 48))], quality=95)
+    with Image.open(src / names[3]) as im:
+        im.save(images / "05936329_2458217347.HEIC", format="HEIF", quality=90)
+    shutil.copy(src / names[0], images / "copy_of_the_first.jpg")
+    systmp = tmp_path / "systmp"
+    systmp.mkdir()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TMPDIR=str(systmp))
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "backend", "reconstruct", str(images), "--out", str(out),
+                          "--preset", "fast", "--quiet"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(os.listdir(systmp)) == []
+    assert "bundle_adjustment" in (out / "mapping.log").read_text()  # glog's lines are kept, in the run folder
+    record = json.loads((out / "run.json").read_text())
+    assert record["summary"]["images"] == 4 and record["summary"]["registered_images"] == 4
+    assert record["stages"]["images"]["counts"]["skipped_files"] == [
+        f"copy_of_the_first.jpg: identical to {names[0]} (the same photo twice: only {names[0]} is used)"]
+    rows = (out / "poses.csv").read_text().splitlines()[1:]
+    assert sorted(r.split(",")[0] for r in rows) == sorted(names)  # the HEIC is stored (and posed) as .jpg

@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from appserver import chromium, serve_app
 from conftest import REPO, scene_dir
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-CHROMIUM = "/usr/bin/chromium"
 SUBSET = ["05534141_6340060522.jpg", "05791347_12791964625.jpg", "05866831_3427466899.jpg",
           "05936329_2458217347.jpg", "05978621_9257964873.jpg", "06229406_8584869180.jpg"]
 PAGES = [("images", "Images"), ("pairs", "Pairs"), ("features", "Features"), ("matches", "Matches"),
@@ -32,55 +27,18 @@ RUN_TIMEOUT_S = 600
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The app on a free loopback port with its own runs folder; yields (base URL, runs folder)."""
     runs = tmp_path_factory.mktemp("browser-runs")
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("browser-log") / "server.log", "w")
-    env = dict(os.environ, SFM_RUNS_DIR=str(runs), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            log.flush()
-            pytest.fail("the app did not start: " + Path(log.name).read_text()[-2000:])
-        time.sleep(0.5)
-    yield base, runs
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with serve_app(runs, tmp_path_factory.mktemp("browser-log") / "server.log") as base:
+        yield base, runs
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (bash setup/setup.sh installs chromium)")
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _screenshot(page, name: str) -> Path:
