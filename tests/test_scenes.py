@@ -1,8 +1,8 @@
 """The CLI on real scenes with the real ALIKED and LightGlue weights and real pycolmap.
 
-Floors sit a little below what the default (balanced) preset reaches on this machine (bench/RESULTS.md: temple,
-fox and lego 0.99-1.00, reichstag 0.83, church 0.46 with half its cameras on the wrong side of a symmetric tower);
-the benchmark (`python -m bench`) measures more and compares with COLMAP-SIFT.
+Floors (the official IMC 2025 mAA) sit a little below what the default (balanced) preset reaches on this machine
+(bench/RESULTS.md); church has half its cameras on the wrong side of a symmetric tower: 8 of 16 right is 0.385
+officially. The benchmark (`python -m bench`) measures more and compares with COLMAP-SIFT.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ FLOORS = {
     "temple_ring_middlebury": (None, 0.95),
     "reichstag_imc2020": (None, 0.75),
     "fox_instant_ngp": (None, 0.97),
-    "church_imc2024": (14, 0.40),
+    "church_imc2024": (14, 0.35),
     "lego_nerf_synthetic": (None, 0.80),  # a symmetric object: a folded model scores about 0.6
 }
 
