@@ -83,3 +83,28 @@ def test_rerun_reuses_finished_stages(reconstruct):
     after = {p: (run / p).stat().st_mtime_ns for p in before}
     assert before == after
     assert (run / "poses.csv").read_text() == poses
+
+
+def test_implausible_cameras_are_deregistered(reconstruct):
+    """On a real model (church: one camera per image): an image whose camera gets an implausible focal length, and
+    one that loses its observations, are de-registered with the reason; the rest stay."""
+    import pycolmap
+
+    from backend.reconstruction import deregister_implausible
+
+    run, d, res = reconstruct("church_imc2024")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rec = pycolmap.Reconstruction(run / "sparse" / "0")
+    n0 = rec.num_reg_images()
+    assert deregister_implausible(rec) == []  # the exported model holds no implausible image
+    ids = sorted(rec.reg_image_ids())
+    odd, blind = rec.images[ids[0]], rec.images[ids[1]]
+    assert sum(rec.images[i].camera_id == odd.camera_id for i in ids) == 1  # its own camera
+    rec.cameras[odd.camera_id].focal_length = 1.0  # 1 px on a 768 x 1024 photo
+    for p2d in range(blind.num_points2D()):
+        if blind.point2D(p2d).has_point3D():
+            rec.delete_observation(blind.image_id, p2d)
+    removed = {r["image"]: r["reason"] for r in deregister_implausible(rec)}
+    assert set(removed) == {odd.name, blind.name}
+    assert "focal length 1.0 px" in removed[odd.name] and "observes 0 3D points" in removed[blind.name]
+    assert rec.num_reg_images() == n0 - 2
