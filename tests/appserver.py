@@ -75,3 +75,24 @@ def chromium():
             yield b
         finally:
             b.close()
+
+
+def settle(page, timeout: int = 60_000) -> None:
+    """Wait until Streamlit has finished running the script (no 'Running' status widget), then a second more."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        timeout=timeout)
+    time.sleep(1.0)
+
+
+def screenshot(page, path: Path, max_height: int = 6000) -> Path:
+    """Full-height screenshot of the app's main area (Streamlit scrolls inside it, not the document) into ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+                      " return m ? m.scrollHeight : document.body.scrollHeight; }")
+    page.set_viewport_size({"width": 1400, "height": int(min(max(h, 900), max_height))})
+    time.sleep(0.8)
+    page.screenshot(path=str(path))
+    page.set_viewport_size({"width": 1400, "height": 900})
+    return path

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from appserver import chromium, serve_app
+from appserver import chromium, screenshot, serve_app, settle
 from conftest import REPO, scene_dir
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
@@ -42,25 +42,10 @@ def browser():
 
 
 def _screenshot(page, name: str) -> Path:
-    """Full-height screenshot of the app's main area (Streamlit scrolls inside it, not the document)."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    h = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
-                      " return m ? m.scrollHeight : document.body.scrollHeight; }")
-    page.set_viewport_size({"width": 1400, "height": int(min(max(h, 900), 6000))})
-    time.sleep(0.8)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path))
-    page.set_viewport_size({"width": 1400, "height": 900})
-    return path
+    return screenshot(page, ARTIFACTS / f"{name}.png")
 
 
-def _settle(page, timeout=60_000) -> None:
-    """Wait until Streamlit has finished running the script (no 'running' indicator)."""
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
-        timeout=timeout)
-    time.sleep(1.0)
+_settle = settle
 
 
 def _no_errors(page, where: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from appserver import chromium, serve_app
+from appserver import chromium, screenshot, serve_app, settle
 from conftest import REPO, scene_dir
 from test_images import one_colour_png
 
@@ -78,22 +78,11 @@ class Watched:
         return [u for u in self.requests if not u.startswith((self.base, "data:", "blob:"))]
 
 
-def _settle(page, timeout=60_000) -> None:
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
-        timeout=timeout)
-    time.sleep(1.0)
+_settle = settle
 
 
 def _shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    h = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
-                      " return m ? m.scrollHeight : document.body.scrollHeight; }")
-    page.set_viewport_size({"width": 1400, "height": int(min(max(h, 900), 5000))})
-    time.sleep(0.8)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-    page.set_viewport_size({"width": 1400, "height": 900})
+    screenshot(page, ARTIFACTS / f"{name}.png", max_height=5000)
 
 
 def _no_evil_markup(page) -> None:
