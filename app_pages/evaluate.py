@@ -4,8 +4,6 @@ scene's), the per-threshold table, and ground-truth camera centres beside the al
 from __future__ import annotations
 
 import csv
-import math
-import re
 import tempfile
 from pathlib import Path
 
@@ -17,37 +15,7 @@ from backend import evaluate, jobs, runview, viz
 
 DEFAULT_THRESHOLDS = "0.025;0.05;0.1;0.2;0.5;1.0"
 MAX_GT_BYTES = 20 * 2**20
-MAX_THRESHOLDS = 100
 MAX_THRESHOLD_FILE_BYTES = 64 * 2**10
-
-
-def parse_thresholds(text: str, source: str = "thresholds") -> list[float]:
-    """Thresholds typed or pasted by the user (or read from a file they uploaded): numbers separated by ``;``,
-    ``,``, spaces or line breaks, ``#`` starting a comment. Never reads a file or anything else on the server.
-
-    Returns:
-        The thresholds (ground-truth units), sorted ascending.
-
-    Raises:
-        ValueError: no number, a token that is not a number (quoted, cut to 40 characters), a value that is not
-            finite and > 0, or more than :data:`MAX_THRESHOLDS` values; the message starts with ``source``.
-    """
-    body = "\n".join(line.split("#", 1)[0] for line in str(text).splitlines())
-    tokens = [t for t in re.split(r"[;,\s]+", body) if t]
-    if not tokens:
-        raise ValueError(f"{source}: no threshold given")
-    if len(tokens) > MAX_THRESHOLDS:
-        raise ValueError(f"{source}: {len(tokens)} values, at most {MAX_THRESHOLDS}")
-    values = []
-    for t in tokens:
-        try:
-            v = float(t)
-        except ValueError:
-            raise ValueError(f"{source}: {t[:40]!r} is not a number") from None
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"{source}: {t[:40]!r} is not a positive number")
-        values.append(v)
-    return sorted(values)
 
 
 def _scene_gt(state: dict) -> tuple[Path | None, str]:
@@ -101,9 +69,10 @@ def page() -> None:
         if th_file is not None:  # a file from the user's browser, read as text; never a server path
             if th_file.size > MAX_THRESHOLD_FILE_BYTES:
                 raise ValueError(f"the thresholds file is larger than {MAX_THRESHOLD_FILE_BYTES // 2**10} KB")
-            thresholds = parse_thresholds(th_file.getvalue().decode("utf-8-sig"), "the uploaded thresholds file")
+            thresholds = evaluate.parse_threshold_text(th_file.getvalue().decode("utf-8-sig"),
+                                                      "the uploaded thresholds file")
         else:
-            thresholds = parse_thresholds(th_text, "the thresholds box")
+            thresholds = evaluate.parse_threshold_text(th_text, "the thresholds box")
     except ValueError as e:  # UnicodeDecodeError included
         st.error(f"Cannot use the thresholds: {ui.md_escape(e)}. Type numbers separated by ';' or ',' (e.g. "
                  "0.025; 0.05; 0.1), or upload a thresholds file.")

@@ -236,28 +236,34 @@ def read_poses_csv(path: str | Path, *, dataset: str | None = None, scene: str |
     return out
 
 
+MAX_THRESHOLDS = 100
+
+
 def parse_threshold_text(text: str, source: str = "thresholds") -> np.ndarray:
     """Numbers separated by ``;``, ``,``, whitespace or newlines (``#`` starts a comment) -> float64 [T] ascending.
 
-    Never reads a file: safe for text a user typed.
+    Never reads a file: safe for text a user typed (the app's thresholds box and uploaded thresholds files).
 
     Raises:
-        ValueError: no numbers, a token that is not a number, or a non-finite / non-positive value.
+        ValueError: no numbers, more than :data:`MAX_THRESHOLDS`, a token that is not a number, or a non-finite /
+            non-positive value; the message starts with ``source``.
     """
     text = "\n".join(line.split("#", 1)[0] for line in str(text).splitlines())
     tokens = [tok for tok in re.split(r"[;,\s\[\]()]+", text) if tok]
+    if len(tokens) > MAX_THRESHOLDS:
+        raise ValueError(f"{source}: {len(tokens)} values, at most {MAX_THRESHOLDS}")
     values = []
     for tok in tokens:
         try:
-            values.append(float(tok))
+            v = float(tok)
         except ValueError:
             raise ValueError(f"{source}: {tok[:40]!r} is not a number") from None
-    arr = np.array(values, dtype=np.float64)
-    if arr.size == 0:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{source}: {tok[:40]!r} is not a positive number")
+        values.append(v)
+    if not values:
         raise ValueError(f"{source}: no threshold given")
-    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{source}: thresholds must be finite and > 0, got {arr.tolist()}")
-    return np.sort(arr)
+    return np.sort(np.array(values, dtype=np.float64))
 
 
 @dataclass
