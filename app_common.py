@@ -12,7 +12,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from backend import jobs, uploads
+from backend import jobs
+from backend.io import uploads
 from backend.pipeline import STAGES
 
 PAGES = {  # url path -> (file, title, icon)

@@ -18,8 +18,9 @@ import shutil
 import streamlit as st
 
 import app_common as ui
-from backend import jobs, uploads
-from backend.config import get_preset
+from backend import jobs
+from backend.io import uploads
+from backend.config import MAPPERS, get_preset
 from backend.pipeline import STAGES
 
 PRESET_HELP = {"fast": "quickest", "balanced": "the default", "accurate": "slowest"}
@@ -36,7 +37,7 @@ CAMERA_HELP = ("auto (default): images of one size and the same EXIF (or none) s
 # ---- helpers ----------------------------------------------------------------------------------------------------
 
 def _weights_note(model: str) -> str:
-    from backend.retrieval import resolve_model
+    from backend.retrieval.global_descriptors import resolve_model
 
     try:
         used, reason = resolve_model(model)
@@ -45,9 +46,16 @@ def _weights_note(model: str) -> str:
     return f"uses {used}" + (f" — {reason}" if reason else "")
 
 
+FEATURES_HELP = ("aliked-n16: the default deep features; aliked-n16rot: for photos turned by 90°/180°; "
+                 "aliked-n32 / aliked-t16: larger / tiny ALIKED; disk: dense deep features; xfeat: the fastest deep "
+                 "features on a CPU; sift: COLMAP's SIFT; orb / akaze: OpenCV's binary features. "
+                 "The README's method table has their cost and accuracy here.")
+
+
 def _preset_caption(name: str) -> str:
     c = get_preset(name)
-    return f"{c.features.max_keypoints} keypoints at {c.features.resize} px: {PRESET_HELP[name]}"
+    return (f"{c.features.name} + {c.matching.name}, {c.features.max_keypoints} keypoints at {c.features.resize} px: "
+            f"{PRESET_HELP[name]}")
 
 
 def options_form() -> tuple[str, dict]:
@@ -65,20 +73,31 @@ def options_form() -> tuple[str, dict]:
         nn = c2.number_input("Pairs per image (k)", 1, 200, base.retrieval.num_neighbors, key="opt_k" + k,
                              help=f"top-k most similar images per image; all pairs are matched when there are at "
                                   f"most {base.retrieval.exhaustive_below} images")
+        from backend.features import EXTRACTORS
+        from backend.matchers import matchers_for
+
+        feats = c1.selectbox("Local features", list(EXTRACTORS), key="opt_features" + k,
+                             index=list(EXTRACTORS).index(base.features.name), help=FEATURES_HELP)
+        choices = matchers_for(feats)
+        keep = base.matching.name if base.matching.name in choices else None
+        matcher = c2.selectbox("Matcher", choices, key=f"opt_matcher{k}_{feats}",
+                               index=choices.index(keep) if keep else 0,
+                               help="only the matchers that can match these features are listed")
         resize = c1.number_input("Resize (long side, px)", 256, 4096, base.features.resize, step=64,
-                                 key="opt_resize" + k, help="the image size ALIKED sees; never upscales")
+                                 key="opt_resize" + k, help="the image size the extractor sees; never upscales")
         kp = c2.number_input("Maximum keypoints per image", 256, 16384, base.features.max_keypoints, step=256,
                              key="opt_kp" + k)
-        aliked = c1.selectbox("ALIKED variant", ["aliked-n16", "aliked-n16rot"], key="opt_aliked" + k,
-                              index=["aliked-n16", "aliked-n16rot"].index(base.features.model),
-                              help="n16rot copes with rotated photos (portrait/landscape mixes, drone shots)")
         cam = c2.selectbox("Cameras", list(CAMERA_MODES), key="opt_cam" + k,
                            index=list(CAMERA_MODES).index(base.mapping.camera_mode),
                            format_func=lambda m: f"{m}: {CAMERA_MODES[m]}", help=CAMERA_HELP)
         mm = c1.number_input("Minimum matches per pair", 1, 1000, base.matching.min_matches, key="opt_mm" + k,
-                             help="pairs with fewer LightGlue matches are not used for the reconstruction")
+                             help="pairs with fewer matches are not used for the reconstruction")
+        mapper = c1.selectbox("Mapper", MAPPERS, key="opt_mapper" + k, index=MAPPERS.index(base.mapping.mapper),
+                              help="incremental: COLMAP's, one image at a time; global: GLOMAP (rotation averaging, "
+                                   "then all positions at once), the largest connected part of the pair graph")
     return preset, dict(retrieval_model=model, num_neighbors=int(nn), resize=int(resize), max_keypoints=int(kp),
-                        aliked=aliked, camera_mode=cam, min_matches=int(mm))
+                        features=feats, matcher=matcher, camera_mode=cam, min_matches=int(mm),
+                        mapper=mapper)
 
 
 def _fingerprint(source: str, files, cfg: dict) -> str:
@@ -155,8 +174,13 @@ def run_section(run_id: str) -> None:
     rec = state["record"]
     st.subheader(f"Run `{run_id}`")  # a valid run id (letters, digits, - and _) in a code span
     cfg = rec.get("config") or jobs.read_json(run_dir / jobs.REQUEST_JSON).get("config", {})
-    st.caption(f"Preset **{ui.md_escape(cfg.get('preset', '?'))}** · created {ui.md_escape(rec.get('created', ''))} "
-               f"· link: `?run={run_id}`")
+    feats, match = cfg.get("features", {}), cfg.get("matching", {})
+    method = (f" · features **{ui.md_escape(feats.get('name') or feats.get('model') or 'aliked-n16')}** "
+              f"({ui.md_escape(feats.get('max_keypoints', '?'))} keypoints at {ui.md_escape(feats.get('resize', '?'))} px)"
+              f" · matcher **{ui.md_escape(match.get('name') or 'lightglue')}**"
+              f" · mapper **{ui.md_escape(cfg.get('mapping', {}).get('mapper') or 'incremental')}**") if feats else ""
+    st.caption(f"Preset **{ui.md_escape(cfg.get('preset', '?'))}**{method} · created "
+               f"{ui.md_escape(rec.get('created', ''))} · link: `?run={run_id}`")
     if (flash := st.session_state.pop("flash", None)):
         st.info(flash)
     if state["status"] in ("running", "queued"):
@@ -257,7 +281,8 @@ def home() -> None:
     ss = st.session_state
     st.title("SfM Explorer")
     st.caption("Photos of a scene in, cameras and a sparse 3D point cloud out: DINOv2/EfficientNet pair selection, "
-               "ALIKED keypoints, LightGlue matching, COLMAP (pycolmap) incremental mapping.")
+               "local features (ALIKED, DISK, XFeat, SIFT, ORB, AKAZE) and matchers (LightGlue, LighterGlue, "
+               "nearest neighbour + ratio test), COLMAP (pycolmap) incremental or global (GLOMAP) mapping.")
     ui.show_bad_run()
     run_id = ss.get("run_id")
     if run_id:

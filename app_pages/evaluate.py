@@ -11,7 +11,9 @@ import numpy as np
 import streamlit as st
 
 import app_common as ui
-from backend import evaluate, jobs, runview, viz
+from backend.evaluation import imc_metric as evaluate
+from backend import jobs
+from backend.views import runview, viz
 
 DEFAULT_THRESHOLDS = "0.025;0.05;0.1;0.2;0.5;1.0"
 MAX_GT_BYTES = 20 * 2**20

@@ -1,4 +1,4 @@
-"""Features: an image with its ALIKED keypoints drawn, coloured by score; keypoints per image."""
+"""Features: an image with its keypoints drawn (any extractor), coloured by score; keypoints per image."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 import app_common as ui
-from backend import runview, viz
+from backend.views import runview, viz
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -26,7 +26,8 @@ def page() -> None:
     counts = runview.keypoint_counts(run_dir)
     names = list(counts)
     c = state["record"].get("config", {}).get("features", {})
-    st.markdown(f"**{ui.md_escape(c.get('model', 'ALIKED'))}** · up to {c.get('max_keypoints', '?')} keypoints at "
+    name_used = c.get("name") or c.get("model") or "aliked-n16"
+    st.markdown(f"**{ui.md_escape(name_used)}** · up to {c.get('max_keypoints', '?')} keypoints at "
                 f"{c.get('resize', '?')} px · {sum(counts.values()):,} keypoints in all, "
                 f"{np.mean(list(counts.values())):.0f} per image on average")
     col1, col2 = st.columns([3, 1])

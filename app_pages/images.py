@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import app_common as ui
-from backend import runview
+from backend.views import runview
 
 
 @ui.guarded

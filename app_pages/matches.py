@@ -1,18 +1,26 @@
-"""Matches: a pair's LightGlue matches drawn between the two images, raw versus verified inliers; a sortable
-table of matches and inliers per pair."""
+"""Matches: a pair's matches (any matcher) drawn between the two images, raw versus verified inliers; the same pair
+matched by two methods side by side (:func:`backend.matchers.compare.compare_pair`); a sortable table of matches and
+inliers per pair."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 import app_common as ui
-from backend import jobs, runview, viz
+from backend import jobs
+from backend.features import EXTRACTORS, extractor_class
+from backend.matchers import matchers_for
+from backend.matchers.compare import GEOMETRY, compare_pair
+from backend.views import runview, viz
 
 VIEWS = {
-    "raw": "Raw LightGlue matches (colour: confidence, purple low, yellow high)",
+    "raw": "Raw matches (colour: confidence, purple low, yellow high)",
     "verified": "Verified inliers (green) and rejected matches (red)",
     "inliers": "Verified inliers only",
 }
+DEFAULT_LEFT = ("aliked-n16", "lightglue")  # when the run's own method is not known
+DEFAULT_RIGHT = ("sift", "nn-ratio")
+COMPARE_KEEP = 4  # comparisons kept in the session (each holds two results and their drawings)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -66,11 +74,103 @@ def page() -> None:
     if view != "raw":
         text += f"; {n_inl} verified inliers" + (f", two-view geometry: {geom}" if geom else "")
     st.image(img, width="stretch", caption=text)
+    _compare_section(run_id, run_dir, state, pair, max_lines)
     st.subheader("All pairs")
     st.caption("Click a column header to sort. Pairs with fewer matches than the minimum are not verified.")
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={"inlier_ratio": st.column_config.ProgressColumn("inlier ratio", min_value=0,
                                                                                 max_value=1, format="%.2f")})
+
+
+
+def _run_method(state: dict) -> tuple[str, str]:
+    """The run's own features + matcher (from its config), or :data:`DEFAULT_LEFT`."""
+    cfg = (state.get("record") or {}).get("config") or {}
+    f = (cfg.get("features") or {}).get("name")
+    m = (cfg.get("matching") or {}).get("name")
+    if f in EXTRACTORS and m in matchers_for(f):
+        return f, m
+    return DEFAULT_LEFT
+
+
+def _run_sizes(state: dict) -> tuple[int, int]:
+    """The run's features ``resize`` and ``max_keypoints`` (the comparison uses the same), else the defaults."""
+    c = ((state.get("record") or {}).get("config") or {}).get("features") or {}
+    try:
+        return int(c.get("resize", 1024)), int(c.get("max_keypoints", 2048))
+    except (TypeError, ValueError):
+        return 1024, 2048
+
+
+def _pick_method(col, side: str, default: tuple[str, str]) -> tuple[str, str]:
+    feats = list(EXTRACTORS)
+    f = col.selectbox("Features", feats, index=feats.index(default[0]), key=f"cmp_feat_{side}")
+    ms = matchers_for(f)
+    want = default[1] if f == default[0] else extractor_class(f).default_matcher
+    # the key names the features, so that the matcher list (and its default) follows the features chosen
+    m = col.selectbox("Matcher", ms, index=ms.index(want) if want in ms else 0, key=f"cmp_match_{side}_{f}")
+    return f, m
+
+
+def _error_text(e: Exception) -> str:
+    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    return ui.md_escape(jobs.scrub_paths(msg))
+
+
+def _compare_caption(res: dict, max_lines: int) -> str:
+    c, s = res["counts"], res["seconds"]
+    text = (f"{ui.md_escape(res['features'])} + {ui.md_escape(res['matcher'])}: {c['matches']} matches, "
+            f"{c['inliers']} inliers (two-view: {GEOMETRY}), extraction {s['extraction']:.2f} s, "
+            f"matching {s['matching']:.2f} s")
+    if all(res["reused"].values()):
+        text += " (cached)"
+    if c["matches"] > max_lines:
+        text += f"; a random {max_lines} of the matches drawn"
+    return text
+
+
+def _compare_section(run_id: str, run_dir, state: dict, pair: tuple[str, str], max_lines: int) -> None:
+    """Two methods on the selected pair, side by side; results kept in the session per (run, pair, methods)."""
+    st.subheader("Compare two methods on this pair")
+    resize, max_kp = _run_sizes(state)
+    st.caption(f"Both methods extract at most {max_kp} keypoints at {resize} px (as this run), with their default "
+               "options; their matches are verified with a fundamental matrix (OpenCV MAGSAC). Verified inliers are "
+               "green, rejected matches red.")
+    cols = st.columns(2)
+    methods = (_pick_method(cols[0], "left", _run_method(state)), _pick_method(cols[1], "right", DEFAULT_RIGHT))
+    store: dict = st.session_state.setdefault("match_compare", {})
+    key = (run_id, tuple(pair), methods, resize, max_kp)
+    if st.button("Compare", key="cmp_go"):
+        entry = {"results": [], "drawings": {}}
+        with st.spinner(f"Matching the pair with {methods[0][0]} + {methods[0][1]} and "
+                        f"{methods[1][0]} + {methods[1][1]}..."):
+            for f, m in methods:
+                try:
+                    entry["results"].append(compare_pair(run_dir, pair[0], pair[1], f, m, resize=resize,
+                                                         max_keypoints=max_kp))
+                except Exception as e:  # noqa: BLE001 - shown to the user, never a traceback
+                    entry["results"].append({"error": _error_text(e)})
+        store.pop(key, None)
+        store[key] = entry
+        while len(store) > COMPARE_KEEP:
+            store.pop(next(iter(store)))
+    entry = store.get(key)
+    if entry is None:
+        st.caption("Choose two methods and press Compare.")
+        return
+    cols = st.columns(2)
+    for i, (col, res) in enumerate(zip(cols, entry["results"])):
+        if "error" in res:
+            col.error(f"{ui.md_escape(methods[i][0])} + {ui.md_escape(methods[i][1])} could not match this pair: "
+                      f"{res['error']}")
+            continue
+        dkey = (i, max_lines)
+        if dkey not in entry["drawings"]:
+            ia = viz.open_rgb(runview.image_path(run_dir, pair[0]))
+            ib = viz.open_rgb(runview.image_path(run_dir, pair[1]))
+            entry["drawings"][dkey] = viz.draw_matches(ia, ib, res["keypoints0"], res["keypoints1"], res["matches"],
+                                                       inliers=res["inliers"], height=400, max_lines=max_lines)
+        col.image(entry["drawings"][dkey], width="stretch", caption=_compare_caption(res, max_lines))
 
 
 page()

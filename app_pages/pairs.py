@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 import app_common as ui
-from backend import jobs, runview, viz
+from backend import jobs
+from backend.views import runview, viz
 
 
 @ui.guarded

@@ -6,7 +6,9 @@ from __future__ import annotations
 import streamlit as st
 
 import app_common as ui
-from backend import jobs, pointcloud, runview, viz
+from backend import jobs
+from backend.io import pointcloud
+from backend.views import runview, viz
 
 DOWNLOADS = [
     ("poses.csv", "poses.csv", "text/csv", "IMC convention: image_name, rotation_matrix (world-to-camera), "
@@ -86,6 +88,12 @@ def page() -> None:
     if unregistered:
         st.caption(f"Not registered in this model ({len(unregistered)}): "
                    + ", ".join(ui.md_escape(n) for n in unregistered))
+    rescued = models[[m["model"] for m in models].index(k)].get("focal_rescued") or []
+    if rescued:
+        st.info(f"Focal length put back ({len(rescued)}): " + "; ".join(
+            f"{ui.md_escape(r['image'])}: {r['focal_px_was']:.0f} px after mapping, held at its prior "
+            f"{r['focal_px_prior']:.0f} px ({r['inliers']} inliers)" for r in rescued)
+            + ". Bundle adjustment had traded focal length for depth on a camera seen through few points.")
     dereg = models[[m["model"] for m in models].index(k)].get("deregistered") or []
     if dereg:
         st.warning(f"De-registered before the exports ({len(dereg)}), so they are not in poses.csv, the model or the "

@@ -1,7 +1,10 @@
 """SfM Explorer backend: all computer vision lives here (never imports streamlit).
 
-Stages, one module each: :mod:`.images`, :mod:`.retrieval`, :mod:`.features`, :mod:`.matching`,
-:mod:`.reconstruction`, :mod:`.export`, :mod:`.evaluate`; :mod:`.pipeline` runs them over a run folder.
+One package per stage family, in pipeline order: :mod:`.io` (images, uploads, h5 stores, weights, exports),
+:mod:`.retrieval` (pairs), :mod:`.features` (extractors behind one registry), :mod:`.matchers` (matchers behind
+one registry), :mod:`.mapping` (verification and pycolmap mapping), :mod:`.evaluation` (the official IMC metric).
+:mod:`.pipeline` declares the stages and runs them over a run folder (the interface between everything);
+:mod:`.jobs` runs pipelines in the background for the app; :mod:`.views` is what the pages read and draw.
 """
 
 import os as _os

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from .config import MAPPERS
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -58,8 +60,14 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exhaustive-below", type=int, help="match all pairs when there are at most this many images")
     p.add_argument("--resize", type=int, help="features: long side in px")
     p.add_argument("--max-keypoints", type=int, help="features: keypoints per image")
-    p.add_argument("--aliked", choices=["aliked-n16", "aliked-n16rot"], help="ALIKED variant")
+    p.add_argument("--features", help="local features: aliked-n16 | aliked-n16rot | aliked-n32 | aliked-t16 | disk | "
+                   "xfeat | sift | orb | akaze (default: the preset's)")
+    p.add_argument("--matcher", help="lightglue (ALIKED, DISK) | lighterglue (XFeat) | nn-ratio (any) | adalam (any); default: the "
+                   "preset's, or the features' own when the preset's cannot match them")
+    p.add_argument("--border", type=int, help="features: drop keypoints within this many px of the image edge")
     p.add_argument("--camera-mode", choices=["per_image", "shared", "auto"], help="one camera per image or shared")
+    p.add_argument("--mapper", choices=MAPPERS,
+                   help="incremental (COLMAP, default) or global (GLOMAP: rotation averaging, then positions)")
     p.add_argument("--min-matches", type=int, help="pairs with fewer matches are not used")
     p.add_argument("--background", choices=["white", "black"], help="background for transparent images")
 
@@ -72,7 +80,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .images import InputError
+    from .io.images import InputError
     from .pipeline import Pipeline, PipelineError, RunOptions
 
     images_dir = Path(args.images_dir)
@@ -108,6 +116,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         print(f"    skipped {f}")
     fb = f" (fallback: {s['retrieval_fallback']})" if s.get("retrieval_fallback") else ""
     print(f"  pairs: {s.get('pairs')} from {s.get('retrieval_model')}{fb}")
+    print(f"  features: {cfg.features.name}  matcher: {cfg.matching.name}  mapper: {cfg.mapping.mapper}")
     print(f"  keypoints: {s.get('keypoints')}  matches: {s.get('matches')}  inliers: {s.get('inliers')}")
     mre = s.get("mean_reprojection_error")
     mtl = s.get("mean_track_length")
@@ -120,7 +129,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     print(f"  outputs: {run_dir / 'poses.csv'}, {run_dir / 'poses_imc2024.csv'}, {run_dir / 'points.ply'}, "
           f"{run_dir / 'sparse'}/0 (COLMAP), {run_dir / 'model.zip'}, {run_dir / 'run.json'}")
     if args.gt:
-        from .evaluate import evaluate_files
+        from .evaluation.imc_metric import evaluate_files
 
         thresholds = args.thresholds or str(Path(args.gt).parent / "thresholds.txt")
         try:
@@ -137,7 +146,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_files
+    from .evaluation.imc_metric import evaluate_files
 
     try:
         res = evaluate_files(args.gt, args.pred, args.thresholds)

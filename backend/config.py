@@ -42,23 +42,32 @@ class RetrievalConfig:
 
 @dataclass
 class FeaturesConfig:
-    """ALIKED keypoints and descriptors (Zhao et al. 2023), through ``kornia.feature.ALIKED``."""
+    """Local features: extractor ``name`` from :data:`backend.features.EXTRACTORS` (ALIKED, DISK, XFeat, SIFT,
+    ORB, AKAZE). ``options`` override the method's own ``default_conf`` (e.g. ``{"detection_threshold": 0.2}``)."""
 
-    model: str = "aliked-n16"  # or "aliked-n16rot"
+    name: str = "aliked-n16"
     resize: int = 1024  # long side in px; images are never upscaled
     max_keypoints: int = 2048
-    detection_threshold: float = 0.01
-    nms_radius: int = 2
+    border: int = 0  # px of the original image: keypoints closer to the edge are dropped (0: keep all)
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
 class MatchingConfig:
-    """LightGlue (Lindenberger et al. 2023) on the selected pairs, through ``kornia.feature.LightGlue``."""
+    """Matcher ``name`` from :data:`backend.matchers.MATCHERS` on the selected pairs. The LightGlue options apply
+    to ``lightglue`` and ``lighterglue``, ``ratio`` to ``nn-ratio``; ``options`` override any method's
+    ``default_conf``."""
 
-    depth_confidence: float = 0.95  # early stopping (adaptive depth); -1 disables
-    width_confidence: float = 0.99  # point pruning (adaptive width); -1 disables
-    filter_threshold: float = 0.1
+    name: str = "lightglue"
+    depth_confidence: float = 0.95  # LightGlue: early stopping (adaptive depth); -1 disables
+    width_confidence: float = 0.99  # LightGlue: point pruning (adaptive width); -1 disables
+    filter_threshold: float = 0.1  # LightGlue: minimum match confidence
+    ratio: float = 0.8  # nn-ratio: Lowe's ratio test
     min_matches: int = 15  # pairs with fewer matches are not written to the database
+    options: dict = field(default_factory=dict)
+
+
+MAPPERS = ("incremental", "global")  # MappingConfig.mapper; the CLI and the app list these
 
 
 @dataclass
@@ -68,8 +77,12 @@ class MappingConfig:
     # "auto": one camera per image, then one shared camera for each same-size group whose refined focal lengths
     # agree (a second mapping pass); "per_image"; "shared" (one camera for all; needs one image size)
     camera_mode: str = "auto"
+    # "incremental": COLMAP's incremental mapper; "global": GLOMAP (Pan et al., "Global Structure-from-Motion
+    # Revisited", ECCV 2024), merged into COLMAP 4 as pycolmap.global_mapping
+    mapper: str = "incremental"  # one of MAPPERS
     camera_model: str = "SIMPLE_RADIAL"
     ransac_max_error: float = 4.0  # px, two-view geometry
+    ransac_max_trials: int = 20000  # RANSAC iterations per pair at most (a pair of unrelated photos uses them all)
     min_num_inliers: int = 15
     min_model_size: int = 3
     refine_focal_length: bool = True
@@ -77,6 +90,10 @@ class MappingConfig:
     num_threads: int = -1  # -1: all cores
     random_seed: int = 0
     max_runtime_seconds: float = -1
+    # incremental mapping's global bundle adjustment runs when the model has grown by this factor (COLMAP: 1.1)
+    ba_global_ratio: float = 1.1
+    ba_ignore_redundant_points: bool = False  # COLMAP's option to leave well-constrained points out of global BA
+    final_ba_iterations: int = 100  # solver iterations of the last global bundle adjustment (Ceres' default)
 
 
 @dataclass
@@ -108,6 +125,7 @@ class PipelineConfig:
             if not hasattr(cfg, section):
                 raise ValueError(f"unknown config section {section!r}")
             sub = getattr(cfg, section)
+            values = _upgrade(section, dict(values))
             for k, v in values.items():
                 if not hasattr(sub, k):
                     raise ValueError(f"unknown config key {section}.{k}")
@@ -120,6 +138,18 @@ class PipelineConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _upgrade(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Read the config of a run made before the extractor registry (``features.model`` and ALIKED's own
+    thresholds as stage options)."""
+    if section == "features":
+        if "model" in values:
+            values.setdefault("name", values.pop("model"))
+        extra = {k: values.pop(k) for k in ("detection_threshold", "nms_radius") if k in values}
+        if extra:
+            values["options"] = {**extra, **values.get("options", {})}
+    return values
+
+
 def _preset(name: str, **sections: dict[str, Any]) -> PipelineConfig:
     d: dict[str, Any] = {"preset": name}
     d.update(sections)
@@ -127,16 +157,26 @@ def _preset(name: str, **sections: dict[str, Any]) -> PipelineConfig:
 
 
 PRESETS: dict[str, PipelineConfig] = {
-    # fast: 8 retrieved neighbours per image, 1024 keypoints at 640 px (LightGlue costs ~0.35 s per pair on 2 CPU
-    # cores at 1k keypoints, ~4x that at 2k). Fewer neighbours fold symmetric objects: lego gave mAA 0.55 / 0.62 /
-    # 0.98 with 6 / 7 / 8 (see bench/NOTES.md)
+    # fast: XFeat + mutual nearest neighbours with the ratio test, 2048 keypoints at 1024 px, 8 retrieved
+    # neighbours per image (global descriptor at 320 px). Measured on temple at 1024 keypoints / 640 px (bench/RESULTS.md, per method): XFeat
+    # 0.07 s per image and the ratio-test matcher 0.01 s per pair, against ALIKED 0.7 s and LightGlue 0.5 s, at the
+    # same mAA (1.000); 1024 keypoints at 640 px registered 2 of 5 internet photos of reichstag, 2048 at 1024 px all
+    # five. Fewer neighbours fold symmetric objects: lego gave mAA 0.55 / 0.62 / 0.98 with 6 / 7 / 8
+    # (bench/NOTES.md). The LightGlue options apply when --matcher lightglue is chosen with this preset.
     "fast": _preset(
         "fast",
-        retrieval={"num_neighbors": 8, "exhaustive_below": 6},
-        features={"resize": 640, "max_keypoints": 1024},
-        matching={"depth_confidence": 0.9, "width_confidence": 0.95},
+        retrieval={"num_neighbors": 8, "exhaustive_below": 6, "resize": 320},
+        features={"name": "xfeat", "resize": 1024, "max_keypoints": 2048},
+        # ratio 0.9, not Lowe's 0.8: with 0.8 XFeat kept too few matches on lego (21 of 50 registered) and fox split
+        # in two models (38 + 13); with 0.9 both register all 50 (bench/NOTES.md)
+        matching={"name": "nn-ratio", "ratio": 0.9, "depth_confidence": 0.9, "width_confidence": 0.95},
+        # global BA after 40 % growth instead of 10 %, without redundant points: 2.6 -> 1.7 s of mapping on temple,
+        # same registered images (bench/NOTES.md)
+        mapping={"ba_global_ratio": 1.4, "ba_ignore_redundant_points": True, "final_ba_iterations": 25},
     ),
     # balanced: all pairs up to 10 images, else 8 retrieved neighbours per image; 2048 keypoints at 1024 px
+    # balanced: ALIKED + LightGlue. ALIKED + the ratio-test matcher at the same budget registered 4 of 16 church
+    # photos (mAA 0.077) against LightGlue's 15 (0.385)
     "balanced": _preset("balanced", retrieval={"num_neighbors": 8, "exhaustive_below": 10}),
     "accurate": _preset(
         "accurate",
@@ -164,19 +204,23 @@ def get_preset(name: str) -> PipelineConfig:
 # The user-facing overrides (CLI flags and the app's advanced options): name -> (section, key, check, message).
 _CHOICES = {
     "retrieval_model": ("auto", "dinov2-small", "dinov2-base", "efficientnet-lite0"),
-    "aliked": ("aliked-n16", "aliked-n16rot"),
     "camera_mode": ("per_image", "shared", "auto"),
+    "mapper": MAPPERS,
     "background": ("white", "black"),
 }
-_MINIMA = {"num_neighbors": 1, "exhaustive_below": 0, "resize": 64, "max_keypoints": 64, "min_matches": 1}
+_MINIMA = {"num_neighbors": 1, "exhaustive_below": 0, "resize": 64, "max_keypoints": 64, "min_matches": 1,
+           "border": 0}
 OVERRIDES: dict[str, tuple[str, str]] = {
     "retrieval_model": ("retrieval", "model"),
     "num_neighbors": ("retrieval", "num_neighbors"),
     "exhaustive_below": ("retrieval", "exhaustive_below"),
     "resize": ("features", "resize"),
     "max_keypoints": ("features", "max_keypoints"),
-    "aliked": ("features", "model"),
+    "features": ("features", "name"),
+    "matcher": ("matching", "name"),
+    "border": ("features", "border"),
     "camera_mode": ("mapping", "camera_mode"),
+    "mapper": ("mapping", "mapper"),
     "min_matches": ("matching", "min_matches"),
     "background": ("images", "background"),
 }
@@ -186,21 +230,33 @@ def apply_overrides(cfg: PipelineConfig, **overrides: Any) -> PipelineConfig:
     """Set the user-facing options of :data:`OVERRIDES` on ``cfg`` (in place; ``None`` keeps the preset's value)
     and return it. Shared by the CLI flags and the app's advanced options.
 
+    Naming ``features`` without ``matcher`` picks the extractor's own matcher (e.g. ``nn-ratio`` for SIFT) when
+    the preset's cannot match it.
+
     Raises:
-        ValueError: an unknown option, a value not among the choices, or a number below its minimum
-            (e.g. ``resize`` < 64 px).
+        ValueError: an unknown option, a value not among the choices, a number below its minimum
+            (e.g. ``resize`` < 64 px), unknown features or matcher, or a combination that cannot work (the message
+            names the ones that can).
     """
+    from .features import EXTRACTORS, extractor_class
+    from .matchers import MATCHERS, check_combination, matchers_for
+
+    choices = {**_CHOICES, "features": tuple(EXTRACTORS), "matcher": tuple(MATCHERS)}
     for name, value in overrides.items():
         if value is None:
             continue
         if name not in OVERRIDES:
             raise ValueError(f"unknown option {name!r}; known: {', '.join(OVERRIDES)}")
-        if name in _CHOICES and value not in _CHOICES[name]:
-            raise ValueError(f"unknown {name.replace('_', ' ')} {value!r}; choose one of {', '.join(_CHOICES[name])}")
+        if name in choices and value not in choices[name]:
+            raise ValueError(f"unknown {name.replace('_', ' ')} {value!r}; choose one of {', '.join(choices[name])}")
         if name in _MINIMA:
             value = int(value)
             if value < _MINIMA[name]:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least {_MINIMA[name]}")
         section, key = OVERRIDES[name]
         setattr(getattr(cfg, section), key, value)
+    if overrides.get("features") is not None and overrides.get("matcher") is None \
+            and cfg.matching.name not in matchers_for(cfg.features.name):
+        cfg.matching.name = extractor_class(cfg.features.name).default_matcher
+    check_combination(cfg.features.name, cfg.matching.name)
     return cfg

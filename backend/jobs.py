@@ -47,10 +47,10 @@ _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 STAGE_TITLES = {
     "images": "Images",
     "retrieval": "Pairs (retrieval)",
-    "features": "Features (ALIKED)",
-    "matching": "Matches (LightGlue)",
+    "features": "Features",
+    "matching": "Matches",
     "verification": "Verification (two-view geometry)",
-    "mapping": "Mapping (incremental SfM)",
+    "mapping": "Mapping (SfM)",
     "exports": "Exports",
 }
 
@@ -99,16 +99,17 @@ def run_exists(run_id: str) -> bool:
 # ---- configuration from the app's options ----------------------------------------------------------------------
 
 def build_config(preset: str = "balanced", *, retrieval_model: str | None = None, num_neighbors: int | None = None,
-                 resize: int | None = None, max_keypoints: int | None = None, aliked: str | None = None,
-                 camera_mode: str | None = None, min_matches: int | None = None) -> PipelineConfig:
+                 resize: int | None = None, max_keypoints: int | None = None, features: str | None = None,
+                 matcher: str | None = None, camera_mode: str | None = None,
+                 min_matches: int | None = None, mapper: str | None = None) -> PipelineConfig:
     """The config of ``preset`` with the app's advanced options applied (None keeps the preset's value).
 
     Raises:
-        ValueError: unknown preset or an option out of range.
+        ValueError: unknown preset, an option out of range, or features and matcher that cannot work together.
     """
     return apply_overrides(get_preset(preset), retrieval_model=retrieval_model, num_neighbors=num_neighbors,
-                           resize=resize, max_keypoints=max_keypoints, aliked=aliked, camera_mode=camera_mode,
-                           min_matches=min_matches)
+                           resize=resize, max_keypoints=max_keypoints, features=features, matcher=matcher,
+                           camera_mode=camera_mode, min_matches=min_matches, mapper=mapper)
 
 
 # ---- progress.json ---------------------------------------------------------------------------------------------

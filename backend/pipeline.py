@@ -8,7 +8,7 @@ recomputed, so a crashed or cancelled run resumes where it stopped.
 The hashes chain the *content* of the inputs: images (the sha256 of every photo's bytes and the images config)
 -> retrieval and features -> matching -> verification (with the mapping config) -> mapping -> exports. Within a
 stage, ``features.h5`` and ``matches.h5`` reuse an image's or a pair's entry only when it carries the content key
-it would get now (see :mod:`backend.h5cache`); ``force`` recomputes every stage and every entry.
+it would get now (see :mod:`backend.io.h5cache`); ``force`` recomputes every stage and every entry.
 """
 
 from __future__ import annotations
@@ -131,6 +131,9 @@ class Pipeline:
 
     def __init__(self, options: RunOptions, config: PipelineConfig, progress: Progress | None = None,
                  cancel: threading.Event | None = None):
+        from .matchers import check_combination
+
+        check_combination(config.features.name, config.matching.name)  # ValueError naming what can work
         self.opt = options
         self.cfg = config
         self.progress = progress or (lambda *a: None)
@@ -149,7 +152,7 @@ class Pipeline:
             _write_json_atomic(self.run_dir / RUN_JSON, self.record)
 
     def _init_record(self):
-        from .weights import checksums
+        from .io.weights import checksums
 
         r = self.record
         r.setdefault("run_id", self.run_dir.name)
@@ -163,7 +166,8 @@ class Pipeline:
 
         r["device"] = "cuda" if torch.cuda.is_available() else "cpu"
         r["cpu_count"] = os.cpu_count()
-        names = [self.cfg.features.model, "aliked-lightglue", "efficientnet-lite0", "dinov2-small", "dinov2-base"]
+        fw, mw = self._method_weights()
+        names = [*fw, *mw, "efficientnet-lite0", "dinov2-small", "dinov2-base"]
         r["weights"] = checksums(names)
         r.setdefault("stages", {})
         r.setdefault("summary", {})
@@ -175,7 +179,7 @@ class Pipeline:
         the same name, size and modification time changes it), and name and size of the other files (they are
         only listed as skipped). Computed once per :class:`Pipeline` (a few seconds for 500 photos of 5 MB)."""
         if self._fingerprint is None:
-            from .images import SUPPORTED_EXTENSIONS, file_sha256
+            from .io.images import SUPPORTED_EXTENSIONS, file_sha256
 
             d = Path(self.opt.images_dir)
             items = []
@@ -189,9 +193,21 @@ class Pipeline:
             self._fingerprint = _hash(items)
         return self._fingerprint
 
+    def _method_weights(self) -> tuple[list[str], list[str]]:
+        """Manifest names of the weights the configured extractor and matcher load."""
+        from .features import extractor_class, extractor_conf
+        from .features.extract import method_options as feature_options
+        from .matchers import matcher_class, matcher_conf
+        from .matchers.match import method_options as match_options
+
+        f, m = self.cfg.features, self.cfg.matching
+        fw = extractor_class(f.name).weight_names(extractor_conf(f.name, **feature_options(f)))
+        mw = matcher_class(m.name).weight_names(matcher_conf(m.name, **match_options(m)), f.name)
+        return fw, mw
+
     def _weights(self, *names: str) -> dict[str, str]:
         """sha256 per installed weight of ``names`` (as in ``run.json``), read once per :class:`Pipeline`."""
-        from .weights import checksums
+        from .io.weights import checksums
 
         if names not in self._weight_sums:
             self._weight_sums[names] = checksums(list(names))
@@ -204,9 +220,9 @@ class Pipeline:
         h = {"images": _hash(self._input_fingerprint(), c.stage_hash("images"))}
         h["retrieval"] = _hash(h["images"], c.stage_hash("retrieval"),
                                self._weights("dinov2-small", "dinov2-base", "efficientnet-lite0"))
-        h["features"] = _hash(h["images"], c.stage_hash("features"), self._weights(c.features.model))
-        h["matching"] = _hash(h["retrieval"], h["features"], c.stage_hash("matching"),
-                              self._weights("aliked-lightglue"))
+        fw, mw = self._method_weights()
+        h["features"] = _hash(h["images"], c.stage_hash("features"), self._weights(*fw))
+        h["matching"] = _hash(h["retrieval"], h["features"], c.stage_hash("matching"), self._weights(*mw))
         h["verification"] = _hash(h["matching"], c.stage_hash("mapping"))
         h["mapping"] = _hash(h["verification"])
         h["exports"] = _hash(h["mapping"], self.record.get("dataset"), self.record.get("scene"))
@@ -218,24 +234,24 @@ class Pipeline:
 
     # ---- stages ---------------------------------------------------------------------------------------------
     def _names(self) -> list[str]:
-        from .images import load_images_json
+        from .io.images import load_images_json
 
         return [i["name"] for i in load_images_json(self.run_dir)["images"]]
 
     def _stage_images(self, report):
-        from .images import run_images
+        from .io.images import run_images
 
         res = run_images(self.opt.images_dir, self.run_dir, self.cfg.images, lambda d, t, m: report(d, t, m))
         return {"images": len(res["images"]), "skipped": len(res["skipped"]),
                 "skipped_files": [f"{s['name']}: {s['reason']}" for s in res["skipped"]]}
 
     def _stage_retrieval(self, report):
-        from .retrieval import run_retrieval
+        from .retrieval.global_descriptors import run_retrieval
 
         return run_retrieval(self.run_dir, self._names(), self.cfg.retrieval, report, self.cancel)
 
     def _stage_features(self, report):
-        from .features import run_features
+        from .features.extract import run_features
 
         # the images options that decide pixels (RGBA composited onto the background) are part of every entry's key
         decode = {"background": self.cfg.images.background}
@@ -243,16 +259,16 @@ class Pipeline:
                             force=self._force)
 
     def _stage_matching(self, report):
-        from .matching import run_matching
-        from .retrieval import read_pairs
+        from .matchers.match import run_matching
+        from .retrieval.global_descriptors import read_pairs
 
         pairs = [(a, b) for a, b, _ in read_pairs(self.run_dir)]
         return run_matching(self.run_dir, pairs, self.cfg.matching, report, self.cancel, force=self._force)
 
     def _child(self, stages: list[str]):
-        from .images import load_images_json
-        from .reconstruction import run_in_child
-        from .retrieval import read_pairs
+        from .io.images import load_images_json
+        from .mapping.reconstruction import run_in_child
+        from .retrieval.global_descriptors import read_pairs
 
         images = {i["name"]: i for i in load_images_json(self.run_dir)["images"]}
         pairs = [(a, b) for a, b, _ in read_pairs(self.run_dir)]
@@ -285,12 +301,13 @@ class Pipeline:
             "mean_track_length": best.get("mean_track_length"),
             "model_sizes": [m["registered_images"] for m in models],
             "deregistered": best.get("deregistered", []),
+            "focal_rescued": best.get("focal_rescued", []),
             "cameras": res.get("cameras"),
             "child_peak_rss_mb": res.get("child_peak_rss_mb"),
         }
 
     def _stage_exports(self, report):
-        from .export import run_exports
+        from .io.export import run_exports
 
         return run_exports(self.run_dir, self._names(), self.record["dataset"], self.record["scene"])
 

@@ -54,8 +54,17 @@ def run_tree(cmd: list[str], timeout: float) -> tuple[int, float, float, str]:
     return p.returncode, time.perf_counter() - t0, peak, "".join(out_chunks)[-2000:]
 
 
+def scene_dir(scene: str) -> Path:
+    """The folder of ``scene``: ``DATA/<scene>``, or for ``<scene>@internet-s<seed>`` the internet-photo variant
+    of :mod:`bench.internet` (made on first use)."""
+    from .internet import make_variant, parse_variant
+
+    v = parse_variant(scene)
+    return make_variant(*v) if v else DATA / scene
+
+
 def images_of(scene: str) -> Path:
-    return DATA / scene / "images"
+    return scene_dir(scene) / "images"
 
 
 def subset_dir(scene: str, n: int, root: Path) -> Path:
@@ -70,10 +79,10 @@ def subset_dir(scene: str, n: int, root: Path) -> Path:
 
 
 def evaluate(scene: str, poses: Path) -> dict:
-    from backend.evaluate import evaluate_files
+    from backend.evaluation.imc_metric import evaluate_files
 
     try:
-        return evaluate_files(DATA / scene / "gt.csv", poses, DATA / scene / "thresholds.txt").to_dict()
+        return evaluate_files(scene_dir(scene) / "gt.csv", poses, scene_dir(scene) / "thresholds.txt").to_dict()
     except (OSError, ValueError) as e:
         return {"mAA": 0.0, "accuracy_all_thresholds": 0.0, "error": str(e)}
 
@@ -105,14 +114,27 @@ def estimate_unfinished(run_dir: Path, wall: float) -> dict:
 def run_config(scene: str, config: str, out: Path, images: Path | None = None, timeout: float = 3600) -> dict:
     """One (scene, configuration) measurement."""
     images = images or images_of(scene)
-    run_dir = out / "runs" / f"{images.name if images.name != 'images' else scene}__{config}"
+    folder = images.name if images.name != "images" else scene.replace("@", "_")
+    run_dir = out / "runs" / f"{folder}__{config.replace('/', '_').replace('@', '_').replace(':', '_')}"
     if config == "colmap-sift":
         cmd = [sys.executable, "-m", "bench.colmap_sift", str(images), str(run_dir), "--max-image-size", "1024"]
     else:
         if run_dir.exists():
             shutil.rmtree(run_dir)
+        # "fast/sift+nn-ratio@640x1024": a preset with other features + matcher, optionally at another resize (px)
+        # and keypoint budget
+        # "fast:global": a preset with the global mapper
+        preset, _, method = config.partition("/")
+        preset, _, mapper = preset.partition(":")
+        method, _, budget = method.partition("@")
         cmd = [sys.executable, "-m", "backend", "reconstruct", str(images), "--out", str(run_dir),
-               "--preset", config, "--quiet"]
+               "--preset", preset, "--quiet"] + (["--mapper", mapper] if mapper else [])
+        if method:
+            features, _, matcher = method.partition("+")
+            cmd += ["--features", features] + (["--matcher", matcher] if matcher else [])
+        if budget:
+            resize, _, kp = budget.partition("x")
+            cmd += ["--resize", resize, "--max-keypoints", kp]
     code, wall, peak, err = run_tree(cmd, timeout)
     row = {"scene": scene, "config": config, "exit_code": code, "wall_seconds": round(wall, 2),
            "peak_rss_mb": round(peak, 1), "n_images": len(list(images.iterdir()))}
@@ -139,7 +161,14 @@ def run_config(scene: str, config: str, out: Path, images: Path | None = None, t
         row["pairs"] = s.get("pairs")
         row["keypoints_mean"] = s.get("keypoints_mean")
         row["retrieval_model"] = s.get("retrieval_model")
-    if (run_dir / "poses.csv").exists() and (DATA / scene / "gt.csv").exists():
+        cfg = rec.get("config", {})
+        row["features"] = cfg.get("features", {}).get("name")
+        row["resize"] = cfg.get("features", {}).get("resize")
+        row["max_keypoints"] = cfg.get("features", {}).get("max_keypoints")
+        row["matcher"] = cfg.get("matching", {}).get("name")
+        row["seconds_per_image"] = st.get("features", {}).get("counts", {}).get("seconds_per_image")
+        row["seconds_per_pair"] = st.get("matching", {}).get("counts", {}).get("seconds_per_pair")
+    if (run_dir / "poses.csv").exists() and (scene_dir(scene) / "gt.csv").exists():
         ev = evaluate(scene, run_dir / "poses.csv")
         row["mAA"] = round(ev["mAA"], 4)  # the official IMC 2025 mAA
         row["accuracy_all_thresholds"] = round(ev.get("accuracy_all_thresholds", 0.0), 4)  # not the mAA
@@ -149,6 +178,19 @@ def run_config(scene: str, config: str, out: Path, images: Path | None = None, t
           f"{row['wall_seconds']:.1f} s  {row['peak_rss_mb']:.0f} MB" + (f"  ERROR {row.get('error')}" if code else ""),
           flush=True)
     return row
+
+
+def machine() -> dict:
+    """CPU cores, memory (GB) and, where CUDA is present, the GPU's name with the torch and CUDA versions."""
+    m = {"cpu_count": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30)}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            m.update(gpu=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda)
+    except ImportError:
+        pass
+    return m
 
 
 def main(argv=None) -> int:
@@ -171,6 +213,7 @@ def main(argv=None) -> int:
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"rows": [], "scaling": []}
     if not a.report_only:
+        results["machine"] = machine()  # first, so that a run stopped half-way still names its machine
         for scene in [x for x in a.scenes.split(",") if x]:
             for config in [x for x in a.configs.split(",") if x]:
                 row = run_config(scene, config, out,
@@ -188,7 +231,6 @@ def main(argv=None) -> int:
                                           if (r["subset"], r["config"]) != (n, config)]
                     results["scaling"].append(row)
                     results_path.write_text(json.dumps(results, indent=1))
-        results["machine"] = {"cpu_count": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30)}
         results_path.write_text(json.dumps(results, indent=1))
     from .report import write_report
 

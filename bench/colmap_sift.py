@@ -21,8 +21,8 @@ from pathlib import Path
 def main(argv=None) -> int:
     import pycolmap
 
-    from backend.export import model_poses, write_poses_csv
-    from backend.reconstruction import no_colmap_log_files
+    from backend.io.export import model_poses, write_poses_csv
+    from backend.mapping.reconstruction import no_colmap_log_files
 
     ap = argparse.ArgumentParser()
     ap.add_argument("images_dir")

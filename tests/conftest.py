@@ -25,6 +25,13 @@ def scene_dir(name: str) -> Path:
     return d
 
 
+# The fast preset's pairs and mapping with ALIKED + LightGlue at 1024 keypoints and 640 px (the fast preset before it
+# moved to XFeat): tests that need a handful of internet photos to reconstruct reliably use it. XFeat + the ratio
+# test finds no initial pair among the first four reichstag photos (every pair under 100 inliers).
+ALIKED_FAST = ("--preset", "fast", "--features", "aliked-n16", "--matcher", "lightglue", "--resize", "640",
+               "--max-keypoints", "1024")
+
+
 def run_cli(*args: str, timeout: float = 3000) -> subprocess.CompletedProcess:
     """``python -m backend ARGS`` in a subprocess from the repo root; output captured as text."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")

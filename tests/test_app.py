@@ -22,7 +22,9 @@ from PIL import Image
 
 from conftest import REPO, evaluate, run_cli, scene_dir
 
-from backend import jobs, pointcloud, uploads, viz
+from backend import jobs
+from backend.io import pointcloud, uploads
+from backend.views import viz
 from backend.config import get_preset
 
 APP = str(REPO / "streamlit_app.py")
@@ -109,17 +111,23 @@ def test_options_produce_the_config(app):
     app.number_input(key="opt_k_fast").set_value(4)
     app.number_input(key="opt_resize_fast").set_value(640)
     app.number_input(key="opt_kp_fast").set_value(512)
-    app.selectbox(key="opt_aliked_fast").set_value("aliked-n16rot")
+    app.selectbox(key="opt_features_fast").set_value("disk").run()
+    # the matcher box lists only what can match DISK features
+    assert app.selectbox(key="opt_matcher_fast_disk").options == ["lightglue", "nn-ratio", "adalam"]
+    app.selectbox(key="opt_matcher_fast_disk").set_value("nn-ratio")
     app.selectbox(key="opt_cam_fast").set_value("shared")
     app.number_input(key="opt_mm_fast").set_value(30)
+    app.selectbox(key="opt_mapper_fast").set_value("global")
     app.run()
     assert not app.exception
     cfg = app.session_state["pending_config"]
     assert cfg["preset"] == "fast"
     assert cfg["retrieval"]["model"] == "efficientnet-lite0" and cfg["retrieval"]["num_neighbors"] == 4
     assert cfg["features"] == {**get_preset("fast").to_dict()["features"], "resize": 640, "max_keypoints": 512,
-                               "model": "aliked-n16rot"}
+                               "name": "disk"}
+    assert cfg["matching"]["name"] == "nn-ratio"
     assert cfg["mapping"]["camera_mode"] == "shared" and cfg["matching"]["min_matches"] == 30
+    assert cfg["mapping"]["mapper"] == "global"
     # the other sections keep the preset's values
     assert cfg["matching"]["depth_confidence"] == get_preset("fast").matching.depth_confidence
 
@@ -145,11 +153,11 @@ def test_finished_run_shows_on_every_page(app, finished_run, page):
     assert not app.error, [e.value for e in app.error]
     text = _texts(app)
     expect = {
-        "home": ["finished", "Registered images"],
+        "home": ["finished", "Registered images", "features **xfeat**", "matcher **nn-ratio**"],
         "images": ["**5** images used", "05534141_6340060522.jpg"],
         "pairs": ["Global descriptor", "10** pairs selected"],
-        "features": ["keypoints in all"],
-        "matches": ["All pairs"],
+        "features": ["keypoints in all", "**xfeat**"],
+        "matches": ["All pairs", "Compare two methods on this pair"],
         "reconstruction": ["Registered images", "3D points", "Mean track length", "Mean reprojection error",
                            "Downloads"],
         "evaluate": ["mAA", "Ground truth and aligned prediction"],
@@ -704,7 +712,7 @@ def test_aligned_centres_recover_a_similarity():
         C = -Rg.T @ tg
         Cp = R.T @ (C - np.array([1.0, 2, 3])) / s
         pred[n] = (np.eye(3), -Cp)
-    from backend.evaluate import mean_average_accuracy
+    from backend.evaluation.imc_metric import mean_average_accuracy
 
     res = mean_average_accuracy(gt, pred, "0.005;0.01")
     names, g, p, inl = viz.aligned_centres(gt, pred, res.transforms[1], threshold=0.01)

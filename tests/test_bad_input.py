@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import run_cli, scene_dir
+from conftest import ALIKED_FAST, run_cli, scene_dir
 
 
 def test_corrupt_files_are_skipped_and_reported(tmp_path):
@@ -71,7 +71,7 @@ def test_pycolmap_abort_is_reported_and_earlier_stages_kept(tmp_path):
     out = tmp_path / "run"
     os.environ["SFM_FAULT_INJECT"] = "abort-mapping"
     try:
-        res = run_cli("reconstruct", str(images), "--out", str(out), "--preset", "fast", "--quiet")
+        res = run_cli("reconstruct", str(images), "--out", str(out), *ALIKED_FAST, "--quiet")
     finally:
         del os.environ["SFM_FAULT_INJECT"]
     assert res.returncode == 1
@@ -80,7 +80,7 @@ def test_pycolmap_abort_is_reported_and_earlier_stages_kept(tmp_path):
     assert [record["stages"][s]["status"] for s in ["features", "matching", "verification", "mapping"]] == \
         ["done", "done", "done", "failed"]
     features_mtime = (out / "features.h5").stat().st_mtime_ns
-    res = run_cli("reconstruct", str(images), "--out", str(out), "--preset", "fast", "--quiet")
+    res = run_cli("reconstruct", str(images), "--out", str(out), *ALIKED_FAST, "--quiet")
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "features.h5").stat().st_mtime_ns == features_mtime
     assert json.loads((out / "run.json").read_text())["summary"]["registered_images"] >= 3
@@ -117,7 +117,7 @@ def test_a_run_leaves_no_files_in_the_temp_folder(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TMPDIR=str(systmp))
     out = tmp_path / "run"
     res = subprocess.run([sys.executable, "-m", "backend", "reconstruct", str(images), "--out", str(out),
-                          "--preset", "fast", "--quiet"], cwd=REPO, env=env, capture_output=True, text=True,
+                          *ALIKED_FAST, "--quiet"], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(os.listdir(systmp)) == []

@@ -120,6 +120,14 @@ def test_upload_run_explore_download(server, browser, tmp_path):
             page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
         if key in ("images", "features", "matches"):
             page.locator('[data-testid="stImage"] img').first.wait_for()
+        if key == "matches":  # one pair by two methods side by side: the run's own (XFeat) and SIFT
+            _screenshot(page, "6a_matches_before_compare")
+            page.get_by_role("button", name="Compare").click()
+            page.locator('[data-testid="stImageCaption"]').filter(has_text="sift + nn-ratio").wait_for(
+                timeout=180_000)
+            page.locator('[data-testid="stImageCaption"]').filter(has_text="xfeat + nn-ratio").wait_for()
+            assert page.get_by_text(re.compile(r"sift \+ nn-ratio: \d+ matches, \d+ inliers")).count() >= 1
+            _settle(page)
         if key == "images":  # the text file was listed as skipped, with the reason
             page.get_by_text("unsupported file type '.txt'").first.wait_for(state="attached")
         if key == "evaluate":

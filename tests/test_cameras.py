@@ -1,10 +1,10 @@
-"""The automatic camera grouping of the mapping stage (backend.reconstruction: metadata_camera_groups, shared_camera_groups)."""
+"""The automatic camera grouping of the mapping stage (backend.mapping.reconstruction: metadata_camera_groups, shared_camera_groups)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from backend.reconstruction import metadata_camera_groups, shared_camera_groups
+from backend.mapping.reconstruction import metadata_camera_groups, shared_camera_groups
 
 
 def _rec(focals: dict[str, float | None]):

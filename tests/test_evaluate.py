@@ -1,4 +1,4 @@
-"""Tests of backend.evaluate: the official IMC 2025 metric against reference scores of the organisers' code
+"""Tests of backend.evaluation.imc_metric: the official IMC 2025 metric against reference scores of the organisers' code
 (../shared/data/_metric_fixtures), through the library and the CLI; the pose and threshold readers."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.evaluate import (
+from backend.evaluation.imc_metric import (
     ThresholdTable,
     camera_centers,
     evaluate_files,
@@ -151,7 +151,7 @@ def test_cli_bad_thresholds_exit_2(tmp_path):
 def test_unregistered_and_missing_images_are_failures():
     """Dropping images from a perfect prediction lowers the official mAA to (k - 3) / (n - 3), k kept of n."""
     gt = random_scene(20, seed=4)
-    from backend.evaluate import mean_average_accuracy
+    from backend.evaluation.imc_metric import mean_average_accuracy
 
     pred = {n: p for i, (n, p) in enumerate(gt.items()) if i not in (5, 11)}  # 2 missing
     pred["img_007.jpg"] = None  # 1 unregistered

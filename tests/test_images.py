@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend import images as images_mod
+from backend.io import images as images_mod
 from backend.config import ImagesConfig
-from backend.images import header_problem, load_rgb, run_images, validate_image
+from backend.io.images import header_problem, load_rgb, run_images, validate_image
 
 
 def _checker(w=64, h=48):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from backend.config import FeaturesConfig
-from backend.features import read_features, run_features
+from backend.features.extract import read_features, run_features
 from conftest import scene_dir
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from backend.config import RetrievalConfig
-from backend.retrieval import read_pairs, resolve_model, run_retrieval, select_pairs
-from backend.weights import manifest, weights_dir
+from backend.retrieval.global_descriptors import read_pairs, resolve_model, run_retrieval, select_pairs
+from backend.io.weights import manifest, weights_dir
 from conftest import scene_dir
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
-from .config import ImagesConfig
+from ..config import ImagesConfig
 
 try:  # HEIC/HEIF (iPhone photos); pinned in requirements.txt
     import pillow_heif

@@ -14,7 +14,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SETUP_HINT = "bash setup/setup.sh   (or: .venv/bin/python setup/fetch_weights.py)"
 
 

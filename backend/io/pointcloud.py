@@ -3,7 +3,7 @@ offscreen-rendered preview.
 
 Open3D's ``OffscreenRenderer`` may exist once per process (its Filament engine cannot be re-created), and it can
 crash the process where no graphics driver works, so :func:`render_png` always renders in a fresh child process
-(``python -m backend.pointcloud render ...``) with a timeout, and raises :class:`RenderError` with a readable
+(``python -m backend.io.pointcloud render ...``) with a timeout, and raises :class:`RenderError` with a readable
 reason when that fails; callers then fall back to a plotly view. On Debian the headless renderer needs
 ``libvulkan1`` and ``mesa-vulkan-drivers`` (software Vulkan, llvmpipe) or a working EGL.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class RenderError(RuntimeError):
@@ -116,7 +116,7 @@ def render_png(ply: Path, width: int = 960, height: int = 640, timeout: float = 
     """
     with tempfile.TemporaryDirectory(prefix="sfm-render-") as tmp:
         out = Path(tmp) / "preview.png"
-        cmd = [sys.executable, "-m", "backend.pointcloud", "render", str(ply), str(out),
+        cmd = [sys.executable, "-m", "backend.io.pointcloud", "render", str(ply), str(out),
                "--width", str(int(width)), "--height", str(int(height)), "--point-size", str(float(point_size))]
         env = dict(os.environ)
         env.setdefault("XDG_RUNTIME_DIR", tmp)
@@ -172,7 +172,7 @@ def _render_main(ply: str, out: str, width: int, height: int, point_size: float)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m backend.pointcloud")
+    p = argparse.ArgumentParser(prog="python -m backend.io.pointcloud")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="offscreen-render a PLY point cloud to a PNG")
     r.add_argument("ply")

@@ -421,8 +421,8 @@ def aligned_centres(gt: dict, pred: dict, transform, threshold: float
     """The predicted camera centres mapped onto the ground truth by the metric's model of one threshold.
 
     Args:
-        gt, pred: pose dicts ``{name: (R, t) or None}`` (see :mod:`backend.evaluate`).
-        transform: ``(s, R [3,3], t [3])`` from :attr:`backend.evaluate.SceneScore.transforms` (GT = s R C + t).
+        gt, pred: pose dicts ``{name: (R, t) or None}`` (see :mod:`backend.evaluation.imc_metric`).
+        transform: ``(s, R [3,3], t [3])`` from :attr:`backend.evaluation.imc_metric.SceneScore.transforms` (GT = s R C + t).
         threshold: GT units; a camera within it is an inlier.
 
     Returns:
@@ -432,7 +432,7 @@ def aligned_centres(gt: dict, pred: dict, transform, threshold: float
     Raises:
         ValueError: no model at this threshold (fewer than 3 cameras could be registered).
     """
-    from .evaluate import camera_centers
+    from ..evaluation.imc_metric import camera_centers
 
     if transform is None:
         raise ValueError("fewer than 3 cameras could be registered onto the ground truth at this threshold")

@@ -7,7 +7,7 @@ folder. Zip entries are read as bytes and written under their sanitised base nam
 Zip bombs are bounded: at most :data:`Limits.max_files` images, :data:`Limits.max_image_bytes` per image and
 :data:`Limits.max_total_bytes` in all, each checked while decompressing (the sizes a zip header claims are
 not trusted), plus a compression-ratio cap. Pixel bombs are refused here from the image header (above
-:data:`backend.images.MAX_PIXELS`, nothing decoded), and again by the images stage.
+:data:`backend.io.images.MAX_PIXELS`, nothing decoded), and again by the images stage.
 
 Everything that is not saved is returned in ``skipped`` with a reason a user can act on.
 """

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import RetrievalConfig
-from .features import get_device
-from .images import load_rgb
-from .weights import is_available, weight_dir, weight_path
+from ..config import RetrievalConfig
+from ..features.extract import get_device
+from ..io.images import load_rgb
+from ..io.weights import is_available, weight_dir, weight_path
 
 PAIRS_TXT = "pairs.txt"
 RETRIEVAL_H5 = "retrieval.h5"

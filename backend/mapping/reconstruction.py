@@ -2,7 +2,7 @@
 (Schönberger & Frahm, "Structure-from-Motion Revisited", CVPR 2016; github.com/colmap/colmap).
 
 Some pycolmap calls abort the whole process (SIGABRT) instead of raising, so :func:`run_in_child` does all of
-its pycolmap work in a child process (``python -m backend.reconstruction JOB.json``) and turns a crash into
+its pycolmap work in a child process (``python -m backend.mapping.reconstruction JOB.json``) and turns a crash into
 :class:`MappingError`.
 
 Intrinsics (``camera_mode="auto"``): images that metadata says share a camera (:func:`metadata_camera_groups`)
@@ -23,6 +23,7 @@ Writes into the run folder:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import queue
@@ -37,7 +38,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from .config import MappingConfig
+from ..config import MappingConfig
 
 DATABASE = "database.db"
 TWO_VIEW_H5 = "two_view.h5"
@@ -61,8 +62,8 @@ def _build_database(run_dir: Path, names: list[str], images: dict, pairs: list[t
     """
     import pycolmap
 
-    from .features import to_colmap_keypoints
-    from .matching import read_matches
+    from ..features.extract import to_colmap_keypoints
+    from ..matchers.match import read_matches
 
     db_path = run_dir / DATABASE
     if db_path.exists():
@@ -133,7 +134,7 @@ def _verify(run_dir: Path, cfg: MappingConfig, report) -> dict:
 
     opts = pycolmap.TwoViewGeometryOptions()
     opts.ransac.max_error = cfg.ransac_max_error
-    opts.ransac.max_num_trials = 20000
+    opts.ransac.max_num_trials = cfg.ransac_max_trials
     opts.ransac.min_inlier_ratio = 0.1
     opts.min_num_inliers = cfg.min_num_inliers
     opts.ransac.random_seed = cfg.random_seed
@@ -166,14 +167,20 @@ def _pair_id_to_image_ids(pair_id: int) -> tuple[int, int]:
     return int(i1), int(i2)
 
 
-def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "") -> dict:
-    """Incremental mapping of ``database.db``: {index: pycolmap.Reconstruction}."""
-    import pycolmap
-
+def _fresh_tmp(run_dir: Path) -> Path:
+    """An empty ``run_dir/sparse_tmp`` for a mapper's own output (the kept models are written to ``sparse/``)."""
     tmp = run_dir / "sparse_tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    return tmp
+
+
+def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "") -> dict:
+    """Incremental mapping of ``database.db``: {index: pycolmap.Reconstruction}."""
+    import pycolmap
+
+    tmp = _fresh_tmp(run_dir)
     opts = pycolmap.IncrementalPipelineOptions()
     opts.min_model_size = cfg.min_model_size
     opts.multiple_models = True
@@ -183,6 +190,8 @@ def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label
     opts.ba_refine_extra_params = cfg.refine_extra_params
     if cfg.max_runtime_seconds > 0:
         opts.max_runtime_seconds = cfg.max_runtime_seconds
+    opts.ba_global_frames_ratio = opts.ba_global_points_ratio = cfg.ba_global_ratio
+    opts.mapper.ba_global_ignore_redundant_points3D = cfg.ba_ignore_redundant_points
     registered = [0]
 
     def next_image():
@@ -195,6 +204,39 @@ def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label
     )
     shutil.rmtree(tmp, ignore_errors=True)
     return models
+
+
+def _global(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "") -> dict:
+    """Global mapping of ``database.db`` with GLOMAP (Pan, Baráth, Pollefeys & Schönberger, "Global
+    Structure-from-Motion Revisited", ECCV 2024; merged into COLMAP 4): rotation averaging, then all camera positions
+    and points at once, then bundle adjustment and retriangulation. Pairs verified without known intrinsics (a
+    fundamental matrix) are first upgraded with ``pycolmap.calibrate_view_graph`` (focal lengths from the
+    fundamental matrices). Maps the largest connected part of the verified pair graph (and further ones with
+    ``multiple_models``). Returns {index: pycolmap.Reconstruction}."""
+    import pycolmap
+
+    tmp = _fresh_tmp(run_dir)
+    report("mapping", 0, n_images, f"global mapping{label}: calibrating the view graph")
+    db = run_dir / DATABASE
+    pycolmap.calibrate_view_graph(db)
+    opts = pycolmap.GlobalPipelineOptions()
+    opts.min_model_size = cfg.min_model_size
+    opts.multiple_models = True
+    opts.num_threads = cfg.num_threads
+    opts.random_seed = cfg.random_seed
+    opts.mapper.bundle_adjustment.refine_focal_length = cfg.refine_focal_length
+    opts.mapper.bundle_adjustment.refine_extra_params = cfg.refine_extra_params
+    report("mapping", 0, n_images, f"global mapping{label}: rotation averaging, positions, bundle adjustment")
+    models = pycolmap.global_mapping(db, run_dir / "images", tmp, opts)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return models
+
+
+def _mapper(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "") -> dict:
+    """The mapper that ``cfg.mapper`` names: :func:`_incremental` or :func:`_global`."""
+    if cfg.mapper == "global":
+        return _global(run_dir, n_images, cfg, report, label)
+    return _incremental(run_dir, n_images, cfg, report, label)
 
 
 def shared_camera_groups(rec, images: dict, names: list[str], max_spread: float = 1.08,
@@ -287,10 +329,72 @@ def check_shared_groups(rec, groups: list[dict], max_spread: float = 1.15,
     return True, mostly
 
 
-def final_bundle_adjustment(rec, cfg: MappingConfig, min_images_per_camera: int = 8) -> dict:
+def rescue_runaway_focals(rec, images: dict, focal_range: tuple[float, float] | None = None,
+                          max_error_px: float = 12.0, min_inliers: int = 15) -> list[dict]:
+    """Put back images whose own camera's focal length ran away during mapping, instead of losing them.
+
+    A camera far from the scene, seen through few 3D points, lets bundle adjustment trade focal length for depth
+    (the focal-depth ambiguity of narrow fields of view): reichstag's ``05466646_5360480312.jpg`` ended at
+    52,172 px on a 1061 px-wide photo (ground truth 1406 px) and was then de-registered. For every registered image
+    whose camera is its alone and whose focal length lies outside ``focal_range`` x its longer side, the focal
+    length is reset to the image's prior (``images[name]["focal_px"]``: EXIF, else the 35 mm-equivalent default),
+    radial distortion to 0, and its ``cam_from_world`` re-estimated from its 2D-3D correspondences with the focal
+    length held (``pycolmap.estimate_and_refine_absolute_pose``, LO-RANSAC at ``max_error_px``). The returned
+    cameras must stay constant in the next bundle adjustment (:func:`final_bundle_adjustment`). Images that keep
+    fewer than ``min_inliers`` inliers are left alone (:func:`deregister_implausible` then removes them).
+
+    Args:
+        rec: ``pycolmap.Reconstruction``, modified in place.
+        images: image name -> metadata with ``focal_px`` (px).
+
+    Returns:
+        ``[{"image", "camera_id", "focal_px_was", "focal_px_prior", "inliers"}]`` for every image put back.
+    """
+    import pycolmap
+
+    lo, hi = focal_range or FOCAL_RANGE
+    per_camera: dict[int, int] = {}
+    for iid in rec.reg_image_ids():
+        per_camera[rec.images[iid].camera_id] = per_camera.get(rec.images[iid].camera_id, 0) + 1
+    rescued = []
+    for iid in list(rec.reg_image_ids()):
+        im = rec.images[iid]
+        cam = rec.cameras[im.camera_id]
+        side = max(cam.width, cam.height)
+        f = float(cam.mean_focal_length())
+        if lo * side <= f <= hi * side or per_camera[im.camera_id] > 1 or im.name not in images:
+            continue
+        prior = float(images[im.name]["focal_px"])
+        pts = [(q.xy, rec.points3D[q.point3D_id].xyz) for q in im.points2D if q.has_point3D()]
+        if len(pts) < min_inliers:
+            continue
+        trial = copy.copy(cam)  # a copy, so that a failed rescue leaves the model as it was
+        params = np.array(trial.params, dtype=np.float64)
+        params[list(trial.focal_length_idxs())] = prior
+        params[len(trial.focal_length_idxs()) + 2:] = 0.0  # extra (distortion) parameters
+        trial.params = params
+        est = pycolmap.AbsolutePoseEstimationOptions()
+        est.ransac.max_error = max_error_px
+        ref = pycolmap.AbsolutePoseRefinementOptions()
+        ref.refine_focal_length = False
+        ref.refine_extra_params = False
+        res = pycolmap.estimate_and_refine_absolute_pose(
+            np.array([a for a, _ in pts], np.float64), np.array([b for _, b in pts], np.float64), trial, est, ref)
+        if res is None or int(res["num_inliers"]) < min_inliers:
+            continue
+        rec.cameras[im.camera_id] = trial
+        rec.frames[im.frame_id].set_cam_from_world(im.camera_id, res["cam_from_world"])
+        rescued.append({"image": im.name, "camera_id": int(im.camera_id), "focal_px_was": round(f, 1),
+                        "focal_px_prior": round(prior, 1), "inliers": int(res["num_inliers"])})
+    return rescued
+
+
+def final_bundle_adjustment(rec, cfg: MappingConfig, min_images_per_camera: int = 8,
+                            constant_cameras: list[int] = ()) -> dict:
     """One more global bundle adjustment of ``rec`` (in place), with a robust (Cauchy, 1 px) loss, and with the
     principal point refined when every registered image's camera is shared by at least ``min_images_per_camera``
-    registered images (a shared camera constrains it; one image does not).
+    registered images (a shared camera constrains it; one image does not). The intrinsics of
+    ``constant_cameras`` (camera ids, e.g. from :func:`rescue_runaway_focals`) are held.
 
     On fox (50 phone-video frames, one camera whose principal point is 15 px off centre) this took mAA from
     0.977 to 1.000; see bench/NOTES.md. Returns ``{"refine_principal_point": bool}``.
@@ -309,7 +413,17 @@ def final_bundle_adjustment(rec, cfg: MappingConfig, min_images_per_camera: int 
     opts.refine_extra_params = cfg.refine_extra_params
     opts.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
     opts.ceres.solver_options.num_threads = cfg.num_threads
-    pycolmap.bundle_adjustment(rec, opts)
+    opts.ceres.solver_options.max_num_iterations = cfg.final_ba_iterations
+    if not constant_cameras:
+        pycolmap.bundle_adjustment(rec, opts)
+    else:
+        config = pycolmap.BundleAdjustmentConfig()
+        for iid in rec.reg_image_ids():
+            config.add_image(iid)
+        for cid in constant_cameras:
+            config.set_constant_cam_intrinsics(cid)
+        config.fix_gauge(pycolmap.BundleAdjustmentGauge.THREE_POINTS)
+        pycolmap.create_default_bundle_adjuster(opts, config, rec).solve()
     return {"refine_principal_point": refine_pp}
 
 
@@ -344,7 +458,7 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
         meta = metadata_camera_groups(images, names)
         if meta:
             use_cameras(meta)  # the verification stage normally built it so already
-            models = _incremental(run_dir, n_images, cfg, report, " (shared cameras from metadata)")
+            models = _mapper(run_dir, n_images, cfg, report, " (shared cameras from metadata)")
             best = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
             agree, mostly = check_shared_groups(best, meta) if best is not None else (False, False)
             if agree and not mostly:
@@ -353,7 +467,7 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
                 camera_info["passes"] += 1
                 meta_models = models
                 use_cameras([])
-                models = _incremental(run_dir, n_images, cfg, report)
+                models = _mapper(run_dir, n_images, cfg, report)
                 camera_info["per_image_pass_registered"] = n_reg(models)
                 camera_info["shared_pass_registered"] = n_reg(meta_models)
                 if n_reg(meta_models) >= n_reg(models):
@@ -376,7 +490,7 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
     if models is None:
         if cfg.camera_mode == "auto":
             use_cameras([])
-        models = _incremental(run_dir, n_images, cfg, report)
+        models = _mapper(run_dir, n_images, cfg, report)
         if cfg.camera_mode == "auto" and models:
             best = max(models.values(), key=lambda r: r.num_reg_images())
             groups = shared_camera_groups(best, images, names)
@@ -384,7 +498,7 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
                 camera_info["passes"] += 1
                 first_reg = best.num_reg_images()
                 use_cameras(groups)
-                models2 = _incremental(run_dir, n_images, cfg, report, " (shared cameras)")
+                models2 = _mapper(run_dir, n_images, cfg, report, " (shared cameras)")
                 reg2 = n_reg(models2)
                 camera_info["first_pass_registered"] = first_reg
                 camera_info["shared_pass_registered"] = reg2
@@ -394,9 +508,12 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
                 else:  # restore the database of the pass that is kept
                     use_cameras([])
     order = sorted(models.items(), key=lambda kv: (-kv[1].num_reg_images(), kv[0]))
+    rescued = {}
     if order:
         report("mapping", n_images, n_images, "final bundle adjustment")
-        camera_info["final_ba"] = final_bundle_adjustment(order[0][1], cfg)
+        rescued[order[0][0]] = rescue_runaway_focals(order[0][1], images)
+        camera_info["final_ba"] = final_bundle_adjustment(
+            order[0][1], cfg, constant_cameras=[r["camera_id"] for r in rescued[order[0][0]]])
     deregistered = {}
     for key, rec in models.items():
         deregistered[key] = deregister_implausible(rec)
@@ -415,6 +532,7 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
             "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
             "mean_track_length": float(rec.compute_mean_track_length()),
             "deregistered": deregistered.get(key, []),
+            "focal_rescued": [{k: v for k, v in r.items() if k != "camera_id"} for r in rescued.get(key, [])],
         })
     dropped = [d for key, ds in deregistered.items() for d in ds if key not in dict(order)]
     return {"models": summary, "cameras": camera_info, "deregistered_outside_models": dropped}
@@ -463,7 +581,7 @@ def deregister_implausible(rec, min_observations: int = MIN_OBSERVATIONS,
 
 
 def _child_main(job_file: str) -> int:
-    """Entry point of the mapping child (``python -m backend.reconstruction JOB.json``).
+    """Entry point of the mapping child (``python -m backend.mapping.reconstruction JOB.json``).
 
     Reads its arguments from the JSON job file and writes one JSON message per line on stdout:
     ``["progress", stage, done, total, message]``, then ``["done", result]`` or ``["error", message]``.
@@ -530,7 +648,7 @@ def run_in_child(
 ) -> dict:
     """Run ``stages`` (``"verification"``, ``"mapping"``) in a child Python process.
 
-    The child is a plain subprocess (``python -m backend.reconstruction``), not ``multiprocessing``, so it works
+    The child is a plain subprocess (``python -m backend.mapping.reconstruction``), not ``multiprocessing``, so it works
     from any caller (scripts without a ``__main__`` guard, Streamlit, threads) and a pycolmap abort (SIGABRT) only
     ends the child. Returns the merged result dicts of the stages, plus ``child_peak_rss_mb``. Progress arrives as
     ``progress(stage, done, total, msg)``.
@@ -547,11 +665,11 @@ def run_in_child(
         "cfg": vars(cfg).copy(), "min_matches": min_matches, "stages": stages,
     }))
     log_path = run_dir / "mapping.log"
-    repo_root = str(Path(__file__).resolve().parent.parent)
+    repo_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = repo_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(log_path, "ab") as log:
-        p = subprocess.Popen([sys.executable, "-m", "backend.reconstruction", str(job_file)], cwd=repo_root,
+        p = subprocess.Popen([sys.executable, "-m", "backend.mapping.reconstruction", str(job_file)], cwd=repo_root,
                              env=env, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
     messages: queue.Queue = queue.Queue()
 

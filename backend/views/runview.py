@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .uploads import read_upload_json
+from ..io.uploads import read_upload_json
 
 THUMBS = "thumbs"
 # COLMAP's TwoViewGeometry::ConfigurationType (two_view.h5 may hold the number as text)
@@ -90,7 +90,7 @@ def retrieval_info(run_dir: Path) -> dict:
 
 def pairs(run_dir: Path) -> list[tuple[str, str, float]]:
     """The selected pairs ``(name0, name1, similarity)``."""
-    from .retrieval import read_pairs
+    from ..retrieval.global_descriptors import read_pairs
 
     return read_pairs(run_dir)
 
@@ -164,8 +164,8 @@ def model_key(run_dir: Path, k: int) -> str:
 
 
 def matches(run_dir: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
-    """LightGlue matches [M, 2] (indices into name0's / name1's keypoints) and scores [M] of a pair."""
-    from .matching import read_matches
+    """Matches [M, 2] (indices into name0's / name1's keypoints) and scores [M] of a pair."""
+    from ..matchers.match import read_matches
 
     return read_matches(Path(run_dir) / "matches.h5", name0, name1)
 

@@ -1,0 +1,1 @@
+"""Inputs and outputs: image decoding and checks (:mod:`.images`), uploads (:mod:`.uploads`), the resumable h5 stores (:mod:`.h5cache`), weights (:mod:`.weights`), exports (:mod:`.export`) and PLY rendering (:mod:`.pointcloud`)."""

@@ -1,0 +1,1 @@
+"""Pair selection: global descriptors and neighbour search (:mod:`.global_descriptors`)."""
