@@ -20,7 +20,7 @@ import streamlit as st
 import app_common as ui
 from backend import jobs
 from backend.io import uploads
-from backend.config import MAPPERS, get_preset
+from backend.config import MAPPERS, UPRIGHT_MODES, get_preset
 from backend.pipeline import STAGES
 
 PRESET_HELP = {"fast": "quickest", "balanced": "the default", "accurate": "slowest"}
@@ -95,9 +95,14 @@ def options_form() -> tuple[str, dict]:
         mapper = c1.selectbox("Mapper", MAPPERS, key="opt_mapper" + k, index=MAPPERS.index(base.mapping.mapper),
                               help="incremental: COLMAP's, one image at a time; global: GLOMAP (rotation averaging, "
                                    "then all positions at once), the largest connected part of the pair graph")
+        upright = c2.selectbox("Turned photos", UPRIGHT_MODES, key="opt_upright" + k,
+                               index=UPRIGHT_MODES.index(base.images.upright),
+                               help="auto: find photos turned by 90, 180 or 270 degrees against the others (SIFT "
+                                    "orientations voted over the collection) and show them to the matcher turned "
+                                    "back; off: use every photo as stored")
     return preset, dict(retrieval_model=model, num_neighbors=int(nn), resize=int(resize), max_keypoints=int(kp),
                         features=feats, matcher=matcher, camera_mode=cam, min_matches=int(mm),
-                        mapper=mapper)
+                        mapper=mapper, upright=upright)
 
 
 def _fingerprint(source: str, files, cfg: dict) -> str:

@@ -70,6 +70,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="incremental (COLMAP, default) or global (GLOMAP: rotation averaging, then positions)")
     p.add_argument("--min-matches", type=int, help="pairs with fewer matches are not used")
     p.add_argument("--background", choices=["white", "black"], help="background for transparent images")
+    p.add_argument("--upright", choices=["off", "auto"],
+                   help="auto: find photos turned by 90/180/270 degrees against the others and match them turned "
+                        "back (default: the preset's)")
 
 
 def config_from_args(args: argparse.Namespace):

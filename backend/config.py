@@ -19,6 +19,9 @@ class ImagesConfig:
 
     background: str = "white"  # "white" or "black"
     default_focal_factor: float = 1.2  # focal prior = factor * max(W, H) px when EXIF has none (COLMAP's default)
+    # "auto": find photos turned by 90/180/270 degrees against the collection and show them to retrieval and the
+    # extractor turned back (backend/io/upright.py); "off": use every photo as stored
+    upright: str = "off"  # one of UPRIGHT_MODES
 
 
 @dataclass
@@ -67,6 +70,7 @@ class MatchingConfig:
     options: dict = field(default_factory=dict)
 
 
+UPRIGHT_MODES = ("off", "auto")  # ImagesConfig.upright
 MAPPERS = ("incremental", "global")  # MappingConfig.mapper; the CLI and the app list these
 
 
@@ -207,6 +211,7 @@ _CHOICES = {
     "camera_mode": ("per_image", "shared", "auto"),
     "mapper": MAPPERS,
     "background": ("white", "black"),
+    "upright": UPRIGHT_MODES,
 }
 _MINIMA = {"num_neighbors": 1, "exhaustive_below": 0, "resize": 64, "max_keypoints": 64, "min_matches": 1,
            "border": 0}
@@ -223,6 +228,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "mapper": ("mapping", "mapper"),
     "min_matches": ("matching", "min_matches"),
     "background": ("images", "background"),
+    "upright": ("images", "upright"),
 }
 
 

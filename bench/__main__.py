@@ -123,12 +123,14 @@ def run_config(scene: str, config: str, out: Path, images: Path | None = None, t
             shutil.rmtree(run_dir)
         # "fast/sift+nn-ratio@640x1024": a preset with other features + matcher, optionally at another resize (px)
         # and keypoint budget
-        # "fast:global": a preset with the global mapper
+        # "fast:global": a preset with the global mapper; ":upright" / ":noupright": upright "auto" / "off"
         preset, _, method = config.partition("/")
-        preset, _, mapper = preset.partition(":")
+        preset, *flags = preset.split(":")
         method, _, budget = method.partition("@")
         cmd = [sys.executable, "-m", "backend", "reconstruct", str(images), "--out", str(run_dir),
-               "--preset", preset, "--quiet"] + (["--mapper", mapper] if mapper else [])
+               "--preset", preset, "--quiet"]
+        for flag in flags:
+            cmd += {"upright": ["--upright", "auto"], "noupright": ["--upright", "off"]}.get(flag, ["--mapper", flag])
         if method:
             features, _, matcher = method.partition("+")
             cmd += ["--features", features] + (["--matcher", matcher] if matcher else [])

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..config import FeaturesConfig
 from ..io.h5cache import KEY_ATTR, config_key, content_key, open_cache, write_entry, writing
-from ..io.images import file_sha256, load_rgb
+from ..io.images import IMAGES_JSON, file_sha256, load_rgb, upright_turns
+from ..io.upright import keypoints_from_upright, orientations_from_upright, turn_upright
 from ..io.weights import checksums
 from . import extractor_class, extractor_conf, load_extractor
 from .base import Extractor
@@ -105,7 +106,9 @@ def run_features(
     ``run_dir/features.h5`` (or ``out_path``).
 
     An image whose entry carries the key it would get now (:func:`feature_key` of its bytes, ``decode``, ``cfg``)
-    is kept (resumable); every other one is recomputed, all of them with ``force``. Each image is written
+    is kept (resumable); every other one is recomputed, all of them with ``force``. A photo found turned
+    (``upright_turns`` in the run's ``images.json``, see :mod:`backend.io.upright`) is extracted turned back and its
+    keypoints mapped to the stored photo. Each image is written
     atomically (see :mod:`backend.io.h5cache`). Image loading runs in a background thread so that decoding
     overlaps with the extractor. The stage, not the method, resizes (``cfg.resize``, never upscaling), maps
     keypoints back to original pixels, applies the border mask (``cfg.border`` px), sorts by score and keeps at
@@ -132,7 +135,10 @@ def run_features(
     device = get_device()
     cls = extractor_class(cfg.name)
     shas = {n: file_sha256(run_dir / "images" / n) for n in names}
-    keys = {n: feature_key(shas[n], decode or {}, cfg) for n in names}
+    turns = upright_turns(run_dir) if (run_dir / IMAGES_JSON).exists() else {}
+    # a photo found turned is extracted turned back: its quarter-turns decide its pixels, so they are in its key
+    keys = {n: feature_key(shas[n], {**(decode or {}), **({"upright_turns": turns[n]} if turns.get(n) else {})},
+                           cfg) for n in names}
     cached = open_cache(path, 1, FEATURE_DATASETS)
     todo = [n for n in names if force or cached.get(n) != keys[n]]
     model: Extractor | None = load_extractor(cfg.name, device, **method_options(cfg)) if todo else None
@@ -149,8 +155,13 @@ def run_features(
             if i + 2 < len(todo):
                 futures.append(pool.submit(load_rgb, run_dir / "images" / todo[i + 2], cfg.resize))
             t0 = time.perf_counter()
-            out = model.extract(img)
+            k = turns.get(name, 0)
+            out = model.extract(turn_upright(img, k) if k else img)
             seconds += time.perf_counter() - t0
+            if k:
+                out["keypoints"] = keypoints_from_upright(out["keypoints"], k, (img.shape[1], img.shape[0]))
+                if "oris" in out:
+                    out["oris"] = orientations_from_upright(out["oris"], k)
             size = (round(img.shape[1] * sx), round(img.shape[0] * sy))
             out["keypoints"] = scale_keypoints(out["keypoints"], sx, sy)
             if "scales" in out:
@@ -174,6 +185,7 @@ def run_features(
                     "image_size": list(size),
                     "resized_size": [img.shape[1], img.shape[0]],
                     "image_sha256": shas[name],
+                    "upright_turns": int(k),
                 }, keys[name])
             done += 1
             if progress:

@@ -91,6 +91,9 @@ class ImageInfo:
     exif_focal_mm: float | None = None
     conversion: str = ""  # what was done to the source ("" = byte-identical copy)
     source: str = ""
+    # quarter-turns counter-clockwise the content shows against the collection (ImagesConfig.upright "auto", see
+    # backend/io/upright.py); retrieval and the extractor see the photo turned back
+    upright_turns: int = 0
 
 
 @dataclass
@@ -391,7 +394,9 @@ def run_images(
     cfg: ImagesConfig,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> dict:
-    """Validate every image in ``images_dir`` into ``run_dir/images`` and write ``run_dir/images.json``.
+    """Validate every image in ``images_dir`` into ``run_dir/images`` and write ``run_dir/images.json``; with
+    ``cfg.upright == "auto"`` also find each photo's quarter-turn against the others (``upright_turns``, see
+    :mod:`backend.io.upright`).
 
     Returns the parsed ``images.json``: ``{"images": [ImageInfo...], "skipped": [SkippedFile...]}``. Of
     byte-identical files the first by name is used; the others are skipped as ``identical to <name>``.
@@ -414,6 +419,12 @@ def run_images(
             skipped.append(SkippedFile(p.name, str(e)))
         if progress:
             progress(i + 1, len(files), p.name)
+    if cfg.upright == "auto" and len(infos) >= 2:
+        from .upright import estimate_upright
+
+        found = estimate_upright([out_dir / i.name for i in infos], progress)
+        for i in infos:
+            i.upright_turns = found[i.name]["turns"]
     result = {"images": [asdict(i) for i in infos], "skipped": [asdict(s) for s in skipped]}
     (Path(run_dir) / IMAGES_JSON).write_text(json.dumps(result, indent=1))
     if len(infos) < 2:
@@ -428,6 +439,13 @@ def run_images(
 def load_images_json(run_dir: Path) -> dict:
     """The ``images.json`` of a run."""
     return json.loads((Path(run_dir) / IMAGES_JSON).read_text())
+
+
+def upright_turns(run_dir: Path) -> dict[str, int]:
+    """``{name: quarter-turns}`` of the photos found turned (``ImageInfo.upright_turns`` != 0) in a run's
+    ``images.json``; {} when none is (or the run predates the field)."""
+    return {i["name"]: int(i.get("upright_turns", 0)) for i in load_images_json(run_dir)["images"]
+            if int(i.get("upright_turns", 0)) % 4}
 
 
 def load_rgb(path: Path, max_size: int | None = None) -> tuple[np.ndarray, float, float]:

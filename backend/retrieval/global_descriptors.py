@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from ..config import RetrievalConfig
 from ..features.extract import get_device
-from ..io.images import load_rgb
+from ..io.images import IMAGES_JSON, load_rgb, upright_turns
+from ..io.upright import turn_upright
 from ..io.weights import is_available, weight_dir, weight_path
 
 PAIRS_TXT = "pairs.txt"
@@ -190,6 +191,7 @@ def run_retrieval(
     cancel: "threading.Event | None" = None,
 ) -> dict:
     """Compute global descriptors of ``names`` and write ``pairs.txt`` and ``retrieval.h5`` (each atomically).
+    A photo found turned (``upright_turns`` in ``images.json``) is described turned back.
     Recomputed whenever it runs: the pipeline reruns it only when the images (their content) or the config change.
 
     Returns counts ``{"pairs", "model", "fallback_reason", "exhaustive"}``.
@@ -204,10 +206,13 @@ def run_retrieval(
     net = load_descriptor(model, device)
     multiple = 14 if model.startswith("dinov2") else 32
     descs = []
+    turns = upright_turns(run_dir) if (run_dir / IMAGES_JSON).exists() else {}
     for i, name in enumerate(names):
         if cancel is not None and cancel.is_set():
             raise InterruptedError("cancelled")
         img, _, _ = load_rgb(run_dir / "images" / name, cfg.resize)
+        if turns.get(name):
+            img = turn_upright(img, turns[name])
         descs.append(describe(net, img, device, multiple))
         if progress:
             progress(i + 1, len(names), name)
