@@ -24,6 +24,10 @@ def page() -> None:
     n_exif = sum(1 for i in images if i.get("focal_source") == "exif")
     st.markdown(f"**{len(images)}** images used, **{len(skipped)}** skipped · focal length from EXIF for "
                 f"{n_exif} of {len(images)} (others use the prior 1.2 × the long side)")
+    n_turned = sum(1 for i in images if i.get("upright_turns"))
+    if n_turned:
+        st.markdown(f"**{n_turned}** photo(s) are turned against the others (marked below): retrieval and the "
+                    "features saw them turned back; keypoints and poses refer to the photos as stored")
     if info.get("renamed"):
         with st.expander(f"{len(info['renamed'])} file name(s) were cleaned up"):
             st.dataframe([{"uploaded as": k, "saved as": v} for k, v in info["renamed"].items()], hide_index=True)
@@ -46,7 +50,9 @@ def page() -> None:
                 # names and EXIF camera names come from the user's files: shown as plain text
                 st.markdown(f"**{ui.md_escape(im['name'])}**  \n{im['width']}×{im['height']} px · {focal}  \n"
                             f"{prior}  \n{ui.md_escape(camera)}"
-                            + (f"  \n:orange[{ui.md_escape(im['conversion'])}]" if im.get("conversion") else ""))
+                            + (f"  \n:orange[{ui.md_escape(im['conversion'])}]" if im.get("conversion") else "")
+                            + (f"  \n:violet[turned {90 * im['upright_turns']}° counter-clockwise; matched turned "
+                               "back]" if im.get("upright_turns") else ""))
     st.subheader("Skipped files")
     if skipped:
         st.dataframe(skipped, hide_index=True, width="stretch")

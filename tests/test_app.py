@@ -118,6 +118,7 @@ def test_options_produce_the_config(app):
     app.selectbox(key="opt_cam_fast").set_value("shared")
     app.number_input(key="opt_mm_fast").set_value(30)
     app.selectbox(key="opt_mapper_fast").set_value("global")
+    app.selectbox(key="opt_upright_fast").set_value("auto")
     app.run()
     assert not app.exception
     cfg = app.session_state["pending_config"]
@@ -127,7 +128,7 @@ def test_options_produce_the_config(app):
                                "name": "disk"}
     assert cfg["matching"]["name"] == "nn-ratio"
     assert cfg["mapping"]["camera_mode"] == "shared" and cfg["matching"]["min_matches"] == 30
-    assert cfg["mapping"]["mapper"] == "global"
+    assert cfg["mapping"]["mapper"] == "global" and cfg["images"]["upright"] == "auto"
     # the other sections keep the preset's values
     assert cfg["matching"]["depth_confidence"] == get_preset("fast").matching.depth_confidence
 

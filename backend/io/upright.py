@@ -12,7 +12,9 @@ the inliers' orientation differences gives the pair's relative in-plane rotation
 only within :data:`MAX_DEVIATION_DEG` of one). The quarter-turns of all photos are then solved on the pair graph:
 a maximum spanning tree (weights: inliers x concentration of the orientation differences) propagates them, a few
 rounds of weighted votes correct them, and each connected group is offset so that most of its photos are upright
-(photos are mostly taken upright). A turn is only kept when its vote is at least twice that of "upright" and
+(photos are mostly taken upright). A collection whose pairs turn by arbitrary angles (a camera orbiting an object
+from above: nerf-synthetic lego, gum_scene2mesh) has no upright: when less than :data:`MIN_QUARTER_SHARE` of the
+pair weight sits near a quarter-turn, nothing is turned. A turn is only kept when its vote is at least twice that of "upright" and
 :data:`MIN_VOTE`; every other photo stays as it is. This is the collection-wide vote that bench/NOTES.md
 ("Finding the upright rotation of turned photos") asked for; the same idea as the "rotation by matching" step of
 IMC 2024 entries, without a learned orientation classifier.
@@ -43,6 +45,7 @@ RATIO = 0.8
 MIN_INLIERS = 20
 MAX_DEVIATION_DEG = 20.0
 MIN_VOTE = 40.0  # inliers x concentration a turn needs (about two good pairs)
+MIN_QUARTER_SHARE = 0.75  # of the pair weight within MAX_DEVIATION_DEG of a quarter-turn, or nothing is turned
 EXHAUSTIVE_UP_TO = 60
 NEIGHBORS_BY_NAME = 6
 RANDOM_PARTNERS = 14
@@ -108,8 +111,8 @@ def _features(path: Path):
             desc)
 
 
-def _relative_turn(fa, fb, matcher) -> tuple[int, float] | None:
-    """(quarter-turns of b's content against a's, weight) or None."""
+def _relative_turn(fa, fb, matcher) -> tuple[int, float, float] | None:
+    """(quarter-turns of b's content against a's, weight, degrees off the nearest quarter-turn) or None."""
     import cv2
 
     pa, oa, da = fa
@@ -133,9 +136,7 @@ def _relative_turn(fa, fb, matcher) -> tuple[int, float] | None:
     s, c = np.sin(d).mean(), np.cos(d).mean()
     ang = np.degrees(np.arctan2(s, c)) % 360
     q = int(np.round(ang / 90)) % 4
-    if abs(((ang - 90 * q) + 180) % 360 - 180) > MAX_DEVIATION_DEG:
-        return None
-    return (-q) % 4, float(inl.sum() * np.hypot(s, c))
+    return (-q) % 4, float(inl.sum() * np.hypot(s, c)), float(abs(((ang - 90 * q) + 180) % 360 - 180))
 
 
 def solve_turns(names: list[str], edges: list[tuple[str, str, int, float]]) -> dict[str, dict]:
@@ -212,7 +213,10 @@ def estimate_upright(paths: list[Path], progress: Callable[[int, int, str], None
         progress: ``progress(done, total, message)``, called per photo and per block of pairs.
         cancel: when set, stops with InterruptedError.
 
-    Returns ``{name: {"turns": k, "votes": [4 floats]}}`` (see :func:`solve_turns`).
+    Returns ``{name: {"turns": k, "votes": [4 floats], "quarter_share": s}}`` (see :func:`solve_turns`):
+    ``quarter_share`` is the share of the verified pairs' weight whose relative turn is within
+    :data:`MAX_DEVIATION_DEG` of a quarter-turn; below :data:`MIN_QUARTER_SHARE` (views that turn continuously, as
+    a camera orbiting an object from above) every ``turns`` is 0.
 
     Raises:
         InterruptedError: ``cancel`` was set.
@@ -232,14 +236,23 @@ def estimate_upright(paths: list[Path], progress: Callable[[int, int, str], None
         if progress:
             progress(i + 1, total, f"upright: {p.name}")
     matcher = cv2.BFMatcher(cv2.NORM_L2)
-    edges = []
+    edges, off_quarter = [], []
     for k, (i, j) in enumerate(pairs):
         if cancel is not None and cancel.is_set():
             raise InterruptedError("cancelled")
         if feats[i] is not None and feats[j] is not None:
             r = _relative_turn(feats[i], feats[j], matcher)
             if r is not None:
-                edges.append((names[i], names[j], *r))
+                (edges if r[2] <= MAX_DEVIATION_DEG else off_quarter).append((names[i], names[j], *r[:2]))
         if progress and (k % 50 == 49 or k == len(pairs) - 1):
             progress(len(paths) + k + 1, total, "upright: pairs")
-    return solve_turns(names, edges)
+    on = sum(e[3] for e in edges)
+    share = on / (on + sum(e[3] for e in off_quarter)) if edges else 0.0
+    out = solve_turns(names, edges)
+    if share < MIN_QUARTER_SHARE:
+        # the views turn continuously (a camera orbiting an object: lego, gum): no quarter-turn is "the" upright one
+        for v in out.values():
+            v["turns"] = 0
+    for v in out.values():
+        v["quarter_share"] = round(share, 3)
+    return out
