@@ -64,6 +64,9 @@ def page() -> None:
     cam_text = runview.camera_summary(run_dir)
     if cam_text:
         st.caption(cam_text)
+    bound_text = runview.time_bound_note(run_dir)
+    if bound_text:
+        st.warning(bound_text)
 
     names = [cv.name for cv in cams]
     picked = ui.camera_click(f"rec_click_{k}")

@@ -93,7 +93,11 @@ class MappingConfig:
     refine_extra_params: bool = True
     num_threads: int = -1  # -1: all cores
     random_seed: int = 0
-    max_runtime_seconds: float = -1
+    max_runtime_seconds: float = -1  # > 0: the time bound of each incremental mapping call, whole seconds
+    # otherwise each incremental mapping call stops (keeping what it has registered) after
+    # max(min_runtime_seconds, max_seconds_per_image x images): no call can stall
+    max_seconds_per_image: float = 4.0
+    min_runtime_seconds: float = 60.0
     # incremental mapping's global bundle adjustment runs when the model has grown by this factor (COLMAP: 1.1)
     ba_global_ratio: float = 1.1
     ba_ignore_redundant_points: bool = False  # COLMAP's option to leave well-constrained points out of global BA

@@ -302,6 +302,7 @@ class Pipeline:
             "model_sizes": [m["registered_images"] for m in models],
             "deregistered": best.get("deregistered", []),
             "focal_rescued": best.get("focal_rescued", []),
+            "stopped_at_time_bound": res.get("stopped_at_time_bound", []),
             "cameras": res.get("cameras"),
             "child_peak_rss_mb": res.get("child_peak_rss_mb"),
         }

@@ -202,3 +202,30 @@ def test_turned_photos_register_with_upright(tmp_path):
     assert registered == len(names) and maa >= 0.95
     print("upright auto:", scores["auto"][:2], "off:", scores["off"][:2])
     assert scores["off"][1] < maa
+
+
+def test_mapping_stops_at_its_time_bound(reconstruct, tmp_path):
+    """On church's real database: incremental mapping with a 1 s bound returns a smaller model than without one
+    (measured: 7 of 16 against 16 in 4.7 s) and says that it stopped; the default bound is 60 s, or 4 s per image
+    above 15 images, so the pipeline's own run of church did not hit it."""
+    import shutil
+
+    from backend.config import MappingConfig
+    from backend.mapping import reconstruction as R
+
+    run, d, res = reconstruct("church_imc2024")
+    assert res.returncode == 0, res.stderr[-3000:]
+    mapping = json.loads((run / "mapping.json").read_text())
+    assert mapping["time_bound_seconds"] == 64 and mapping["stopped_at_time_bound"] == []
+    work = tmp_path / "run"
+    work.mkdir()
+    shutil.copy(run / "database.db", work / "database.db")
+    (work / "images").symlink_to(run / "images")
+    sizes = {}
+    for bound in (-1, 1):
+        R.TIME_BOUND_HIT.clear()
+        models = R._incremental(work, 16, MappingConfig(max_runtime_seconds=bound, min_model_size=3),
+                                lambda *a: None)
+        sizes[bound] = max(m.num_reg_images() for m in models.values())
+        assert bool(R.TIME_BOUND_HIT) == (bound == 1)
+    assert 2 <= sizes[1] < sizes[-1]

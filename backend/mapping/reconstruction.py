@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -188,8 +189,8 @@ def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label
     opts.random_seed = cfg.random_seed
     opts.ba_refine_focal_length = cfg.refine_focal_length
     opts.ba_refine_extra_params = cfg.refine_extra_params
-    if cfg.max_runtime_seconds > 0:
-        opts.max_runtime_seconds = cfg.max_runtime_seconds
+    bound = mapping_time_bound(cfg, n_images)
+    opts.max_runtime_seconds = bound  # COLMAP stops registering and returns the models so far
     opts.ba_global_frames_ratio = opts.ba_global_points_ratio = cfg.ba_global_ratio
     opts.mapper.ba_global_ignore_redundant_points3D = cfg.ba_ignore_redundant_points
     registered = [0]
@@ -199,11 +200,29 @@ def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label
         report("mapping", min(registered[0], n_images), n_images, f"registering image {registered[0]}")
 
     report("mapping", 0, n_images, f"incremental mapping{label}")
+    t0 = time.perf_counter()
     models = pycolmap.incremental_mapping(
         run_dir / DATABASE, run_dir / "images", tmp, opts, next_image_callback=next_image
     )
+    if time.perf_counter() - t0 >= bound:
+        TIME_BOUND_HIT.append({"label": label.strip(" ()") or "mapping", "bound_seconds": bound})
+        report("mapping", min(registered[0], n_images), n_images, f"stopped at the time bound ({bound} s)")
     shutil.rmtree(tmp, ignore_errors=True)
     return models
+
+
+TIME_BOUND_HIT: list[dict] = []
+"""The incremental mapping calls of this process that stopped at their time bound (read into mapping.json)."""
+
+
+def mapping_time_bound(cfg: MappingConfig, n_images: int) -> int:
+    """Seconds (whole, >= 1) one incremental mapping call may take: ``cfg.max_runtime_seconds`` when > 0, else
+    max(``cfg.min_runtime_seconds``, ``cfg.max_seconds_per_image`` x ``n_images``). At the bound COLMAP stops
+    registering images and returns the models it has (measured: church, a 1 s bound, 7 of 16 registered in 1.0 s
+    against 16 in 4.7 s unbounded)."""
+    if cfg.max_runtime_seconds > 0:
+        return max(1, int(round(cfg.max_runtime_seconds)))
+    return max(1, int(round(max(cfg.min_runtime_seconds, cfg.max_seconds_per_image * n_images))))
 
 
 def _global(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "") -> dict:
@@ -535,7 +554,8 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
             "focal_rescued": [{k: v for k, v in r.items() if k != "camera_id"} for r in rescued.get(key, [])],
         })
     dropped = [d for key, ds in deregistered.items() for d in ds if key not in dict(order)]
-    return {"models": summary, "cameras": camera_info, "deregistered_outside_models": dropped}
+    return {"models": summary, "cameras": camera_info, "deregistered_outside_models": dropped,
+            "time_bound_seconds": mapping_time_bound(cfg, n_images), "stopped_at_time_bound": list(TIME_BOUND_HIT)}
 
 
 MIN_OBSERVATIONS = 15  # a registered image must observe at least this many 3D points

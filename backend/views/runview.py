@@ -247,6 +247,21 @@ def models(run_dir: Path) -> list[dict]:
     return []
 
 
+def time_bound_note(run_dir: Path) -> str | None:
+    """A sentence when an incremental mapping call of the run stopped at its time bound (``mapping.json``), or
+    None."""
+    try:
+        m = json.loads((Path(run_dir) / "mapping.json").read_text())
+    except (OSError, ValueError):
+        return None
+    hit = m.get("stopped_at_time_bound") or []
+    if not hit:
+        return None
+    return (f"Mapping stopped at its time bound ({hit[0]['bound_seconds']} s per mapping pass: the larger of 60 s "
+            "and 4 s per image) and kept the images registered by then. Images left out had weak links to the "
+            "model; more pairs per image or the accurate preset may place them.")
+
+
 def camera_summary(run_dir: Path) -> str | None:
     """One sentence on how the mapping stage handled intrinsics (from ``mapping.json``), or None."""
     p = Path(run_dir) / "mapping.json"
