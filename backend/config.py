@@ -186,7 +186,7 @@ PRESETS: dict[str, PipelineConfig] = {
     # balanced: ALIKED + LightGlue. ALIKED + the ratio-test matcher at the same budget registered 4 of 16 church
     # photos (mAA 0.077) against LightGlue's 15 (0.385)
     # upright "auto" (balanced, accurate): fox_instant_ngp@internet-s0 (10 of 50 photos turned) 39/50 at mAA 0.261
-    # without, 46/50 at 0.356 with; the real scenes have no turned photo and are unchanged (bench/NOTES.md)
+    # without, 47/50 at 0.356 with; the real scenes have no turned photo and are unchanged (bench/NOTES.md)
     "balanced": _preset("balanced", images={"upright": "auto"}, retrieval={"num_neighbors": 8, "exhaustive_below": 10}),
     "accurate": _preset(
         "accurate",
