@@ -8,6 +8,9 @@ import app_common as ui
 from backend.views import runview
 
 
+TURNED = {1: "turned 90° counter-clockwise", 2: "upside down", 3: "turned 90° clockwise"}
+
+
 @ui.guarded
 def page() -> None:
     st.title("Images")
@@ -51,7 +54,7 @@ def page() -> None:
                 st.markdown(f"**{ui.md_escape(im['name'])}**  \n{im['width']}×{im['height']} px · {focal}  \n"
                             f"{prior}  \n{ui.md_escape(camera)}"
                             + (f"  \n:orange[{ui.md_escape(im['conversion'])}]" if im.get("conversion") else "")
-                            + (f"  \n:violet[turned {90 * im['upright_turns']}° counter-clockwise; matched turned "
+                            + (f"  \n:violet[{TURNED[im['upright_turns'] % 4]} against the others; matched turned "
                                "back]" if im.get("upright_turns") else ""))
     st.subheader("Skipped files")
     if skipped:
