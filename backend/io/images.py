@@ -481,10 +481,6 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     Raises:
         OSError: the file cannot be read.
     """
-    import hashlib
+    from .weights import sha256_of  # one implementation for photos and weight files
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_of(path, chunk)
