@@ -20,7 +20,7 @@ import streamlit as st
 import app_common as ui
 from backend import jobs
 from backend.io import uploads
-from backend.config import MAPPERS, UPRIGHT_MODES, get_preset
+from backend.config import DISAMBIGUATE_MODES, MAPPERS, UPRIGHT_MODES, get_preset
 from backend.pipeline import STAGES
 
 PRESET_HELP = {"fast": "quickest", "balanced": "the default", "accurate": "slowest"}
@@ -100,9 +100,14 @@ def options_form() -> tuple[str, dict]:
                                help="auto: find photos turned by 90, 180 or 270 degrees against the others (SIFT "
                                     "orientations voted over the collection) and show them to the matcher turned "
                                     "back; off: use every photo as stored")
+        disamb = c1.selectbox("Symmetric structure", DISAMBIGUATE_MODES, key="opt_disambiguate" + k,
+                              index=DISAMBIGUATE_MODES.index(base.mapping.disambiguate),
+                              help="auto: check the model for a fold (one side of a symmetric building mapped onto "
+                                   "the other, seen as conflicting 3D points) and map the two sides as two models; "
+                                   "off: keep the mapper's model")
     return preset, dict(retrieval_model=model, num_neighbors=int(nn), resize=int(resize), max_keypoints=int(kp),
                         features=feats, matcher=matcher, camera_mode=cam, min_matches=int(mm),
-                        mapper=mapper, upright=upright)
+                        mapper=mapper, upright=upright, disambiguate=disamb)
 
 
 def _fingerprint(source: str, files, cfg: dict) -> str:

@@ -51,8 +51,12 @@ def page() -> None:
         k = st.selectbox("Model", [m["model"] for m in models], key="rec_model",
                          format_func=lambda i: f"model {i}: {models[i]['registered_images']} images, "
                                                f"{models[i]['points']} points" + (" (largest)" if i == 0 else ""))
-        st.caption(f"The photos split into {len(models)} separate models (no overlap links them). "
-                   "The exports are of the largest one.")
+        fold_text = runview.fold_note(run_dir)
+        if fold_text:
+            st.info(fold_text + " The exports are of the largest model; model.zip holds every one.")
+        else:
+            st.caption(f"The photos split into {len(models)} separate models (no overlap links them). "
+                       "The exports are of the largest one.")
     else:
         k = models[0]["model"]
     xyz, rgb, cams, stats = _model(str(run_dir), int(k), runview.model_key(run_dir, int(k)))

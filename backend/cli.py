@@ -73,6 +73,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upright", choices=["off", "auto"],
                    help="auto: find photos turned by 90/180/270 degrees against the others and match them turned "
                         "back (default: the preset's)")
+    p.add_argument("--disambiguate", choices=["off", "auto"],
+                   help="auto: check the model for a fold (one side of a symmetric building mapped onto the other) "
+                        "and map the two sides as two models (default: the preset's)")
 
 
 def config_from_args(args: argparse.Namespace):

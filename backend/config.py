@@ -71,6 +71,7 @@ class MatchingConfig:
 
 
 UPRIGHT_MODES = ("off", "auto")  # ImagesConfig.upright
+DISAMBIGUATE_MODES = ("off", "auto")  # MappingConfig.disambiguate
 MAPPERS = ("incremental", "global")  # MappingConfig.mapper; the CLI and the app list these
 
 
@@ -102,6 +103,10 @@ class MappingConfig:
     ba_global_ratio: float = 1.1
     ba_ignore_redundant_points: bool = False  # COLMAP's option to leave well-constrained points out of global BA
     final_ba_iterations: int = 100  # solver iterations of the last global bundle adjustment (Ceres' default)
+    # "auto": check the largest model for a fold (one side of a symmetric building mapped onto the other; Heinly et
+    # al., ECCV 2014; backend/mapping/disambiguation.py) and, when folded, map again without the pairs between the
+    # two groups: two correct models instead of one folded one. "off": no check
+    disambiguate: str = "off"  # one of DISAMBIGUATE_MODES
 
 
 @dataclass
@@ -187,13 +192,17 @@ PRESETS: dict[str, PipelineConfig] = {
     # photos (mAA 0.077) against LightGlue's 15 (0.385)
     # upright "auto" (balanced, accurate): fox_instant_ngp@internet-s0 (10 of 50 photos turned) 39/50 at mAA 0.261
     # without, 47/50 at 0.356 with; the real scenes have no turned photo and are unchanged (bench/NOTES.md)
-    "balanced": _preset("balanced", images={"upright": "auto"}, retrieval={"num_neighbors": 8, "exhaustive_below": 10}),
+    # disambiguate "auto" (balanced, accurate): church's folded model (15/16, both sides on one clock face) becomes
+    # two correct models; no other scene's model is split (bench/NOTES.md, "Folded models")
+    "balanced": _preset("balanced", images={"upright": "auto"}, retrieval={"num_neighbors": 8, "exhaustive_below": 10},
+                        mapping={"disambiguate": "auto"}),
     "accurate": _preset(
         "accurate",
         images={"upright": "auto"},
         retrieval={"num_neighbors": 20, "exhaustive_below": 40},
         features={"resize": 1280, "max_keypoints": 4096},
         matching={"depth_confidence": -1, "width_confidence": -1},
+        mapping={"disambiguate": "auto"},
     ),
     # Mirrors the Kaggle IMC 2024/2025 baseline: all pairs, 4096 keypoints at 1024 px, no early stopping.
     "naive": _preset(
@@ -219,6 +228,7 @@ _CHOICES = {
     "mapper": MAPPERS,
     "background": ("white", "black"),
     "upright": UPRIGHT_MODES,
+    "disambiguate": DISAMBIGUATE_MODES,
 }
 _MINIMA = {"num_neighbors": 1, "exhaustive_below": 0, "resize": 64, "max_keypoints": 64, "min_matches": 1,
            "border": 0}
@@ -236,6 +246,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "min_matches": ("matching", "min_matches"),
     "background": ("images", "background"),
     "upright": ("images", "upright"),
+    "disambiguate": ("mapping", "disambiguate"),
 }
 
 

@@ -102,7 +102,7 @@ def build_config(preset: str = "balanced", *, retrieval_model: str | None = None
                  resize: int | None = None, max_keypoints: int | None = None, features: str | None = None,
                  matcher: str | None = None, camera_mode: str | None = None,
                  min_matches: int | None = None, mapper: str | None = None,
-                 upright: str | None = None) -> PipelineConfig:
+                 upright: str | None = None, disambiguate: str | None = None) -> PipelineConfig:
     """The config of ``preset`` with the app's advanced options applied (None keeps the preset's value).
 
     Raises:
@@ -110,7 +110,8 @@ def build_config(preset: str = "balanced", *, retrieval_model: str | None = None
     """
     return apply_overrides(get_preset(preset), retrieval_model=retrieval_model, num_neighbors=num_neighbors,
                            resize=resize, max_keypoints=max_keypoints, features=features, matcher=matcher,
-                           camera_mode=camera_mode, min_matches=min_matches, mapper=mapper, upright=upright)
+                           camera_mode=camera_mode, min_matches=min_matches, mapper=mapper, upright=upright,
+                           disambiguate=disambiguate)
 
 
 # ---- progress.json ---------------------------------------------------------------------------------------------

@@ -303,6 +303,7 @@ class Pipeline:
             "deregistered": best.get("deregistered", []),
             "focal_rescued": best.get("focal_rescued", []),
             "stopped_at_time_bound": res.get("stopped_at_time_bound", []),
+            "fold": res.get("fold"),
             "cameras": res.get("cameras"),
             "child_peak_rss_mb": res.get("child_peak_rss_mb"),
         }

@@ -123,14 +123,16 @@ def run_config(scene: str, config: str, out: Path, images: Path | None = None, t
             shutil.rmtree(run_dir)
         # "fast/sift+nn-ratio@640x1024": a preset with other features + matcher, optionally at another resize (px)
         # and keypoint budget
-        # "fast:global": a preset with the global mapper; ":upright" / ":noupright": upright "auto" / "off"
+        # "fast:global": a preset with the global mapper; ":upright" / ":noupright": upright "auto" / "off";
+        # ":fold" / ":nofold": the fold check (--disambiguate) "auto" / "off"
         preset, _, method = config.partition("/")
         preset, *flags = preset.split(":")
         method, _, budget = method.partition("@")
         cmd = [sys.executable, "-m", "backend", "reconstruct", str(images), "--out", str(run_dir),
                "--preset", preset, "--quiet"]
         for flag in flags:
-            cmd += {"upright": ["--upright", "auto"], "noupright": ["--upright", "off"]}.get(flag, ["--mapper", flag])
+            cmd += {"upright": ["--upright", "auto"], "noupright": ["--upright", "off"],
+                    "fold": ["--disambiguate", "auto"], "nofold": ["--disambiguate", "off"]}.get(flag, ["--mapper", flag])
         if method:
             features, _, matcher = method.partition("+")
             cmd += ["--features", features] + (["--matcher", matcher] if matcher else [])
@@ -174,12 +176,47 @@ def run_config(scene: str, config: str, out: Path, images: Path | None = None, t
         ev = evaluate(scene, run_dir / "poses.csv")
         row["mAA"] = round(ev["mAA"], 4)  # the official IMC 2025 mAA
         row["accuracy_all_thresholds"] = round(ev.get("accuracy_all_thresholds", 0.0), 4)  # not the mAA
+        row["models_right"] = models_right(run_dir, scene)
     else:
         row["mAA"] = 0.0
+    mj = run_dir / "mapping.json"
+    if mj.exists():
+        fold = json.loads(mj.read_text()).get("fold") or {}
+        best = fold.get("best") or {}
+        row["fold"] = {k: fold.get(k) for k in ("folded", "split_kept", "cut_pairs", "seconds")} | {
+            k: best.get(k) for k in ("conflict", "within", "excess")} | {
+            "groups": [len(best.get("group0", [])), len(best.get("group1", []))] if best else None}
     print(f"  {scene:<24} {config:<12} reg {row['registered_images']}/{row['n_images']}  mAA {row['mAA']:.3f}  "
           f"{row['wall_seconds']:.1f} s  {row['peak_rss_mb']:.0f} MB" + (f"  ERROR {row.get('error')}" if code else ""),
           flush=True)
     return row
+
+
+def models_right(run_dir: Path, scene: str) -> list[dict]:
+    """Per model of a run (``sparse/<k>``, at least 3 images): registered images and how many lie within each
+    threshold of the ground truth when the model alone is aligned to it (as the IMC metric aligns a model). Tells a
+    folded model (half its cameras off) from two correct ones."""
+    import numpy as np
+    import pycolmap
+
+    from backend.evaluation.imc_metric import parse_threshold_text, read_pose_table, register_cameras
+    from backend.io.export import model_poses
+
+    d = scene_dir(scene)
+    gt = {r.image: (r.R, r.t) for r in read_pose_table(d / "gt.csv")}
+    th = parse_threshold_text((d / "thresholds.txt").read_text())
+    out = []
+    for m in sorted((run_dir / "sparse").iterdir(), key=lambda p: int(p.name)) if (run_dir / "sparse").exists() else []:
+        poses = {n: p for n, p in model_poses(pycolmap.Reconstruction(m)).items() if n in gt}
+        names = sorted(poses)
+        if len(names) < 3:
+            continue
+        pred = np.array([-poses[n][0].T @ poses[n][1] for n in names])
+        ref = np.array([-gt[n][0].T @ gt[n][1] for n in names])
+        reg = register_cameras(pred, ref, th)
+        out.append({"model": int(m.name), "registered": len(names),
+                    "right": {f"{t:g}": int(c) for t, c in zip(th, reg.inliers)}})
+    return out
 
 
 def machine() -> dict:

@@ -45,6 +45,7 @@ DATABASE = "database.db"
 TWO_VIEW_H5 = "two_view.h5"
 SPARSE = "sparse"
 MAPPING_JSON = "mapping.json"
+UNFOLDED_DATABASE = "database_unfolded.db"  # database.db without the pairs across a fold (see unfold)
 DATABASE_GROUPS = "database_groups.json"
 
 
@@ -177,8 +178,9 @@ def _fresh_tmp(run_dir: Path) -> Path:
     return tmp
 
 
-def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "") -> dict:
-    """Incremental mapping of ``database.db``: {index: pycolmap.Reconstruction}."""
+def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "",
+                 db: Path | None = None) -> dict:
+    """Incremental mapping of ``database.db`` (or ``db``): {index: pycolmap.Reconstruction}."""
     import pycolmap
 
     tmp = _fresh_tmp(run_dir)
@@ -202,7 +204,7 @@ def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label
     report("mapping", 0, n_images, f"incremental mapping{label}")
     t0 = time.perf_counter()
     models = pycolmap.incremental_mapping(
-        run_dir / DATABASE, run_dir / "images", tmp, opts, next_image_callback=next_image
+        db or run_dir / DATABASE, run_dir / "images", tmp, opts, next_image_callback=next_image
     )
     if time.perf_counter() - t0 >= bound:
         TIME_BOUND_HIT.append({"label": label.strip(" ()") or "mapping", "bound_seconds": bound})
@@ -225,7 +227,8 @@ def mapping_time_bound(cfg: MappingConfig, n_images: int) -> int:
     return max(1, int(round(max(cfg.min_runtime_seconds, cfg.max_seconds_per_image * n_images))))
 
 
-def _global(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "") -> dict:
+def _global(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "",
+            db: Path | None = None) -> dict:
     """Global mapping of ``database.db`` with GLOMAP (Pan, Baráth, Pollefeys & Schönberger, "Global
     Structure-from-Motion Revisited", ECCV 2024; merged into COLMAP 4): rotation averaging, then all camera positions
     and points at once, then bundle adjustment and retriangulation. Pairs verified without known intrinsics (a
@@ -236,7 +239,7 @@ def _global(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str
 
     tmp = _fresh_tmp(run_dir)
     report("mapping", 0, n_images, f"global mapping{label}: calibrating the view graph")
-    db = run_dir / DATABASE
+    db = db or run_dir / DATABASE
     pycolmap.calibrate_view_graph(db)
     opts = pycolmap.GlobalPipelineOptions()
     opts.min_model_size = cfg.min_model_size
@@ -251,11 +254,73 @@ def _global(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str
     return models
 
 
-def _mapper(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "") -> dict:
-    """The mapper that ``cfg.mapper`` names: :func:`_incremental` or :func:`_global`."""
+def _mapper(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "",
+            db: Path | None = None) -> dict:
+    """The mapper that ``cfg.mapper`` names: :func:`_incremental` or :func:`_global`, on ``database.db`` or
+    ``db``."""
     if cfg.mapper == "global":
-        return _global(run_dir, n_images, cfg, report, label)
-    return _incremental(run_dir, n_images, cfg, report, label)
+        return _global(run_dir, n_images, cfg, report, label, db)
+    return _incremental(run_dir, n_images, cfg, report, label, db)
+
+
+def _copy_database(src: Path, dst: Path) -> None:
+    """A consistent copy of a COLMAP (SQLite) database, its write-ahead log included."""
+    import sqlite3
+
+    if dst.exists():
+        dst.unlink()
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    a.close()
+    b.close()
+
+
+def unfold(run_dir: Path, rec, n_images: int, cfg: MappingConfig, report) -> tuple[dict | None, dict]:
+    """Check the largest model for a fold (:func:`backend.mapping.disambiguation.find_fold`) and, when it is folded,
+    map again without the verified pairs between its two groups of images.
+
+    The cut pairs are deleted from a copy of the database, ``database_unfolded.db`` (``database.db`` keeps every
+    verified pair). The split is kept when no model of the second mapping holds at least
+    :data:`~backend.mapping.disambiguation.MIN_GROUP` images of both groups (otherwise another path through the pair
+    graph folded it again, and the first model stays).
+
+    Returns:
+        (the new models {index: pycolmap.Reconstruction} or None when nothing changed, a JSON-able record:
+        ``folded``, ``best`` (groups, conflict, excess), ``cut_pairs``, ``split_kept``, ``seconds``).
+    """
+    import pycolmap
+
+    from .disambiguation import MIN_GROUP, find_fold
+
+    report("mapping", n_images, n_images, "checking the model for a fold (the same structure seen from two sides)")
+    t0 = time.perf_counter()
+    fr = find_fold(rec)
+    info = {**fr.to_dict(), "seconds": round(time.perf_counter() - t0, 2)}
+    if not fr.folded:
+        return None, info
+    g0, g1 = set(fr.best.group0), set(fr.best.group1)
+    db_path = run_dir / UNFOLDED_DATABASE
+    _copy_database(run_dir / DATABASE, db_path)
+    db = pycolmap.Database.open(db_path)
+    try:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        cut = 0
+        for a in sorted(g0):
+            for b in sorted(g1):
+                if db.exists_two_view_geometry(ids[a], ids[b]):
+                    db.delete_two_view_geometry(ids[a], ids[b])
+                    cut += 1
+    finally:
+        db.close()
+    info["cut_pairs"] = cut
+    report("mapping", 0, n_images, f"folded model: mapping again without the {cut} pairs between its two groups")
+    models = _mapper(run_dir, n_images, cfg, report, " (unfolded)", db=db_path)
+    refolded = any(sum(im.name in g0 for im in r.images.values() if im.has_pose) >= MIN_GROUP
+                   and sum(im.name in g1 for im in r.images.values() if im.has_pose) >= MIN_GROUP
+                   for r in models.values())
+    info["split_kept"] = bool(models) and not refolded
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    return (models if info["split_kept"] else None), info
 
 
 def shared_camera_groups(rec, images: dict, names: list[str], max_spread: float = 1.08,
@@ -528,16 +593,34 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
                     use_cameras([])
     order = sorted(models.items(), key=lambda kv: (-kv[1].num_reg_images(), kv[0]))
     rescued = {}
+    fold = None
     if order:
         report("mapping", n_images, n_images, "final bundle adjustment")
         rescued[order[0][0]] = rescue_runaway_focals(order[0][1], images)
         camera_info["final_ba"] = final_bundle_adjustment(
             order[0][1], cfg, constant_cameras=[r["camera_id"] for r in rescued[order[0][0]]])
+        if cfg.disambiguate == "auto":
+            unfolded, fold = unfold(run_dir, order[0][1], n_images, cfg, report)
+            if unfolded is not None:
+                models, rescued = unfolded, {}
+                for key, rec in models.items():  # every model of the split gets the final adjustment
+                    if rec.num_reg_images() >= cfg.min_model_size:
+                        rescued[key] = rescue_runaway_focals(rec, images)
+                        final_bundle_adjustment(rec, cfg, constant_cameras=[r["camera_id"] for r in rescued[key]])
     deregistered = {}
     for key, rec in models.items():
         deregistered[key] = deregister_implausible(rec)
     order = [(k, r) for k, r in sorted(models.items(), key=lambda kv: (-kv[1].num_reg_images(), kv[0]))
              if r.num_reg_images() >= 2]
+    # COLMAP can start a later model from images a larger one already holds: such a model adds nothing
+    kept, seen_names = [], set()
+    for k, r in order:
+        reg = {im.name for im in r.images.values() if im.has_pose}
+        if reg <= seen_names:
+            continue
+        kept.append((k, r))
+        seen_names |= reg
+    order = kept
     out.mkdir()
     summary = []
     for k, (key, rec) in enumerate(order):
@@ -554,7 +637,7 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
             "focal_rescued": [{k: v for k, v in r.items() if k != "camera_id"} for r in rescued.get(key, [])],
         })
     dropped = [d for key, ds in deregistered.items() for d in ds if key not in dict(order)]
-    return {"models": summary, "cameras": camera_info, "deregistered_outside_models": dropped,
+    return {"models": summary, "cameras": camera_info, "deregistered_outside_models": dropped, "fold": fold,
             "time_bound_seconds": mapping_time_bound(cfg, n_images), "stopped_at_time_bound": list(TIME_BOUND_HIT)}
 
 

@@ -262,6 +262,27 @@ def time_bound_note(run_dir: Path) -> str | None:
             "model; more pairs per image or the accurate preset may place them.")
 
 
+def fold_note(run_dir: Path) -> str | None:
+    """A paragraph when the mapping stage found the model folded and mapped its two groups of photos apart
+    (``mapping.json`` ``fold``, :func:`backend.mapping.reconstruction.unfold`), or None. Plain text."""
+    try:
+        fold = json.loads((Path(run_dir) / "mapping.json").read_text()).get("fold") or {}
+    except (OSError, ValueError):
+        return None
+    best = fold.get("best") or {}
+    if not (fold.get("folded") and fold.get("split_kept") and best):
+        return None
+    n0, n1 = len(best.get("group0", [])), len(best.get("group1", []))
+    return (f"Symmetric structure: the first model was folded. Its photos form two groups ({n0} and {n1} photos) "
+            "that see the same structure from different sides, and the mapper had put one group onto the other: "
+            f"{100 * best.get('conflict', 0):.0f} % of the 3D points one group alone observes land, in the other "
+            "group's photos, on points that only those photos observe (inside the groups "
+            f"{100 * best.get('within', 0):.0f} %). "
+            f"The {fold.get('cut_pairs', 0)} verified pairs between the two groups matched one side onto the other, "
+            "so they were dropped and each side was mapped on its own: the models below are the sides. No pair "
+            "links them correctly, so they cannot share one frame; photos that see both sides would join them.")
+
+
 def camera_summary(run_dir: Path) -> str | None:
     """One sentence on how the mapping stage handled intrinsics (from ``mapping.json``), or None."""
     p = Path(run_dir) / "mapping.json"
