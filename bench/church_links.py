@@ -1,5 +1,6 @@
 """``python -m bench.church_links RUN_DIR [--methods]``: what the verified pairs of a church run look like, by side;
-with ``--methods``, whether any extractor + matcher we have finds a correct link between the two sides.
+with ``--methods``, whether any extractor + matcher we have finds a correct link between the two sides (written to
+``bench/out/church_links.json``; ``--resume`` keeps the methods already there).
 
 Church's tower shows the same clock face on two opposite sides (bench/NOTES.md, "Church"). For every verified pair
 of a finished run (``two_view.h5``) this prints its inliers, the share of them a single homography explains
@@ -65,10 +66,16 @@ def pair_rows(run: Path) -> list[dict]:
 
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "church_imc2024"
-METHODS = [("aliked-n16", "lightglue"), ("aliked-n16", "nn-ratio"), ("aliked-n16", "adalam"),
-           ("aliked-n16rot", "lightglue"), ("aliked-n32", "lightglue"), ("aliked-t16", "lightglue"),
-           ("disk", "lightglue"), ("disk", "nn-ratio"), ("xfeat", "lighterglue"), ("xfeat", "nn-ratio"),
-           ("sift", "nn-ratio"), ("sift", "adalam"), ("orb", "nn-ratio"), ("akaze", "nn-ratio")]
+
+
+def all_methods() -> list[tuple[str, str]]:
+    """Every extractor of the registry with every matcher that can match it."""
+    from backend.features import EXTRACTORS
+    from backend.matchers import matchers_for
+
+    return [(f, m) for f in EXTRACTORS for m in matchers_for(f)]
+
+
 THRESHOLD_PX = 4.0
 
 
@@ -95,7 +102,7 @@ def epipolar_distance(F: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarr
     return 0.5 * (e / np.hypot(l1[:, 0], l1[:, 1]) + e / np.hypot(l0[:, 0], l0[:, 1]))
 
 
-def method_rows(run: Path, methods=METHODS) -> list[dict]:
+def method_rows(run: Path, methods=None, done: list[dict] | None = None, save=None) -> list[dict]:
     import shutil
     import tempfile
 
@@ -109,9 +116,11 @@ def method_rows(run: Path, methods=METHODS) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="church_links_"))
     shutil.copytree(DATA / "images", tmp / "images")
     rng = np.random.default_rng(0)
-    rows = []
+    rows = list(done or [])
     try:
-        for feats, matcher in methods:
+        for feats, matcher in methods or all_methods():
+            if any(r["method"] == f"{feats} + {matcher}" for r in rows):
+                continue
             best, correct_total, chance_total, inl_total, inl_correct = 0, 0, 0.0, 0, 0
             for a in side_a:
                 for b in side_b:
@@ -137,6 +146,8 @@ def method_rows(run: Path, methods=METHODS) -> list[dict]:
                          "best_pair_correct": best, "correct": correct_total, "chance": round(chance_total, 1),
                          "verified": inl_total, "verified_correct": inl_correct})
             print(rows[-1], flush=True)
+            if save:
+                save(rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
@@ -148,9 +159,9 @@ def main(argv=None) -> int:
     if "--methods" in argv:
         import json
 
-        rows = method_rows(run)
         out = Path(__file__).resolve().parent / "out" / "church_links.json"
-        out.write_text(json.dumps(rows, indent=1))
+        done = json.loads(out.read_text()) if out.exists() and "--resume" in argv else []
+        rows = method_rows(run, done=done, save=lambda rows: out.write_text(json.dumps(rows, indent=1)))
         print(f"| features + matcher | cross-side pairs | correct matches (all pairs) | chance | most correct in one pair "
               f"| verified inliers | of them correct |")
         print("|---|---:|---:|---:|---:|---:|---:|")

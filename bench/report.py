@@ -183,7 +183,7 @@ def _folds(rows: list[dict], links_path: Path) -> list[str]:
         lines.append(f"| {r['scene']} | {r['config']} | {r['registered_images']}/{r['n_images']} | {r['mAA']:.3f} | "
                      f"{' + '.join(map(str, f.get('groups') or [])) or '-'} | {num(f.get('conflict'))} | "
                      f"{num(f.get('within'))} | {num(f.get('excess'))} | "
-                     f"{'yes, split' if f.get('folded') and f.get('split_kept') else 'yes' if f.get('folded') else 'no'} "
+                     f"{'off' if f.get('folded') is None else 'yes, split' if f.get('folded') and f.get('split_kept') else 'yes' if f.get('folded') else 'no'} "
                      f"| {f.get('cut_pairs') or ''} | {f.get('seconds') or ''} | {right} |")
     if links_path.exists():
         lines += ["", "### Church: is there a correct link between the two sides? (`python -m bench.church_links RUN "

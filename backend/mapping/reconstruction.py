@@ -282,7 +282,9 @@ def unfold(run_dir: Path, rec, n_images: int, cfg: MappingConfig, report) -> tup
     The cut pairs are deleted from a copy of the database, ``database_unfolded.db`` (``database.db`` keeps every
     verified pair). The split is kept when no model of the second mapping holds at least
     :data:`~backend.mapping.disambiguation.MIN_GROUP` images of both groups (otherwise another path through the pair
-    graph folded it again, and the first model stays).
+    graph folded it again, and the first model stays). The larger group keeps its poses from the first model (that
+    model without the other group's images; church: its side-A cameras were right at every threshold, a fresh
+    mapping of them varied between runs); the other group's model comes from the second mapping.
 
     Returns:
         (the new models {index: pycolmap.Reconstruction} or None when nothing changed, a JSON-able record:
@@ -314,13 +316,30 @@ def unfold(run_dir: Path, rec, n_images: int, cfg: MappingConfig, report) -> tup
         db.close()
     info["cut_pairs"] = cut
     report("mapping", 0, n_images, f"folded model: mapping again without the {cut} pairs between its two groups")
-    models = _mapper(run_dir, n_images, cfg, report, " (unfolded)", db=db_path)
-    refolded = any(sum(im.name in g0 for im in r.images.values() if im.has_pose) >= MIN_GROUP
-                   and sum(im.name in g1 for im in r.images.values() if im.has_pose) >= MIN_GROUP
-                   for r in models.values())
-    info["split_kept"] = bool(models) and not refolded
+    remapped = _mapper(run_dir, n_images, cfg, report, " (unfolded)", db=db_path)
+
+    def count(r, group):
+        return sum(im.name in group for im in r.images.values() if im.has_pose)
+
+    refolded = any(count(r, g0) >= MIN_GROUP and count(r, g1) >= MIN_GROUP for r in remapped.values())
+    info["split_kept"] = bool(remapped) and not refolded
     info["seconds"] = round(time.perf_counter() - t0, 2)
-    return (models if info["split_kept"] else None), info
+    if not info["split_kept"]:
+        return None, info
+    # the larger group keeps its poses from the first model (the mapper built that model around it; the other group
+    # was attached through the wrong pairs): the first model without the other group's images. The other group comes
+    # from the second mapping (its models that hold more of the other group than of the larger one).
+    host, other = (g0, g1) if len(g0) >= len(g1) else (g1, g0)
+    trimmed = copy.deepcopy(rec)
+    for im in list(trimmed.images.values()):
+        if im.has_pose and im.name in other:
+            trimmed.deregister_frame(im.frame_id)
+    models = {0: trimmed}
+    for r in remapped.values():
+        if count(r, other) > count(r, host):
+            models[len(models)] = r
+    info["kept_from_first_model"] = sorted(im.name for im in trimmed.images.values() if im.has_pose)
+    return models, info
 
 
 def shared_camera_groups(rec, images: dict, names: list[str], max_spread: float = 1.08,

@@ -279,8 +279,9 @@ def fold_note(run_dir: Path) -> str | None:
             "group's photos, on points that only those photos observe (inside the groups "
             f"{100 * best.get('within', 0):.0f} %). "
             f"The {fold.get('cut_pairs', 0)} verified pairs between the two groups matched one side onto the other, "
-            "so they were dropped and each side was mapped on its own: the models below are the sides. No pair "
-            "links them correctly, so they cannot share one frame; photos that see both sides would join them.")
+            "so they were dropped: the larger group keeps its poses from the first model and the other was mapped "
+            "on its own. The models below are the sides. No pair links them correctly, so they cannot share one "
+            "frame; photos that see both sides would join them.")
 
 
 def camera_summary(run_dir: Path) -> str | None:
