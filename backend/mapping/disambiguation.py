@@ -34,6 +34,7 @@ MIN_EXPECTED = 50  # at least this many expected unique points over the split's 
 MIN_GROUP = 3  # each group of a split holds at least this many registered images
 RADIUS = 0.05  # a projected point lands on an observation within this share of the image's longer side
 MAX_POINTS = 500  # observations per image projected into the others
+MAX_ROUNDS = 5  # passes of the image-by-image refinement of the best split
 MIN_SHARED = 10  # a pair of images is co-visible when they observe at least this many 3D points in common
 
 
@@ -188,9 +189,9 @@ def find_fold(rec, radius: float = RADIUS, min_excess: float = MIN_EXCESS, min_g
     best = max(scored, key=lambda c: c.excess) if scored else None
     if best is not None:
         g1 = np.array([nm in set(best.group0) for nm in names])
-        improved = True
-        while improved:
-            improved = False
+        improved, rounds = True, 0
+        while improved and rounds < MAX_ROUNDS:
+            improved, rounds = False, rounds + 1
             for m in range(n):
                 g = g1.copy()
                 g[m] = ~g[m]
@@ -210,6 +211,8 @@ class _Projections:
 
     def __init__(self, pi, pj, pts, pair, nsrc, ndst, V):
         self.pi, self.pj, self.pts, self.pair, self.nsrc, self.ndst, self.V = pi, pj, pts, pair, nsrc, ndst, V
+        self.Vf = V.astype(np.float32)
+        self.n_obs = self.Vf.sum(1)
         j_of, i_of = pj[pair], pi[pair]
         # split-independent: inside a group, a point of i that j does not observe, landing on one j sees and i not
         self.missing = ~V[pts, j_of]
@@ -217,9 +220,8 @@ class _Projections:
 
     def score(self, g1: np.ndarray, names: list[str]) -> SplitScore:
         """Conflict of the split ``g1`` (bool [N], True = group 0)."""
-        V = self.V
-        in0 = V[:, g1].any(1)
-        in1 = V[:, ~g1].any(1)
+        c0 = self.Vf @ g1.astype(np.float32)  # observers of each point in group 0
+        in0, in1 = c0 > 0, (self.n_obs - c0) > 0
         uniq0, uniq1 = in0 & ~in1, in1 & ~in0
         cross_e = g1[self.pi] != g1[self.pj]
         cross = cross_e[self.pair]  # per projected point
