@@ -1,4 +1,5 @@
-"""Command line: ``python -m backend reconstruct IMAGES_DIR --out RUN_DIR`` and ``python -m backend evaluate``.
+"""Command line: ``python -m backend reconstruct IMAGES_DIR --out RUN_DIR``, ``python -m backend evaluate``,
+``python -m backend twoview IMAGE0 IMAGE1`` and ``python -m backend serve`` (the HTTP API).
 
 Exit codes: 0 success; 1 the pipeline or evaluation failed (one-line reason on stderr); 2 bad arguments or input.
 """
@@ -166,6 +167,91 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_K(text: str | None, what: str):
+    """3x3 intrinsics from 'fx,fy,cx,cy' or nine numbers row-major (',' or ';' or spaces between)."""
+    import numpy as np
+
+    if not text:
+        return None
+    try:
+        v = [float(x) for x in text.replace(";", ",").replace(" ", ",").split(",") if x]
+    except ValueError:
+        raise ValueError(f"{what}: give 'fx,fy,cx,cy' or the 9 numbers of K row-major") from None
+    if len(v) == 4:
+        return np.array([[v[0], 0, v[2]], [0, v[1], v[3]], [0, 0, 1]], float)
+    if len(v) == 9:
+        return np.array(v, float).reshape(3, 3)
+    raise ValueError(f"{what}: give 'fx,fy,cx,cy' or the 9 numbers of K row-major (got {len(v)} numbers)")
+
+
+def _twoview_summary(d: dict) -> str:
+    lines = [f"{d['image0']} - {d['image1']}: {d['features']} + {d['matcher']}",
+             f"  keypoints {d['keypoints0']} / {d['keypoints1']}, matches {d['matches']}, "
+             f"inliers {d['inliers']} ({d['inlier_ratio']:.0%}), model {d['model'] or '-'} ({d['verdict']})",
+             f"  same place: {'yes' if d['same_place'] else 'no'} (>= {d['min_inliers']} inliers)"
+             + (f"; global similarity {d['similarity_percent']:.1f} % ({d['similarity_model']})"
+                if d.get("similarity_percent") is not None else ""),
+             f"  intrinsics: {d['intrinsics']}"]
+    if d.get("tta"):
+        lines.append(f"  test-time rotation: {d['tta']['note']} (inliers per turn {d['tta']['inliers_per_turn']})")
+    if "rotation_error_deg" in d:
+        def deg(x):
+            return "-" if x is None else f"{x:.2f} deg"
+        lines.append(f"  ground truth: rotation error {deg(d['rotation_error_deg'])}, translation error "
+                     f"{deg(d['translation_error_deg'])}"
+                     + (f", match precision {d['match_precision']:.1%} (< {d['precision_threshold_px']} px)"
+                        if d.get("match_precision") is not None else ""))
+    lines.append("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in d["seconds"].items()))
+    lines += [f"  note: {n}" for n in d.get("notes", [])]
+    return "\n".join(lines)
+
+
+def cmd_twoview(args) -> int:
+    from .io.weights import MissingWeightsError
+    from .twoview.groundtruth import find_pair, pair_from_poses, read_gt_csv, read_pairs_file
+    from .twoview.pair import match_pair
+
+    p0, p1 = Path(args.image0), Path(args.image1)
+    for p in (p0, p1):
+        if not p.is_file():
+            print(f"error: no such image file: {p}", file=sys.stderr)
+            return 2
+    try:
+        K0, K1 = _parse_K(args.K0, "--K0"), _parse_K(args.K1, "--K1")
+        if (K0 is None) != (K1 is None):
+            raise ValueError("give both --K0 and --K1, or neither")
+        gt = None
+        if args.gt:
+            table = read_gt_csv(args.gt)
+            missing = [n for n in (p0.name, p1.name) if n not in table]
+            if missing:
+                raise ValueError(f"{Path(args.gt).name} has no row for {', '.join(missing)} (rows are matched by "
+                                 "file name)")
+            gt = pair_from_poses(table[p0.name], table[p1.name], Path(args.gt).name)
+        elif args.pairs_gt:
+            gt = find_pair(read_pairs_file(args.pairs_gt), p0.name, p1.name)
+            if gt is None:
+                raise ValueError(f"{Path(args.pairs_gt).name} has no line for the pair {p0.name} {p1.name}")
+        res = match_pair(p0, p1, args.features, args.matcher, resize=args.resize, max_keypoints=args.max_keypoints,
+                         tta=args.tta, estimator=args.estimator, threshold_px=args.threshold, K0=K0, K1=K1, gt=gt,
+                         precision_px=args.precision_px, similarity=not args.no_similarity)
+    except MissingWeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    d = res.to_dict()
+    print(json.dumps(d, indent=1) if args.json else _twoview_summary(d))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .api import serve
+
+    return serve(host=args.host, port=args.port, token=args.token)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m backend", description="SfM Explorer: headless reconstruction.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -190,6 +276,40 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true",
                    help='print {"mAA", "clusterness", "score", "accuracy_all_thresholds", "per_dataset"} as JSON')
     e.set_defaults(func=cmd_evaluate)
+    from .features import EXTRACTORS
+    from .matchers import MATCHERS
+    from .twoview.geometry import ESTIMATORS
+    from .twoview.groundtruth import PRECISION_PX
+    from .twoview.pair import DEFAULT_MAX_KEYPOINTS, DEFAULT_RESIZE, THRESHOLD_PX
+
+    t = sub.add_parser("twoview", help="match two photos, verify their two-view geometry, score it against GT")
+    t.add_argument("image0")
+    t.add_argument("image1")
+    t.add_argument("--features", default="aliked-n16", choices=list(EXTRACTORS))
+    t.add_argument("--matcher", default="lightglue", choices=list(MATCHERS))
+    t.add_argument("--resize", type=int, default=DEFAULT_RESIZE, help="long side in px the extractor sees")
+    t.add_argument("--max-keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS)
+    t.add_argument("--tta", action="store_true", help="also try image 1 turned by 90/180/270 degrees; keep the best")
+    t.add_argument("--estimator", default="poselib", choices=list(ESTIMATORS),
+                   help="PoseLib LO-RANSAC (default) or OpenCV USAC MAGSAC++")
+    t.add_argument("--threshold", type=float, default=THRESHOLD_PX,
+                   help="RANSAC threshold in px of the resized image (default %(default)s)")
+    t.add_argument("--K0", help="intrinsics of image 0: 'fx,fy,cx,cy' or 9 numbers row-major")
+    t.add_argument("--K1", help="intrinsics of image 1")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--gt", help="ground-truth pose CSV (IMC layout; rows matched by file name)")
+    g.add_argument("--pairs-gt", help="pair file with ground truth (name0 name1 rot0 rot1 K0 K1 T_0to1)")
+    t.add_argument("--precision-px", type=float, default=PRECISION_PX,
+                   help="symmetric epipolar distance (px) under which a match counts as correct")
+    t.add_argument("--no-similarity", action="store_true", help="skip the global-descriptor similarity")
+    t.add_argument("--json", action="store_true", help="print the result as JSON")
+    t.set_defaults(func=cmd_twoview)
+    v = sub.add_parser("serve", help="the HTTP API (FastAPI; OpenAPI page at /docs)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default localhost only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--token", help="bearer token clients must send (required off localhost; generated and "
+                                   "printed once when not given)")
+    v.set_defaults(func=cmd_serve)
     return p
 
 
