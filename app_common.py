@@ -23,6 +23,7 @@ PAGES = {  # url path -> (file, title, icon)
     "matches": ("app_pages/matches.py", "Matches", ":material/compare:"),
     "reconstruction": ("app_pages/reconstruction.py", "Reconstruction", ":material/view_in_ar:"),
     "evaluate": ("app_pages/evaluate.py", "Evaluate", ":material/analytics:"),
+    "twoview": ("app_pages/twoview.py", "Two-view", ":material/join_inner:"),
 }
 STAGE_PAGE = {"images": "images", "retrieval": "pairs", "features": "features", "matching": "matches",
               "verification": "matches", "mapping": "reconstruction", "exports": "reconstruction"}

@@ -745,3 +745,31 @@ def test_open3d_cleanup_and_render(tmp_path):
     img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     # cropped to the drawn points (never larger than asked), and something was drawn on the white background
     assert img.shape[2] == 3 and img.shape[0] <= 240 and img.shape[1] <= 320 and (img < 250).any()
+
+
+def test_twoview_page_matches_two_photos_of_the_run_against_its_ground_truth(app, finished_run):
+    app.query_params["run"] = finished_run
+    app.run()
+    app.switch_page("app_pages/twoview.py").run()
+    assert not app.exception, app.exception
+    assert app.radio(key="tv_source").value == "Two photos of the open run"
+    app.selectbox(key="tv_feat0").set_value("xfeat").run()
+    app.radio(key="tv_gt_kind").set_value("The run's scene ground truth").run()
+    app.button(key="tv_go").click().run()
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
+    metrics = {m.label: m.value for m in app.metric}
+    assert int(metrics["Verified inliers (stronger evidence)"]) >= 15
+    assert metrics[next(k for k in metrics if k.startswith("Global similarity"))].endswith("%")
+    assert len(app.get("image")) >= 2  # one drawing per method
+    tables = "\n".join(d.value.to_string() for d in app.dataframe)
+    for e in ("Rotation error", "Match precision", "Two-view model"):
+        assert e in tables, e
+    # a typed-in rotation that is not one says so, and the page still works
+    app.radio(key="tv_gt_kind").set_value("Type K, R, t").run()
+    for k, v in (("tv_k0", "800,800,500,300"), ("tv_k1", "800,800,500,300"), ("tv_r", "1,2,3,4,5,6,7,8,9"),
+                 ("tv_t", "0,0,1")):
+        app.text_input(key=k).input(v)
+    app.run()
+    assert not app.exception
+    assert any("not a rotation matrix" in e.value for e in app.error)
