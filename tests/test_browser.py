@@ -21,7 +21,7 @@ ARTIFACTS = REPO / "test-artifacts" / "browser"
 SUBSET = ["05534141_6340060522.jpg", "05791347_12791964625.jpg", "05866831_3427466899.jpg",
           "05936329_2458217347.jpg", "05978621_9257964873.jpg", "06229406_8584869180.jpg"]
 PAGES = [("images", "Images"), ("pairs", "Pairs"), ("features", "Features"), ("matches", "Matches"),
-         ("reconstruction", "Reconstruction"), ("evaluate", "Evaluate")]
+         ("reconstruction", "Reconstruction"), ("evaluate", "Evaluate"), ("twoview", "Two-view")]
 RUN_TIMEOUT_S = 600
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -127,6 +127,14 @@ def test_upload_run_explore_download(server, browser, tmp_path):
                 timeout=180_000)
             page.locator('[data-testid="stImageCaption"]').filter(has_text="xfeat + nn-ratio").wait_for()
             assert page.get_by_text(re.compile(r"sift \+ nn-ratio: \d+ matches, \d+ inliers")).count() >= 1
+            _settle(page)
+        if key == "twoview":  # two photos of the run, ALIKED + LightGlue beside SIFT + ratio test
+            page.get_by_role("button", name="Match").click()
+            page.get_by_text("Same place?").wait_for(timeout=300_000)
+            for method in ("aliked-n16 + lightglue", "sift + nn-ratio"):
+                page.locator('[data-testid="stImageCaption"]').filter(has_text=method).wait_for(timeout=300_000)
+            assert page.get_by_text(re.compile(r"aliked-n16 \+ lightglue: \d+ matches, \d+ inliers")).count() >= 1
+            page.locator('[data-testid="stMetric"]').filter(has_text="Verified inliers").wait_for()
             _settle(page)
         if key == "images":  # the text file was listed as skipped, with the reason
             page.get_by_text("unsupported file type '.txt'").first.wait_for(state="attached")
