@@ -35,8 +35,9 @@ OUT = REPO / "bench" / "out"
 
 
 def covisibility(gt: dict, sizes: dict[str, tuple[int, int]], names: list[str], grid: int = 16,
-                 min_overlap: float = 0.3, max_angle_deg: float = 60.0) -> np.ndarray:
-    """bool [N, N]: the ground-truth co-visible pairs of ``names`` (see the module docstring).
+                 min_overlap: float = 0.3, max_angle_deg: float = 60.0, return_overlap: bool = False):
+    """bool [N, N]: the ground-truth co-visible pairs of ``names`` (see the module docstring); with
+    ``return_overlap`` also the symmetric overlap float [N, N] (mean of the two directions' grid shares).
 
     ``gt``: name -> (R [3, 3] world-to-camera, t [3], K [3, 3]); ``sizes``: name -> (width, height) px."""
     n = len(names)
@@ -73,7 +74,7 @@ def covisibility(gt: dict, sizes: dict[str, tuple[int, int]], names: list[str], 
     angle = np.degrees(np.arccos(np.clip(axis @ axis.T, -1, 1)))
     cov = ((frac + frac.T) / 2 >= min_overlap) & (angle <= max_angle_deg)
     np.fill_diagonal(cov, False)
-    return cov
+    return (cov, (frac + frac.T) / 2) if return_overlap else cov
 
 
 def vlad(descs: list[np.ndarray], words: int = 32, iters: int = 12, seed: int = 0) -> np.ndarray:

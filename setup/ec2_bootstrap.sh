@@ -16,6 +16,9 @@
 #                           also read from $SFM_EXPLORER_PASSWORD)
 #   --auth-user NAME        basic-auth user name (default: sfm)
 #   --port N                local port of the app (default: 8501)
+#   --api                   also run the HTTP API (python -m backend serve) as a service on 127.0.0.1, with a
+#                           bearer token generated once and printed
+#   --api-port N            local port of the API (default: 8000)
 #   --user NAME             user the service runs as (default: the invoking non-root user)
 #   --repo-dir DIR          the SfM Explorer checkout (default: the one holding this script)
 #   --dinov2 WHICH          DINOv2 weights to fetch: small, base, small,base or none (default: small,base)
@@ -23,7 +26,7 @@
 #   --torch SPEC            install this torch instead of the detected one (e.g. torch==2.13.0+cu126; the
 #   --torch-index URL       PyTorch index is derived from +cpu/+cuXXX, or given with --torch-index)
 #   --no-service            set everything up, install no service
-#   --only STEPS            run only these steps: system,python,weights,data,service,proxy
+#   --only STEPS            run only these steps: system,python,weights,data,service,api,proxy
 #   --dry-run               print every step and the commands it would run; change nothing
 #   -h, --help              this help
 #
@@ -38,6 +41,9 @@ usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$SE
 
 SERVICE_NAME=sfm-explorer
 UNIT_PATH=/etc/systemd/system/$SERVICE_NAME.service
+API_SERVICE_NAME=sfm-explorer-api
+API_UNIT_PATH=/etc/systemd/system/$API_SERVICE_NAME.service
+API_ENV=/etc/$API_SERVICE_NAME.env
 NGINX_SITE=/etc/nginx/sites-available/$SERVICE_NAME
 NGINX_ENABLED=/etc/nginx/sites-enabled/$SERVICE_NAME
 NGINX_DEFAULT_ENABLED=/etc/nginx/sites-enabled/default
@@ -45,7 +51,7 @@ HTPASSWD=/etc/nginx/$SERVICE_NAME.htpasswd
 # the Kaggle CLI, in its own venv (not the app's): 2.2.4 checked here; it imports six without declaring it
 KAGGLE_PIP=(kaggle==2.2.4 six==1.17.0)
 IMDS=http://169.254.169.254/latest
-ALL_STEPS=(system python weights data service proxy)
+ALL_STEPS=(system python weights data service api proxy)
 
 REPO_DIR=""
 DATA_DIR=""
@@ -57,6 +63,8 @@ PUBLIC=0
 PASSWORD="${SFM_EXPLORER_PASSWORD:-}"
 AUTH_USER=sfm
 PORT=8501
+API=0
+API_PORT=8000
 SVC_USER=""
 DINOV2=small,base
 TORCH_SPEC=""
@@ -72,7 +80,7 @@ while (($#)); do
     opt="$1" val=""
     case "$opt" in
         --*=*) val="${opt#*=}"; opt="${opt%%=*}" ;;
-        --data | --data-dir | --kaggle-competition | --kaggle-scenes | --password | --auth-user | --port | \
+        --data | --data-dir | --kaggle-competition | --kaggle-scenes | --password | --auth-user | --port | --api-port | \
             --user | --repo-dir | --dinov2 | --torch | --torch-index | --only)
             (($# >= 2)) || die_usage "$opt needs a value"
             val="$2"; shift ;;
@@ -87,6 +95,8 @@ while (($#)); do
         --password) PASSWORD="$val" ;;
         --auth-user) AUTH_USER="$val" ;;
         --port) PORT="$val" ;;
+        --api) API=1 ;;
+        --api-port) API_PORT="$val"; API=1 ;;
         --user) SVC_USER="$val" ;;
         --repo-dir) REPO_DIR="$val" ;;
         --dinov2) DINOV2="$val" ;;
@@ -105,6 +115,10 @@ done
 # ----------------------------------------------------------------------------- validate arguments
 
 if [[ ! "$PORT" =~ ^[1-9][0-9]{3,4}$ ]] || ((PORT > 65535)); then die_usage "--port must be 1024..65535 (got $PORT)"; fi
+if [[ ! "$API_PORT" =~ ^[1-9][0-9]{3,4}$ ]] || ((API_PORT > 65535)); then
+    die_usage "--api-port must be 1024..65535 (got $API_PORT)"
+fi
+((API_PORT != PORT)) || die_usage "--api-port must differ from --port ($PORT)"
 [[ "$AUTH_USER" =~ ^[A-Za-z0-9._-]+$ ]] || die_usage "--auth-user may use letters, digits, . _ - (got $AUTH_USER)"
 [[ "$KAGGLE_COMPETITION" =~ ^[A-Za-z0-9._-]+$ ]] || die_usage "--kaggle-competition: not a competition name"
 [[ "$PASSWORD" != *$'\n'* ]] || die_usage "--password must be one line"
@@ -139,6 +153,7 @@ else
     STEPS=(system python weights)
     if ((${#DATA_SOURCES[@]} || KAGGLE)); then STEPS+=(data); fi
     if ((SERVICE)); then STEPS+=(service); fi
+    if ((SERVICE && API)); then STEPS+=(api); fi
     if ((PUBLIC)); then STEPS+=(proxy); fi
 fi
 has_step() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
@@ -591,6 +606,60 @@ step_service() {
     warn "the app does not answer on 127.0.0.1:$PORT after 60 s; see: sudo journalctl -u $SERVICE_NAME -n 50 --no-pager"
 }
 
+# ----------------------------------------------------------------------------- step: api (--api)
+
+NEW_API_TOKEN=""
+step_api() {
+    require_service_user
+    if ! systemd_running; then
+        local msg="systemd is not running here (a container?): start the API by hand: cd $REPO_ROOT && .venv/bin/python -m backend serve --host 127.0.0.1 --port $API_PORT"
+        if ((DRY_RUN)); then warn "$msg"; else fail "$msg"; fi
+    fi
+    # the token: kept when the env file exists (a re-run changes nothing), else generated and shown once
+    if as_root test -s "$API_ENV" 2>/dev/null; then
+        _log "API token: keeping the one in $API_ENV (sudo cat $API_ENV to read it)"
+    else
+        NEW_API_TOKEN="$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))' 2>/dev/null ||
+            openssl rand -hex 24)"
+        if ((DRY_RUN)); then
+            printf '    + %sinstall -m 600 -o root -g root <token> %s   # SFM_API_TOKEN=<generated>\n' \
+                "${ROOT_CMD[*]/%/ }" "$API_ENV"
+        else
+            install_text "SFM_API_TOKEN=$NEW_API_TOKEN" "$API_ENV" 600 root || true
+        fi
+    fi
+    local unit changed=0
+    unit="$(render "$REPO_ROOT/setup/ec2/$API_SERVICE_NAME.service" \
+        @USER@ "${SVC_USER:-USER}" @GROUP@ "${SVC_GROUP:-${SVC_USER:-USER}}" @REPO@ "$REPO_ROOT" @API_PORT@ "$API_PORT")"
+    _log "systemd unit $API_UNIT_PATH (from setup/ec2/$API_SERVICE_NAME.service; 127.0.0.1:$API_PORT)"
+    if install_text "$unit" "$API_UNIT_PATH" 644 root; then
+        changed=1
+        run_root systemctl daemon-reload
+    fi
+    if ((DRY_RUN)) || ! systemctl is-enabled --quiet "$API_SERVICE_NAME" 2>/dev/null; then
+        run_root systemctl enable "$API_SERVICE_NAME"
+    fi
+    if ((DRY_RUN)); then
+        run_root systemctl restart "$API_SERVICE_NAME"
+        dry_note "restart only when the unit or the token changed or the service is not running"
+        return 0
+    fi
+    if ! systemctl is-active --quiet "$API_SERVICE_NAME"; then
+        run_root systemctl start "$API_SERVICE_NAME"
+    elif ((changed)) || [[ -n "$NEW_API_TOKEN" ]]; then
+        run_root systemctl restart "$API_SERVICE_NAME"
+    fi
+    local i
+    for ((i = 0; i < 60; i++)); do
+        if curl -fsS --max-time 2 "http://127.0.0.1:$API_PORT/openapi.json" >/dev/null 2>&1; then
+            _log "the API answers on http://127.0.0.1:$API_PORT (after ${i}s)"
+            return 0
+        fi
+        sleep 1
+    done
+    warn "the API does not answer on 127.0.0.1:$API_PORT after 60 s; see: sudo journalctl -u $API_SERVICE_NAME -n 50 --no-pager"
+}
+
 # ----------------------------------------------------------------------------- step: proxy (--public)
 
 NEW_PASSWORD=""
@@ -718,6 +787,14 @@ print_access() {
     printf '    It listens on 127.0.0.1:%s only. From your computer, open an SSH tunnel:\n' "$PORT"
     printf '        ssh -i ~/.ssh/YOUR_KEY.pem -L %s:localhost:%s %s@%s\n' "$PORT" "$PORT" "$login" "$host"
     printf '    and browse to http://localhost:%s\n' "$PORT"
+    if ((API && SERVICE)); then
+        printf '    HTTP API (--api): service %s on 127.0.0.1:%s; tunnel it with -L %s:localhost:%s and open\n' \
+            "$API_SERVICE_NAME" "$API_PORT" "$API_PORT" "$API_PORT"
+        printf '        http://localhost:%s/docs; every request needs Authorization: Bearer <token>\n' "$API_PORT"
+        if [[ -n "$NEW_API_TOKEN" ]]; then
+            printf '        token: %s   (shown only now; later: sudo cat %s)\n' "$NEW_API_TOKEN" "$API_ENV"
+        fi
+    fi
     if ((!PUBLIC)) && [[ -e "$NGINX_ENABLED" ]]; then
         warn "the public site from an earlier --public run is still enabled on port 80; to close it:"
         warn "sudo rm $NGINX_ENABLED && sudo systemctl reload nginx"
@@ -749,6 +826,7 @@ run_step() {
         weights) step "weights (sha256-checked)"; step_weights ;;
         data) step "data ($DATA_DIR)"; step_data ;;
         service) step "systemd service $SERVICE_NAME"; step_service ;;
+        api) step "systemd service $API_SERVICE_NAME (HTTP API)"; step_api ;;
         proxy) step "public access: nginx with basic auth on port 80"; step_proxy ;;
     esac
     done_step

@@ -147,6 +147,20 @@ def test_dry_run_cpu_plan(tmp_path, stubs):
     assert not log.exists(), "dry run called: " + log.read_text()
 
 
+def test_dry_run_api_plan(tmp_path, stubs):
+    stub_dir, log = stubs
+    res = run_script("--dry-run", "--user", "ubuntu", "--api", path_prefix=[stub_dir], no_gpu=True)
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    assert "sfm-explorer-api.service" in out and "EnvironmentFile=/etc/sfm-explorer-api.env" in out
+    assert "-m backend serve --host 127.0.0.1 --port 8000 --token ${SFM_API_TOKEN}" in out
+    assert "install -m 600 -o root -g root <token> /etc/sfm-explorer-api.env" in out
+    assert "-L 8000:localhost:8000" in out and "Authorization: Bearer" in out
+    assert not log.exists(), "dry run called: " + log.read_text()
+    res = run_script("--dry-run", "--api-port", "8501", path_prefix=[stub_dir], no_gpu=True)
+    assert res.returncode == 2 and "--api-port must differ from --port" in res.stderr
+
+
 @pytest.mark.parametrize("cuda, expect", [("12.9", "cu128"), ("12.6", "cu126"), ("13.0", "cu128")])
 def test_dry_run_cuda_variant(tmp_path, stubs, cuda, expect):
     res = run_script("--dry-run", "--only", "python", path_prefix=[stubs[0], fake_gpu(tmp_path, cuda)])
