@@ -42,6 +42,7 @@ from .io import uploads
 
 EXPORTS = {"poses.csv": "text/csv", "poses_imc2024.csv": "text/csv", "points.ply": "application/octet-stream",
            "model.zip": "application/zip"}
+MAX_REQUEST_BYTES = uploads.DEFAULT_LIMITS.max_total_bytes + 64 * 2**20  # a run's photos plus form overhead
 _MATCH_LOCK = threading.Lock()
 _MODELS: dict = {}
 
@@ -95,11 +96,23 @@ def create_app(token: str | None = None) -> FastAPI:
         return JSONResponse({"error": "bad request: " + "; ".join(parts) + " (see /docs)", "status": 422},
                             status_code=422)
 
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next):
+        # a request announcing more than a run's upload limit is refused before its body is read
+        try:
+            length = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            length = 0
+        if length > MAX_REQUEST_BYTES:
+            return JSONResponse({"error": f"the request is larger than {MAX_REQUEST_BYTES / 2**30:.1f} GB; send at most "
+                                          f"{uploads.DEFAULT_LIMITS.describe()}", "status": 413}, status_code=413)
+        return await call_next(request)
+
     def auth(request: Request) -> None:
         if token is None:
             return
         got = request.headers.get("authorization", "")
-        if not (got.startswith("Bearer ") and secrets.compare_digest(got[7:].strip(), token)):
+        if not (got.startswith("Bearer ") and secrets.compare_digest(got[7:].strip().encode(), token.encode())):
             raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>' (the "
                                      "token printed when the server started)", headers={"WWW-Authenticate": "Bearer"})
 

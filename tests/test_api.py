@@ -154,6 +154,22 @@ def test_run_from_upload_to_scored_poses_then_delete(api, tmp_path):
     assert status == 404 and "GET /v1/runs" in json.loads(body)["error"]
 
 
+def test_a_request_larger_than_a_runs_upload_limit_is_refused_before_its_body(api):
+    import http.client
+    from urllib.parse import urlparse
+
+    base, _ = api
+    u = urlparse(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.putrequest("POST", "/v1/runs")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Content-Length", str(10**12))  # a terabyte announced, nothing sent
+    conn.endheaders()
+    r = conn.getresponse()
+    assert r.status == 413 and "larger than" in json.loads(r.read())["error"]
+    conn.close()
+
+
 def test_run_needs_two_photos(api):
     base, runs = api
     before = set(p.name for p in runs.iterdir()) if runs.exists() else set()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 ESTIMATORS = ("poselib", "opencv")
@@ -130,6 +129,8 @@ def _poselib(p0, p1, K0, K1, threshold):
 
 
 def _opencv(p0, p1, K0, K1, threshold):
+    import cv2
+
     n = len(p0)
     out: dict = {}
     if K0 is not None and K1 is not None:
