@@ -176,12 +176,12 @@ def _run(sources, labels, methods, opts, gt) -> dict:
 
 
 def _caption(r) -> str:
+    """Method names escaped (registry names, but shown as text); the numbers and model names are ours."""
     d = r.to_dict()
     s = d["seconds"]
-    text = (f"{d['features']} + {d['matcher']}: {d['matches']} matches, {d['inliers']} inliers "
-            f"({d['inlier_ratio']:.0%}), model {d['model'] or 'none'} ({d['verdict']}); extraction "
+    return (f"{ui.md_escape(d['features'])} + {ui.md_escape(d['matcher'])}: {d['matches']} matches, {d['inliers']} "
+            f"inliers ({d['inlier_ratio']:.0%}), model {d['model'] or 'none'} ({d['verdict']}); extraction "
             f"{s['extraction']:.2f} s, matching {s['matching']:.2f} s, verification {s['verification']:.2f} s")
-    return ui.md_escape(text)
 
 
 def _same_place(entry: dict) -> None:
@@ -307,7 +307,7 @@ def page() -> None:
         views["correct"] = "Correct (green) and wrong (red) by the ground truth"
     c = st.columns([3, 1])
     show = c[0].radio("Show", list(views), format_func=views.get, horizontal=True, key="tv_show",
-                      index=len(views) - 1)
+                      index=list(views).index("correct") if "correct" in views else 0)
     max_lines = c[1].select_slider("Lines drawn (at most)", [100, 200, 400, 800], value=200, key="tv_lines")
     _show(entry, show, max_lines)
 
