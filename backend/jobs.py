@@ -50,6 +50,7 @@ STAGE_TITLES = {
     "features": "Features",
     "matching": "Matches",
     "verification": "Verification (two-view geometry)",
+    "scenes": "Scenes (groups and outliers)",
     "mapping": "Mapping (SfM)",
     "exports": "Exports",
 }

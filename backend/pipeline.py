@@ -1,4 +1,4 @@
-"""The whole pipeline: images -> pairs -> features -> matches -> verification -> mapping -> exports.
+"""The whole pipeline: images -> pairs -> features -> matches -> verification -> scenes -> mapping -> exports.
 
 Each stage reads the previous stages' files from the run folder and writes its own; ``run.json`` records the
 config, library versions, weight checksums, and per stage its status, config hash, wall time, peak memory,
@@ -6,7 +6,7 @@ counts and error. A finished stage whose hash (its config and the hashes of its 
 recomputed, so a crashed or cancelled run resumes where it stopped.
 
 The hashes chain the *content* of the inputs: images (the sha256 of every photo's bytes and the images config)
--> retrieval and features -> matching -> verification (with the mapping config) -> mapping -> exports. Within a
+-> retrieval and features -> matching -> verification (with the mapping config) -> scenes -> mapping -> exports. Within a
 stage, ``features.h5`` and ``matches.h5`` reuse an image's or a pair's entry only when it carries the content key
 it would get now (see :mod:`backend.io.h5cache`); ``force`` recomputes every stage and every entry.
 """
@@ -28,7 +28,7 @@ import numpy as np
 
 from .config import PipelineConfig
 
-STAGES = ["images", "retrieval", "features", "matching", "verification", "mapping", "exports"]
+STAGES = ["images", "retrieval", "features", "matching", "verification", "scenes", "mapping", "exports"]
 RUN_JSON = "run.json"
 
 Progress = Callable[[str, int, int, str], None]
@@ -224,7 +224,8 @@ class Pipeline:
         h["features"] = _hash(h["images"], c.stage_hash("features"), self._weights(*fw))
         h["matching"] = _hash(h["retrieval"], h["features"], c.stage_hash("matching"), self._weights(*mw))
         h["verification"] = _hash(h["matching"], c.stage_hash("mapping"))
-        h["mapping"] = _hash(h["verification"])
+        h["scenes"] = _hash(h["verification"], c.stage_hash("scenes"))
+        h["mapping"] = _hash(h["scenes"])
         h["exports"] = _hash(h["mapping"], self.record.get("dataset"), self.record.get("scene"))
         return h
 
@@ -268,16 +269,24 @@ class Pipeline:
     def _child(self, stages: list[str]):
         from .io.images import load_images_json
         from .mapping.reconstruction import run_in_child
+        from .mapping.scenes import read_split
         from .retrieval.global_descriptors import read_pairs
 
         images = {i["name"]: i for i in load_images_json(self.run_dir)["images"]}
         pairs = [(a, b) for a, b, _ in read_pairs(self.run_dir)]
+        split = read_split(self.run_dir) if "mapping" in stages else None
         return run_in_child(self.run_dir, list(images), images, pairs, self.cfg.mapping,
                             self.cfg.matching.min_matches, stages,
-                            lambda st, d, t, m: self.progress(st, d, t, m), self.cancel)
+                            lambda st, d, t, m: self.progress(st, d, t, m), self.cancel,
+                            split=split.to_dict() if split else None)
 
     def _stage_verification(self, report):
         return self._child(["verification"])
+
+    def _stage_scenes(self, report):
+        from .mapping.scenes import run_scenes
+
+        return run_scenes(self.run_dir, self._names(), self.cfg.scenes, report)
 
     def _stage_mapping(self, report):
         res = self._child(["mapping"])
@@ -305,6 +314,9 @@ class Pipeline:
             "stopped_at_time_bound": res.get("stopped_at_time_bound", []),
             "fold": res.get("fold"),
             "cameras": res.get("cameras"),
+            "scenes": len(res.get("scenes", [])),
+            "scene_sizes": [len(sc["images"]) for sc in res.get("scenes", [])],
+            "outliers": len(res.get("outliers", [])),
             "child_peak_rss_mb": res.get("child_peak_rss_mb"),
         }
 
@@ -386,7 +398,8 @@ class Pipeline:
             s["verified_pairs"] = counts.get("verified_pairs")
             s["inliers"] = counts.get("inliers_total")
         elif stage == "mapping":
-            for k in ["registered_images", "points", "mean_reprojection_error", "mean_track_length", "models"]:
+            for k in ["registered_images", "points", "mean_reprojection_error", "mean_track_length", "models",
+                      "scenes", "outliers"]:
                 s[k] = counts.get(k)
 
     def run(self, until: str | None = None, force: bool = False) -> dict:

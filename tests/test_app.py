@@ -272,7 +272,7 @@ def _copy_run(runs_root, finished_run: str, rid: str, edit) -> str:
 def test_unfinished_stage_explains_itself(app, runs_root, finished_run):
     """A run paused after 'features' shows its images and keypoints; later pages say what is missing."""
     def pause(rec):
-        for s in ("matching", "verification", "mapping", "exports"):
+        for s in ("matching", "verification", "scenes", "mapping", "exports"):
             rec["stages"].pop(s)
         rec["status"] = "paused"
 

@@ -35,7 +35,7 @@ SPARE = "templeR0017.png"  # replaces templeR0016.png (same size after padding, 
 # ALIKED + LightGlue (about 1 s per image here), not the fast preset's XFeat (0.05 s per image): the kill tests need a
 # features stage that lasts long enough to be killed inside it
 BASE = ("--preset", "fast", "--features", "aliked-n16", "--matcher", "lightglue", "--max-keypoints", "256", "--quiet")
-DOWNSTREAM = ["features", "matching", "verification", "mapping", "exports"]
+DOWNSTREAM = ["features", "matching", "verification", "scenes", "mapping", "exports"]
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_unreadable_h5_after_a_kill_is_recomputed(reference, tmp_path):
     p.write_bytes(data[: len(data) // 2])
     rec = _record(run)
     rec["stages"]["matching"]["status"] = "running"  # what a kill in the matching stage leaves
-    for later in ["verification", "mapping", "exports"]:
+    for later in ["verification", "scenes", "mapping", "exports"]:
         rec["stages"].pop(later)
     (run / "run.json").write_text(json.dumps(rec))
     res = _reconstruct(images, run)

@@ -1,13 +1,21 @@
-"""Stage 6: exports of the largest model.
+"""Stage "exports": poses, points and models of every scene (the scenes of ``mapping.json``; scene k's model is
+``sparse/<k>``; a run from before scenes has one scene, ``sparse/0``).
 
-- ``poses.csv``: IMC convention, ``image_name,rotation_matrix,translation_vector,calibration_matrix``;
+- ``poses.csv``: IMC convention, ``image_name,rotation_matrix,translation_vector,calibration_matrix,scene``;
   R is world-to-camera (COLMAP's ``cam_from_world``), row-major, ``;``-separated; t likewise, so that
   x_cam = R X_world + t and the camera centre is C = -Rᵀ t; K is the 3x3 pinhole part of the camera in pixels
-  (distortion is not in K). Unregistered images are rows with empty pose fields.
+  (distortion is not in K). Unregistered images are rows with empty pose fields. ``scene`` names the image's scene
+  (``scene0``, ``scene1``, ... each in its own coordinate frame) or ``outliers``.
 - ``poses_imc2024.csv``: the IMC 2024 submission layout ``image_path,dataset,scene,rotation_matrix,
   translation_vector``; unregistered images carry ``nan`` values, as the Kaggle metric expects.
-- ``points.ply``: the sparse points with colours (binary little-endian PLY: float x, y, z; uchar r, g, b).
-- ``sparse_txt/``: the largest model as COLMAP text files; ``model.zip``: every model (binary) and the text copy.
+- ``submission.csv``: the IMC 2025 layout ``image_id,dataset,scene,image,rotation_matrix,translation_vector``: one
+  row per input file (skipped files included, as outliers), ``image`` the file name as uploaded, ``scene`` the
+  scene or ``outliers``, ``nan`` poses for unregistered images; ``image_id`` is ``<dataset>_<image>_public``.
+- ``points.ply``: the largest scene's sparse points with colours (binary little-endian PLY: float x, y, z; uchar
+  r, g, b).
+- ``sparse_txt/``: the largest scene's model as COLMAP text files; ``model.zip``: every model (binary) and the text
+  copy.
+- ``scenes/<k>/``, when there are several scenes: ``poses.csv``, ``points.ply`` and ``model.zip`` of scene k.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 POSES_CSV = "poses.csv"
+SUBMISSION_CSV = "submission.csv"
+SCENES_DIR = "scenes"
 POSES_IMC2024_CSV = "poses_imc2024.csv"
 POINTS_PLY = "points.ply"
 MODEL_ZIP = "model.zip"
@@ -48,26 +58,51 @@ def model_poses(rec) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return out
 
 
-def write_poses_csv(path: Path, names: list[str], poses: dict) -> None:
-    """Write ``poses.csv`` (IMC convention) with one row per name in ``names``; unregistered -> empty fields."""
+def write_poses_csv(path: Path, names: list[str], poses: dict, scene_of: dict[str, str] | None = None) -> None:
+    """Write ``poses.csv`` (IMC convention) with one row per name in ``names``; unregistered -> empty fields.
+    With ``scene_of`` ({name: scene}) a last column ``scene``."""
     with open(path, "w") as f:
-        f.write("image_name,rotation_matrix,translation_vector,calibration_matrix\n")
+        f.write("image_name,rotation_matrix,translation_vector,calibration_matrix" + (",scene" if scene_of else "")
+                + "\n")
         for n in names:
+            sc = f",{scene_of.get(n, 'outliers')}" if scene_of else ""
             if n in poses:
                 R, t, K = poses[n]
-                f.write(f"{n},{_fmt(R)},{_fmt(t)},{_fmt(K)}\n")
+                f.write(f"{n},{_fmt(R)},{_fmt(t)},{_fmt(K)}{sc}\n")
             else:
-                f.write(f"{n},,,\n")
+                f.write(f"{n},,,{sc}\n")
 
 
-def write_imc2024_csv(path: Path, names: list[str], poses: dict, dataset: str, scene: str) -> None:
-    """Write the IMC 2024 submission variant; ``image_path`` is ``test/<dataset>/images/<name>``."""
-    nan_r, nan_t = ";".join(["nan"] * 9), ";".join(["nan"] * 3)
+NAN_R, NAN_T = ";".join(["nan"] * 9), ";".join(["nan"] * 3)
+
+
+def write_imc2024_csv(path: Path, names: list[str], poses: dict, dataset: str, scene: str,
+                      scene_of: dict[str, str] | None = None) -> None:
+    """Write the IMC 2024 submission variant; ``image_path`` is ``test/<dataset>/images/<name>``; ``scene`` is
+    ``scene``, or each image's from ``scene_of`` when given."""
     with open(path, "w") as f:
         f.write("image_path,dataset,scene,rotation_matrix,translation_vector\n")
         for n in names:
-            r, t = (_fmt(poses[n][0]), _fmt(poses[n][1])) if n in poses else (nan_r, nan_t)
-            f.write(f"test/{dataset}/images/{n},{dataset},{scene},{r},{t}\n")
+            r, t = (_fmt(poses[n][0]), _fmt(poses[n][1])) if n in poses else (NAN_R, NAN_T)
+            sc = scene_of.get(n, "outliers") if scene_of else scene
+            f.write(f"test/{dataset}/images/{n},{dataset},{sc},{r},{t}\n")
+
+
+def write_submission_csv(path: Path, rows: list[tuple[str, str, tuple | None]], dataset: str) -> None:
+    """Write an IMC 2025 submission: ``rows`` are ``(image file name, scene or "outliers", (R, t) or None)``.
+
+    Raises:
+        ValueError: a name or the dataset holds a comma, quote or line break (the Kaggle CSV is not quoted).
+    """
+    for text in [dataset] + [r[0] for r in rows] + [r[1] for r in rows]:
+        if any(c in text for c in ',"\n\r'):
+            raise ValueError(f"{text[:80]!r} holds a comma, quote or line break, which an IMC submission cannot "
+                             "carry: rename the file or choose another dataset name")
+    with open(path, "w") as f:
+        f.write("image_id,dataset,scene,image,rotation_matrix,translation_vector\n")
+        for image, scene, pose in rows:
+            r, t = (_fmt(pose[0]), _fmt(pose[1])) if pose is not None else (NAN_R, NAN_T)
+            f.write(f"{dataset}_{image}_public,{dataset},{scene},{image},{r},{t}\n")
 
 
 def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
@@ -101,30 +136,87 @@ def model_points(rec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return xyz, rgb, err, tl
 
 
-def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> dict:
-    """Write every export of the run's largest model (``sparse/0``); with no model, poses files with every
-    image unregistered.
+def read_scenes(run_dir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:
+    """The scenes and outliers of a run's ``mapping.json`` (``[{"name", "images", "registered", "model", ...}]``,
+    ``[{"image", "reason"}]``); a run from before scenes: one scene of every image with model 0."""
+    import json
 
-    Returns counts ``{"registered_images", "points"}``.
+    p = Path(run_dir) / "mapping.json"
+    m = json.loads(p.read_text()) if p.exists() else {}
+    if "scenes" in m:
+        return m["scenes"], m.get("outliers", [])
+    return [{"name": "scene0", "images": list(names), "model": 0, "why": "one scene"}], []
+
+
+def _zip_model(zip_path: Path, parts: list[tuple[Path, str]]) -> None:
+    """Zip every file under each ``(folder, name in the archive)``."""
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
+        for folder, arc in parts:
+            for p in sorted(folder.rglob("*")) if folder.exists() else []:
+                if p.is_file():
+                    z.write(p, f"{arc}/{p.relative_to(folder)}")
+
+
+def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> dict:
+    """Write every export (see the module docstring); with no model, poses files with every image unregistered.
+
+    Args:
+        names: the run's images (``images.json``); skipped input files are added to ``submission.csv`` as outliers.
+        dataset, scene: names for the IMC CSVs (the scene name is used when the run holds one scene).
+
+    Returns:
+        counts ``{"registered_images"`` (largest scene), ``"points"`` (largest scene), ``"scenes"``,
+        ``"registered_all_scenes"``, ``"outliers"}``.
     """
     import pycolmap
 
+    from .images import load_images_json
+
     run_dir = Path(run_dir)
-    model_dir = run_dir / "sparse" / "0"
-    poses, xyz, rgb = {}, np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
-    if (model_dir / "images.bin").exists():
-        rec = pycolmap.Reconstruction(model_dir)
-        poses = model_poses(rec)
-        xyz, rgb, _, _ = model_points(rec)
+    scenes, outliers = read_scenes(run_dir, names)
+    several = len(scenes) > 1
+    scene_of = {n: sc["name"] for sc in scenes for n in sc["images"]}
+    poses_all: dict = {}
+    largest = None
+    scenes_root = run_dir / SCENES_DIR
+    if scenes_root.exists():
+        import shutil
+
+        shutil.rmtree(scenes_root)
+    for k, sc in enumerate(scenes):
+        model_dir = run_dir / "sparse" / str(sc.get("model"))
+        rec = pycolmap.Reconstruction(model_dir) if sc.get("model") is not None and \
+            (model_dir / "images.bin").exists() else None
+        poses = model_poses(rec) if rec is not None else {}
+        xyz, rgb = (model_points(rec)[:2] if rec is not None else (np.zeros((0, 3)), np.zeros((0, 3), np.uint8)))
+        poses_all.update({n: p for n, p in poses.items() if n in sc["images"]})
+        if k == 0:
+            largest = (rec, poses, xyz, rgb)
+        if several:
+            d = scenes_root / str(k)
+            d.mkdir(parents=True)
+            write_poses_csv(d / POSES_CSV, sc["images"], poses)
+            write_ply(d / POINTS_PLY, xyz, rgb)
+            if rec is not None:
+                (d / "sparse_txt").mkdir()
+                rec.write_text(d / "sparse_txt")
+                _zip_model(d / MODEL_ZIP, [(model_dir, "sparse/0"), (d / "sparse_txt", "sparse_txt")])
+    rec, poses0, xyz, rgb = largest if largest else (None, {}, np.zeros((0, 3)), np.zeros((0, 3), np.uint8))
+    if rec is not None:
         txt = run_dir / "sparse_txt"
         txt.mkdir(exist_ok=True)
         rec.write_text(txt)
-    write_poses_csv(run_dir / POSES_CSV, names, poses)
-    write_imc2024_csv(run_dir / POSES_IMC2024_CSV, names, poses, dataset, scene)
+    write_poses_csv(run_dir / POSES_CSV, names, poses_all, scene_of)
+    write_imc2024_csv(run_dir / POSES_IMC2024_CSV, names, poses_all, dataset, scene,
+                      scene_of if several or outliers else None)
     write_ply(run_dir / POINTS_PLY, xyz, rgb)
-    with zipfile.ZipFile(run_dir / MODEL_ZIP, "w", zipfile.ZIP_DEFLATED) as z:
-        for sub in ("sparse", "sparse_txt"):
-            for p in sorted((run_dir / sub).rglob("*")) if (run_dir / sub).exists() else []:
-                if p.is_file():
-                    z.write(p, p.relative_to(run_dir))
-    return {"registered_images": len(poses), "points": int(len(xyz))}
+    _zip_model(run_dir / MODEL_ZIP, [(run_dir / "sparse", "sparse"), (run_dir / "sparse_txt", "sparse_txt")])
+    info = load_images_json(run_dir)
+    rows = []
+    for im in info["images"]:
+        n = im["name"]
+        rows.append((Path(im.get("source") or n).name, scene_of.get(n, "outliers"), poses_all.get(n)))
+    rows += [(s["name"], "outliers", None) for s in info.get("skipped", [])]
+    write_submission_csv(run_dir / SUBMISSION_CSV, rows, dataset)
+    return {"registered_images": len(poses0), "points": int(len(xyz)), "scenes": len(scenes),
+            "registered_all_scenes": len(poses_all), "outliers": len(outliers) + len(info.get("skipped", []))}

@@ -18,7 +18,10 @@ Writes into the run folder:
   ``config`` (the two-view geometry type, e.g. ``CALIBRATED``) for every verified pair;
 - ``sparse/<k>/``: every reconstructed model (COLMAP binary), largest first;
 - ``mapping.json``: per model the number of registered images and points, and how cameras were handled;
-- ``database_groups.json``: the shared-camera groups the database was built with.
+- ``database_groups.json``: the shared-camera groups the database was built with;
+- ``groups/<g>/``: when the scenes stage split the collection (:func:`map_scenes`), group g's own database (a copy
+  of ``database.db`` without the verified pairs that leave the group), mapping files and models; ``sparse/<k>/``
+  then holds the models of every scene, scene k's in ``sparse/<k>``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,16 @@ DATABASE_GROUPS = "database_groups.json"
 
 class MappingError(RuntimeError):
     """Verification or mapping failed, or pycolmap crashed; the message says what to try."""
+
+
+GROUPS_DIR = "groups"  # groups/<g>/: the mapping work folder of group g of a collection split into scenes
+
+
+def _inputs(run_dir: Path) -> Path:
+    """The run folder whose ``images/``, ``features.h5`` and ``matches.h5`` a mapping folder reads: the folder
+    itself, or for ``<run>/groups/<g>/`` (one group of a split collection, see :func:`map_scenes`) the run."""
+    run_dir = Path(run_dir)
+    return run_dir.parents[1] if run_dir.parent.name == GROUPS_DIR else run_dir
 
 
 def _build_database(run_dir: Path, names: list[str], images: dict, pairs: list[tuple[str, str]], cfg: MappingConfig,
@@ -88,12 +101,12 @@ def _build_database(run_dir: Path, names: list[str], images: dict, pairs: list[t
     for g in groups:
         if not g.get("trusted", True):
             untrusted.update(g["names"])
-        pycolmap.import_images(db_path, run_dir / "images", pycolmap.CameraMode.SINGLE, g["names"], reader)
+        pycolmap.import_images(db_path, _inputs(run_dir) / "images", pycolmap.CameraMode.SINGLE, g["names"], reader)
         grouped.update(g["names"])
         focal_override.update({n: g["focal_px"] for n in g["names"]})
     rest = [n for n in names if n not in grouped]
     if rest:
-        pycolmap.import_images(db_path, run_dir / "images", pycolmap.CameraMode.PER_IMAGE, rest, reader)
+        pycolmap.import_images(db_path, _inputs(run_dir) / "images", pycolmap.CameraMode.PER_IMAGE, rest, reader)
     db = pycolmap.Database.open(db_path)
     try:
         name_to_id = {}
@@ -113,12 +126,12 @@ def _build_database(run_dir: Path, names: list[str], images: dict, pairs: list[t
             cam.has_prior_focal_length = info["focal_source"] == "exif" or (
                 im.name in focal_override and im.name not in untrusted)
             db.update_camera(cam)
-        with h5py.File(run_dir / "features.h5", "r") as f:
+        with h5py.File(_inputs(run_dir) / "features.h5", "r") as f:
             for n in names:
                 db.write_keypoints(name_to_id[n], to_colmap_keypoints(f[n]["keypoints"][()]))
         written = []
         for n0, n1 in pairs:
-            m, _ = read_matches(run_dir / "matches.h5", n0, n1)
+            m, _ = read_matches(_inputs(run_dir) / "matches.h5", n0, n1)
             if len(m) >= min_matches:
                 db.write_matches(name_to_id[n0], name_to_id[n1], m.astype(np.uint32))
                 written.append((n0, n1))
@@ -204,7 +217,7 @@ def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label
     report("mapping", 0, n_images, f"incremental mapping{label}")
     t0 = time.perf_counter()
     models = pycolmap.incremental_mapping(
-        db or run_dir / DATABASE, run_dir / "images", tmp, opts, next_image_callback=next_image
+        db or run_dir / DATABASE, _inputs(run_dir) / "images", tmp, opts, next_image_callback=next_image
     )
     if time.perf_counter() - t0 >= bound:
         TIME_BOUND_HIT.append({"label": label.strip(" ()") or "mapping", "bound_seconds": bound})
@@ -249,7 +262,7 @@ def _global(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str
     opts.mapper.bundle_adjustment.refine_focal_length = cfg.refine_focal_length
     opts.mapper.bundle_adjustment.refine_extra_params = cfg.refine_extra_params
     report("mapping", 0, n_images, f"global mapping{label}: rotation averaging, positions, bundle adjustment")
-    models = pycolmap.global_mapping(db, run_dir / "images", tmp, opts)
+    models = pycolmap.global_mapping(db, _inputs(run_dir) / "images", tmp, opts)
     shutil.rmtree(tmp, ignore_errors=True)
     return models
 
@@ -660,6 +673,150 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
             "time_bound_seconds": mapping_time_bound(cfg, n_images), "stopped_at_time_bound": list(TIME_BOUND_HIT)}
 
 
+def _group_database(run_dir: Path, gdir: Path, members: list[str], images: dict, cfg: MappingConfig) -> int:
+    """Give group folder ``gdir`` its own ``database.db``: a copy of the run's without the verified pairs that leave
+    the group (its images are the only ones the mapper can register), so no pair is verified twice. The copy keeps
+    the run's cameras; ``database_groups.json`` says so when they are the shared-camera groups :func:`_map` would
+    choose for these images (otherwise :func:`_map` rebuilds and verifies the group's database). Returns the number
+    of verified pairs removed."""
+    import pycolmap
+
+    gdir.mkdir(parents=True, exist_ok=True)
+    _copy_database(run_dir / DATABASE, gdir / DATABASE)
+    inside = set(members)
+    db = pycolmap.Database.open(gdir / DATABASE)
+    removed = 0
+    try:
+        id_to_name = {im.image_id: im.name for im in db.read_all_images()}
+        pair_ids, _ = db.read_two_view_geometries()
+        for pid in pair_ids:
+            i0, i1 = _pair_id_to_image_ids(pid)
+            if id_to_name[i0] not in inside or id_to_name[i1] not in inside:
+                db.delete_two_view_geometry(i0, i1)
+                removed += 1
+    finally:
+        db.close()
+    run_groups = _database_groups(run_dir)
+    if run_groups is not None:
+        restricted = sorted(sorted(n for n in g["names"] if n in inside) for g in run_groups)
+        restricted = [g for g in restricted if g]
+        wanted = metadata_camera_groups(images, members) if cfg.camera_mode == "auto" else None
+        if wanted is not None and sorted(sorted(g["names"]) for g in wanted) == restricted:
+            (gdir / DATABASE_GROUPS).write_text(json.dumps(wanted))
+        elif cfg.camera_mode != "auto":
+            (gdir / DATABASE_GROUPS).write_text(json.dumps(run_groups))
+    return removed
+
+
+def _registered_names(model_dir: Path) -> list[str]:
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(model_dir)
+    return sorted(im.name for im in rec.images.values() if im.has_pose)
+
+
+def map_scenes(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: MappingConfig, min_matches: int,
+               report, split: dict | None) -> dict:
+    """Map each group of the scenes stage on its own, then turn models into scenes (rule 4 of
+    :mod:`backend.mapping.scenes`).
+
+    One group holding every photo is mapped in the run folder as before (:func:`_map`); otherwise group g is mapped in
+    ``groups/<g>/`` (:func:`_group_database`) and the models of the scenes are copied to ``sparse/<k>`` in scene order.
+    Scenes are ordered by their number of photos, largest first; scene k's model is ``sparse/<k>``.
+
+    Args:
+        split: :meth:`backend.mapping.scenes.SceneSplit.to_dict` (None: one scene of every image).
+
+    Returns:
+        :func:`_map`'s result (``models`` as in ``sparse/``; ``cameras`` and ``fold`` of the largest group, and
+        ``groups``: each group's own) plus ``scenes`` (``[{"name", "images", "registered", "model", "group",
+        "why"}]``) and ``outliers`` (``[{"image", "reason"}]``).
+    """
+    from .scenes import SceneSplit
+
+    sp = SceneSplit.from_dict(split) if split else SceneSplit([sorted(names)], [], mode="single")
+    min_size = sp.min_scene_size
+    groups_root = run_dir / GROUPS_DIR
+    if groups_root.exists():
+        shutil.rmtree(groups_root)
+    trivial = len(sp.groups) == 1 and len(sp.groups[0]) == len(names)
+    per_group = []  # (folder whose sparse/ holds the models, _map result)
+    if trivial:
+        per_group.append((run_dir, _map(run_dir, names, images, pairs, cfg, min_matches, report)))
+    else:
+        for g, members in enumerate(sp.groups):
+            gdir = groups_root / str(g)
+            inside = set(members)
+            report("mapping", 0, len(members), f"group {g + 1} of {len(sp.groups)}: {len(members)} photos")
+            _group_database(run_dir, gdir, members, images, cfg)
+            gpairs = [p for p in pairs if p[0] in inside and p[1] in inside]
+            per_group.append((gdir, _map(gdir, members, images, gpairs, cfg, min_matches, report)))
+    scenes, outliers = [], list(sp.outliers)
+    for g, (gdir, res) in enumerate(per_group):
+        members = sp.groups[g]
+        regs = [(k, _registered_names(gdir / SPARSE / str(k))) for k in range(len(res["models"]))]
+        if sp.mode == "single":
+            big = regs[:1]
+        else:
+            big = [(k, r) for k, r in regs if len(r) >= min_size]
+        if not big and sp.mode != "single":
+            reason = (f"its group of {len(members)} photos (joined by verified pairs) gave no model with at least "
+                      f"{min_size} registered photos")
+            outliers.extend({"image": n, "reason": reason} for n in members)
+            continue
+        held = set().union(*(set(r) for _, r in big)) if big else set()
+        rest = [n for n in members if n not in held]
+        for j, (k, reg) in enumerate(big):
+            why = f"group {g}: {len(members)} photos joined by verified pairs"
+            if len(big) > 1:
+                why += (f"; the mapper made {len(big)} models of it (no consistent way to join them), this is "
+                        f"model {j + 1}")
+            scenes.append({"images": sorted(reg + (rest if j == 0 else [])), "registered": reg, "group": g,
+                           "group_model": k, "why": why, "_dir": str(gdir / SPARSE / str(k)),
+                           "_summary": res["models"][k]})
+        if not big:  # single mode and nothing mapped
+            scenes.append({"images": sorted(members), "registered": [], "group": g, "group_model": None,
+                           "why": "one scene (scenes mode 'single')", "_dir": None, "_summary": None})
+    if not trivial:  # (one group: the scenes are in model order already, largest first)
+        scenes.sort(key=lambda sc: (-len(sc["images"]), -len(sc["registered"]), sc["images"][0]))
+    if trivial:
+        result = dict(per_group[0][1])
+        model_summaries = result["models"]
+        for i, sc in enumerate(scenes):  # the scenes' models are sparse/0..S-1 already (largest first)
+            sc["model"] = sc["group_model"]
+    else:
+        out = run_dir / SPARSE
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir()
+        model_summaries = []
+        for sc in scenes:
+            if sc["_dir"] is None:
+                sc["model"] = None
+                continue
+            sc["model"] = len(model_summaries)
+            shutil.copytree(sc["_dir"], out / str(sc["model"]))
+            model_summaries.append({**sc["_summary"], "model": sc["model"]})
+        first = per_group[0][1] if per_group else {}
+        result = {"models": model_summaries, "cameras": first.get("cameras", {}), "fold": first.get("fold"),
+                  "deregistered_outside_models": [d for _, r in per_group for d in r["deregistered_outside_models"]],
+                  "time_bound_seconds": first.get("time_bound_seconds"),
+                  "stopped_at_time_bound": list(TIME_BOUND_HIT),
+                  "groups": [{"group": g, "images": len(sp.groups[g]), "cameras": r.get("cameras"),
+                              "fold": r.get("fold"), "models": [m["registered_images"] for m in r["models"]]}
+                             for g, (_, r) in enumerate(per_group)]}
+    for i, sc in enumerate(scenes):
+        sc["name"] = f"scene{i}"
+        sc.pop("_dir")
+        sc.pop("_summary")
+        sc.pop("group_model")
+    outliers.sort(key=lambda o: o["image"])
+    result["scenes"] = [{k: sc[k] for k in ("name", "images", "registered", "model", "group", "why")}
+                        for sc in scenes]
+    result["outliers"] = outliers
+    return result
+
+
 MIN_OBSERVATIONS = 15  # a registered image must observe at least this many 3D points
 FOCAL_RANGE = (0.1, 10.0)  # plausible focal length, in units of the image's longer side
 
@@ -736,7 +893,7 @@ def _child_main(job_file: str) -> int:
         if "mapping" in job["stages"]:
             if os.environ.get("SFM_FAULT_INJECT") == "abort-mapping":  # tests: behave like a pycolmap abort
                 os.abort()
-            result.update(_map(rd, names, images, pairs, mcfg, job["min_matches"], report))
+            result.update(map_scenes(rd, names, images, pairs, mcfg, job["min_matches"], report, job.get("split")))
         send("done", result)
     except MappingError as e:
         send("error", str(e))
@@ -767,8 +924,10 @@ def run_in_child(
     stages: list[str],
     progress: Callable[[str, int, int, str], None] | None = None,
     cancel: threading.Event | None = None,
+    split: dict | None = None,
 ) -> dict:
-    """Run ``stages`` (``"verification"``, ``"mapping"``) in a child Python process.
+    """Run ``stages`` (``"verification"``, ``"mapping"``) in a child Python process; mapping maps the groups of
+    ``split`` (:meth:`backend.mapping.scenes.SceneSplit.to_dict`; None: one scene) with :func:`map_scenes`.
 
     The child is a plain subprocess (``python -m backend.mapping.reconstruction``), not ``multiprocessing``, so it works
     from any caller (scripts without a ``__main__`` guard, Streamlit, threads) and a pycolmap abort (SIGABRT) only
@@ -784,7 +943,7 @@ def run_in_child(
     job_file = run_dir / "mapping_job.json"
     job_file.write_text(json.dumps({
         "run_dir": str(run_dir), "names": names, "images": images, "pairs": [list(p) for p in pairs],
-        "cfg": vars(cfg).copy(), "min_matches": min_matches, "stages": stages,
+        "cfg": vars(cfg).copy(), "min_matches": min_matches, "stages": stages, "split": split,
     }))
     log_path = run_dir / "mapping.log"
     repo_root = str(Path(__file__).resolve().parents[2])
