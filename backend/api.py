@@ -12,7 +12,7 @@ Endpoints (all JSON unless a file is asked for; errors are ``{"error": "<what we
   the run is computed in the background into the same run folders as the app's (``$SFM_RUNS_DIR``), so the app
   opens it too.
 - ``GET /v1/runs`` (ids and statuses), ``GET /v1/runs/{id}`` (status, per-stage progress, exports ready),
-  ``GET /v1/runs/{id}/poses.csv`` (and ``poses_imc2024.csv``, ``points.ply``, ``model.zip``),
+  ``GET /v1/runs/{id}/poses.csv`` (and ``poses_imc2024.csv``, ``submission.csv``, ``points.ply``, ``model.zip``),
   ``DELETE /v1/runs/{id}`` (cancels a working run, then removes its folder).
 - ``GET /v1/methods``: extractors, matchers, estimators, presets.
 
@@ -40,8 +40,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from . import jobs
 from .io import uploads
 
-EXPORTS = {"poses.csv": "text/csv", "poses_imc2024.csv": "text/csv", "points.ply": "application/octet-stream",
-           "model.zip": "application/zip"}
+EXPORTS = {"poses.csv": "text/csv", "poses_imc2024.csv": "text/csv", "submission.csv": "text/csv",
+           "points.ply": "application/octet-stream", "model.zip": "application/zip"}
 MAX_REQUEST_BYTES = uploads.DEFAULT_LIMITS.max_total_bytes + 64 * 2**20  # a run's photos plus form overhead
 _MATCH_LOCK = threading.Lock()
 _MODELS: dict = {}
@@ -210,7 +210,8 @@ def create_app(token: str | None = None) -> FastAPI:
 
     @app.get("/v1/runs/{run_id}/{export}", dependencies=guarded)
     def run_export(run_id: str, export: str):
-        """Download an export: ``poses.csv``, ``poses_imc2024.csv``, ``points.ply`` or ``model.zip``."""
+        """Download an export: ``poses.csv``, ``poses_imc2024.csv``, ``submission.csv`` (IMC 2025: scenes and
+        outliers), ``points.ply`` or ``model.zip``."""
         if export not in EXPORTS:
             raise _error(404, f"no export {export[:80]!r}; choose one of {', '.join(EXPORTS)}")
         d = _run_dir(run_id)

@@ -77,6 +77,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disambiguate", choices=["off", "auto"],
                    help="auto: check the model for a fold (one side of a symmetric building mapped onto the other) "
                         "and map the two sides as two models (default: the preset's)")
+    p.add_argument("--scenes", choices=["auto", "single"],
+                   help="auto (default): group the photos into scenes by their verified pairs, mark the photos that "
+                        "join none as outliers and map each scene on its own; single: map every photo as one scene")
+    p.add_argument("--single-scene", dest="scenes", action="store_const", const="single",
+                   help="the same as --scenes single")
+    p.add_argument("--min-scene-size", type=int,
+                   help="smallest group of photos mapped as a scene (default 3); smaller groups are outliers")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -127,6 +134,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     print(f"  keypoints: {s.get('keypoints')}  matches: {s.get('matches')}  inliers: {s.get('inliers')}")
     mre = s.get("mean_reprojection_error")
     mtl = s.get("mean_track_length")
+    if (s.get("scenes") or 1) > 1 or s.get("outliers"):
+        sizes = record["stages"]["mapping"]["counts"].get("scene_sizes", [])
+        print(f"  scenes: {s.get('scenes')} ({', '.join(map(str, sizes))} photos); outliers: {s.get('outliers')} "
+              f"(scenes.json, mapping.json)")
     print(f"  registered images: {s.get('registered_images')}/{s.get('images')} in the largest of "
           f"{s.get('models')} model(s); points: {s.get('points')}; "
           f"mean reprojection error: {mre if mre is None else round(mre, 3)} px; "
@@ -134,7 +145,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     times = ", ".join(f"{k} {v.get('seconds', 0):.1f}s" for k, v in record["stages"].items())
     print(f"  time: {record.get('total_seconds')} s ({times})")
     print(f"  outputs: {run_dir / 'poses.csv'}, {run_dir / 'poses_imc2024.csv'}, {run_dir / 'points.ply'}, "
-          f"{run_dir / 'sparse'}/0 (COLMAP), {run_dir / 'model.zip'}, {run_dir / 'run.json'}")
+          f"{run_dir / 'sparse'}/0 (COLMAP), {run_dir / 'model.zip'}, {run_dir / 'submission.csv'} (IMC 2025), "
+          f"{run_dir / 'run.json'}" + (f", {run_dir / 'scenes'}/<k>/ (per scene)" if (s.get("scenes") or 1) > 1
+                                       else ""))
     if args.gt:
         from .evaluation.imc_metric import evaluate_files
 
@@ -256,10 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m backend", description="SfM Explorer: headless reconstruction.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("reconstruct", help="photos in, registered cameras and a point cloud out")
-    r.add_argument("images_dir", help="folder of JPEG/PNG photos of one scene")
+    r.add_argument("images_dir", help="folder of JPEG/PNG photos: one scene, or several mixed with stray photos")
     r.add_argument("--out", required=True, help="run folder (created; an existing one is resumed)")
     _add_config_args(r)
-    r.add_argument("--dataset", help="dataset name for poses_imc2024.csv (default: parent folder name)")
+    r.add_argument("--dataset", help="dataset name for poses_imc2024.csv and submission.csv (default: parent folder "
+                                     "name)")
     r.add_argument("--scene", help="scene name for poses_imc2024.csv (default: the dataset name)")
     r.add_argument("--gt", help="ground-truth CSV (IMC format): evaluate the result")
     r.add_argument("--thresholds", help="mAA thresholds: a file or a list like '0.1;0.2' (default: thresholds.txt "
