@@ -21,12 +21,13 @@ PAGES = {  # url path -> (file, title, icon)
     "pairs": ("app_pages/pairs.py", "Pairs", ":material/hub:"),
     "features": ("app_pages/features.py", "Features", ":material/scatter_plot:"),
     "matches": ("app_pages/matches.py", "Matches", ":material/compare:"),
+    "scenes": ("app_pages/scenes.py", "Scenes", ":material/workspaces:"),
     "reconstruction": ("app_pages/reconstruction.py", "Reconstruction", ":material/view_in_ar:"),
     "evaluate": ("app_pages/evaluate.py", "Evaluate", ":material/analytics:"),
     "twoview": ("app_pages/twoview.py", "Two-view", ":material/join_inner:"),
 }
 STAGE_PAGE = {"images": "images", "retrieval": "pairs", "features": "features", "matching": "matches",
-              "verification": "matches", "mapping": "reconstruction", "exports": "reconstruction"}
+              "verification": "matches", "scenes": "scenes", "mapping": "reconstruction", "exports": "reconstruction"}
 STATUS_LABEL = {
     "new": ":grey[not started]", "queued": ":orange[queued]", "running": ":blue[running]",
     "paused": ":violet[paused after a stage]", "done": ":green[finished]", "failed": ":red[failed]",

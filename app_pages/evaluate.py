@@ -90,6 +90,16 @@ def page() -> None:
         else:
             gt = evaluate.read_poses_csv(scene_gt)
         pred = evaluate.read_poses_csv(run_dir / "poses.csv")
+        scene_names = [sc["name"] for sc in runview.scenes(run_dir)["scenes"]]
+        if len(scene_names) > 1:  # several scenes, each in its own frame: score one against this ground truth
+            table = evaluate.read_pose_table(run_dir / "poses.csv")
+            overlap = {s: sum(r.scene == s and r.image in gt for r in table) for s in scene_names}
+            pick = st.selectbox("Scene of this run to score", scene_names, key="eval_scene",
+                                index=scene_names.index(max(scene_names, key=lambda s: overlap[s])),
+                                help="this run holds several scenes (Scenes page); the one sharing most photos with "
+                                     "the ground truth is chosen first. A whole mixed collection is scored with "
+                                     "'python -m backend evaluate GT.csv submission.csv'")
+            pred = evaluate.read_poses_csv(run_dir / "poses.csv", scene=pick)
         run_names = {i["name"] for i in runview.images_info(run_dir)["images"]} | set(pred)
         extra = sorted(n for n in gt if n not in run_names)
         if extra:

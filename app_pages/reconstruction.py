@@ -15,6 +15,8 @@ DOWNLOADS = [
      "translation_vector, calibration_matrix"),
     ("poses_imc2024.csv", "poses_imc2024.csv", "text/csv", "IMC 2024 submission layout: image_path, dataset, scene, "
      "rotation_matrix, translation_vector"),
+    ("submission.csv", "submission.csv", "text/csv", "IMC 2025 submission: image_id, dataset, scene (or outliers), "
+     "image, rotation_matrix, translation_vector"),
     ("model.zip", "model.zip", "application/zip", "every COLMAP model (binary) and the largest as text"),
     ("points.ply", "points.ply", "application/octet-stream", "the sparse points with colours (binary PLY)"),
 ]
@@ -47,21 +49,32 @@ def page() -> None:
                    "pairs with many verified inliers.")
         _downloads(run_dir, state)
         return
+    scene_list = [sc for sc in runview.scenes(run_dir)["scenes"] if sc.get("model") is not None]
+    scene_of_model = {sc["model"]: sc["name"] for sc in scene_list}
     if len(models) > 1:
         k = st.selectbox("Model", [m["model"] for m in models], key="rec_model",
-                         format_func=lambda i: f"model {i}: {models[i]['registered_images']} images, "
-                                               f"{models[i]['points']} points" + (" (largest)" if i == 0 else ""))
+                         format_func=lambda i: (f"{scene_of_model[i]}: " if i in scene_of_model else "")
+                         + f"model {i}: {models[i]['registered_images']} images, {models[i]['points']} points"
+                         + (" (largest)" if i == 0 else ""))
         fold_text = runview.fold_note(run_dir)
         if fold_text:
             st.info(fold_text + " The exports are of the largest model; model.zip holds every one.")
+        elif len(scene_of_model) > 1:
+            st.caption(f"The photos form {len(scene_of_model)} scenes (see the Scenes page), each with its own model "
+                       "and coordinate frame. poses.csv and submission.csv hold every scene's poses; points.ply is "
+                       "the largest scene's; the Scenes page has each scene's files.")
         else:
             st.caption(f"The photos split into {len(models)} separate models (no overlap links them). "
                        "The exports are of the largest one.")
     else:
         k = models[0]["model"]
     xyz, rgb, cams, stats = _model(str(run_dir), int(k), runview.model_key(run_dir, int(k)))
+    scene = next((sc for sc in scene_list if sc["model"] == k), None) if len(scene_list) > 1 else None
+    if scene is not None:  # a collection of several scenes: count against this scene's photos
+        n_images = len(scene["images"])
     c = st.columns(4)
-    c[0].metric("Registered images", f"{stats['registered']} / {n_images}")
+    c[0].metric("Registered images", f"{stats['registered']} / {n_images}",
+                help=f"of the {n_images} photos of {scene['name']}" if scene is not None else None)
     c[1].metric("3D points", f"{stats['points']:,}")
     c[2].metric("Mean track length", f"{stats['track']:.2f}" if stats["track"] is not None else "–")
     c[3].metric("Mean reprojection error", f"{stats['error']:.3f} px" if stats["error"] is not None else "–")
@@ -91,9 +104,10 @@ def page() -> None:
         st.plotly_chart(fig, width="stretch", key=f"rec3d_{k}", config={"displaylogo": False})
         st.caption("Drag to rotate, scroll to zoom; hover a camera for its image name, click it to see the photo. "
                    "Red frusta: registered cameras.")
-    unregistered = [i["name"] for i in runview.images_info(run_dir)["images"] if i["name"] not in set(names)]
+    pool = scene["images"] if scene is not None else [i["name"] for i in runview.images_info(run_dir)["images"]]
+    unregistered = [n for n in pool if n not in set(names)]
     if unregistered:
-        st.caption(f"Not registered in this model ({len(unregistered)}): "
+        st.caption(f"Not registered in this {'scene' if scene is not None else 'model'} ({len(unregistered)}): "
                    + ", ".join(ui.md_escape(n) for n in unregistered))
     rescued = models[[m["model"] for m in models].index(k)].get("focal_rescued") or []
     if rescued:

@@ -21,7 +21,7 @@ ARTIFACTS = REPO / "test-artifacts" / "browser"
 SUBSET = ["05534141_6340060522.jpg", "05791347_12791964625.jpg", "05866831_3427466899.jpg",
           "05936329_2458217347.jpg", "05978621_9257964873.jpg", "06229406_8584869180.jpg"]
 PAGES = [("images", "Images"), ("pairs", "Pairs"), ("features", "Features"), ("matches", "Matches"),
-         ("reconstruction", "Reconstruction"), ("evaluate", "Evaluate"), ("twoview", "Two-view")]
+         ("scenes", "Scenes"), ("reconstruction", "Reconstruction"), ("evaluate", "Evaluate"), ("twoview", "Two-view")]
 RUN_TIMEOUT_S = 600
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -172,4 +172,54 @@ def test_upload_run_explore_download(server, browser, tmp_path):
         _no_errors(page, title)
         assert f"run={run_id}" in page.url  # the open run stays in the address
         _screenshot(page, f"{PAGES.index((key, title)) + 3}_{key}")
+    page.close()
+
+
+def test_mixed_zip_scenes_and_submission(server, browser, tmp_path):
+    """Upload a zip of two scenes mixed with stray photos, see the scenes and the outliers, download the IMC 2025
+    submission and check it."""
+    import zipfile
+
+    from bench.mixtures import build_mixture
+
+    base, runs = server
+    mix = build_mixture("browser_mix", tmp_path / "mix", parts=[
+        ("temple_ring_middlebury", 8), ("fox_instant_ngp", 8), ("noise", 0), ("flat", 0)])
+    zpath = tmp_path / "holiday.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for p in sorted(mix.images.iterdir()):
+            z.write(p, f"holiday/{p.name}")
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    page.set_default_timeout(60_000)
+    page.goto(base)
+    page.get_by_role("heading", name="SfM Explorer").wait_for()
+    _settle(page)
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(zpath))
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"stFileChip\"]').length == 1")
+    page.locator('[data-testid="stRadio"]').filter(has_text="Preset").get_by_text("fast", exact=True).click()
+    _settle(page)
+    page.get_by_role("button", name="Start run").click()
+    page.wait_for_url(re.compile(r".*[?&]run=[A-Za-z0-9_-]+"))
+    page.get_by_text(re.compile(r"Status: finished")).wait_for(timeout=RUN_TIMEOUT_S * 1000)
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Scenes", exact=True).click()
+    page.get_by_role("heading", name="Scenes", exact=True).wait_for()
+    page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first.wait_for()
+    page.get_by_role("heading", name=re.compile(r"Outliers \(\d+\)")).wait_for()
+    page.locator('[data-testid="stMetric"]').filter(has_text="Scenes").get_by_text("2", exact=True).wait_for()
+    _settle(page)
+    _no_errors(page, "Scenes")
+    _screenshot(page, "mixed_scenes")
+    with page.expect_download() as dl:
+        page.locator('[data-testid="stDownloadButton"]').filter(has_text="submission.csv").first.click()
+    with open(dl.value.path(), newline="") as f:
+        rows = list(csv.DictReader(f))
+    gt = {r["image"]: r["scene"] for r in csv.DictReader(open(mix.gt_csv, newline=""))}
+    assert sorted(r["image"] for r in rows) == sorted(gt)
+    assert all(r["scene"] == "outliers" for r in rows if gt[r["image"]] == "outliers")
+    clusters = {r["scene"] for r in rows} - {"outliers"}
+    assert len(clusters) == 2
+    for c in clusters:  # each cluster holds one scene's photos, most of them registered
+        members = [r for r in rows if r["scene"] == c]
+        assert len({gt[r["image"]] for r in members}) == 1
+        assert sum("nan" not in r["rotation_matrix"] for r in members) >= 0.75 * len(members), members
     page.close()

@@ -325,3 +325,35 @@ def load_model(run_dir: Path, k: int):
     if not (d / "images.bin").exists():
         raise FileNotFoundError(f"model {k} does not exist in this run")
     return pycolmap.Reconstruction(d)
+
+
+def scenes(run_dir: Path) -> dict:
+    """What the Scenes view shows: ``scenes`` (``[{"name", "images", "registered", "model", "group", "why"}]`` of
+    ``mapping.json``, largest first), ``outliers`` (``[{"image", "reason"}]``, skipped input files included),
+    ``edges`` (``[{"images": [a, b], "inliers"}]``, every verified pair), ``cut`` (the set of pairs the split cut,
+    as sorted tuples), ``mode``, ``min_scene_size``, ``strong_inliers`` (``scenes.json``), and ``scene_of``
+    ({image: scene name or "outliers"}). Empty lists before the stages ran."""
+    run_dir = Path(run_dir)
+    split_p, map_p = run_dir / "scenes.json", run_dir / "mapping.json"
+    split = json.loads(split_p.read_text()) if split_p.exists() else {}
+    mapping = json.loads(map_p.read_text()) if map_p.exists() else {}
+    scenes_ = mapping.get("scenes", [])
+    outliers = list(mapping.get("outliers", split.get("outliers", [])))
+    for s in images_info(run_dir).get("skipped", []):
+        outliers.append({"image": s["name"], "reason": f"not used: {s['reason']}", "skipped": True})
+    scene_of = {n: sc["name"] for sc in scenes_ for n in sc["images"]}
+    scene_of.update({o["image"]: "outliers" for o in outliers})
+    return {"scenes": scenes_, "outliers": outliers, "edges": split.get("edges", []),
+            "cut": {tuple(sorted(c["images"])) for c in split.get("cut_pairs", [])},
+            "mode": split.get("mode"), "min_scene_size": split.get("min_scene_size"),
+            "strong_inliers": split.get("strong_inliers"), "scene_of": scene_of}
+
+
+def scene_files(run_dir: Path, k: int) -> dict[str, Path]:
+    """The export files of scene ``k`` that exist: ``poses.csv``, ``points.ply``, ``model.zip`` under
+    ``scenes/<k>/`` (a run with one scene: the run's own)."""
+    run_dir = Path(run_dir)
+    d = run_dir / "scenes" / str(int(k))
+    if not d.is_dir():
+        d = run_dir
+    return {n: d / n for n in ("poses.csv", "points.ply", "model.zip") if (d / n).is_file()}

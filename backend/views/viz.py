@@ -483,3 +483,75 @@ def gt_vs_prediction_figure(names: list[str], gt_c: np.ndarray, pred_c: np.ndarr
         fig.add_annotation(text=f"{int((~near).sum())} predicted camera(s) far outside this view", showarrow=False,
                            xref="paper", yref="paper", x=1, y=1, xanchor="right", font=dict(color="#b45309"))
     return fig
+
+
+SCENE_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+                 "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a"]
+OUTLIER_COLOUR = "#d62728"
+
+
+def scene_colour(k: int) -> str:
+    """The colour of scene ``k`` in every scene figure (outliers: :data:`OUTLIER_COLOUR`)."""
+    return SCENE_COLOURS[k % len(SCENE_COLOURS)]
+
+
+def scene_graph(scene_images: list[list[str]], outliers: list[str], edges: list[tuple[str, str, int]],
+                cut: set[tuple[str, str]] | None = None, labels: list[str] | None = None) -> go.Figure:
+    """The verified-pair graph coloured by scene: each scene's images on a circle of their own (side by side,
+    largest first), outliers on a last circle in red; an edge per verified pair, in the scene's colour when both
+    images are in one scene, dashed red when the split cut it, grey otherwise. Hover shows names and inliers.
+
+    Args:
+        scene_images: image names per scene (scene k gets :func:`scene_colour`).
+        outliers: image names in no scene.
+        edges: ``(image0, image1, inliers)``.
+        cut: pairs (sorted tuples) the scene split cut.
+        labels: a legend name per scene (default ``scene<k>``).
+    """
+    cut = cut or set()
+    groups = [list(g) for g in scene_images] + ([list(outliers)] if outliers else [])
+    names_l = (labels or [f"scene{k}" for k in range(len(scene_images))]) + (["outliers"] if outliers else [])
+    pos, owner = {}, {}
+    cols = max(1, int(np.ceil(np.sqrt(len(groups)))))
+    for gi, members in enumerate(groups):
+        cx, cy = 3.0 * (gi % cols), -3.0 * (gi // cols)
+        r = 0.35 + 0.12 * np.sqrt(len(members))
+        ang = np.linspace(0, 2 * np.pi, max(len(members), 1), endpoint=False) + np.pi / 2
+        for n, a in zip(members, ang):
+            pos[n] = (cx + r * np.cos(a), cy + r * np.sin(a))
+            owner[n] = gi
+    fig = go.Figure()
+    kinds: dict[str, tuple[list, list, dict]] = {}
+    hover_x, hover_y, hover_t = [], [], []
+    n_out = len(groups) - (1 if outliers else 0)
+    for a, b, w in edges:
+        if a not in pos or b not in pos:
+            continue
+        if tuple(sorted((a, b))) in cut:
+            key, style = "cut pair", dict(color=OUTLIER_COLOUR, width=1, dash="dash")
+        elif owner[a] == owner[b] and owner[a] < n_out:
+            key, style = names_l[owner[a]], dict(color=scene_colour(owner[a]), width=1)
+        else:
+            key, style = "pair across groups", dict(color="#999999", width=1, dash="dot")
+        xs, ys, _ = kinds.setdefault(key, ([], [], style))
+        xs += [pos[a][0], pos[b][0], None]
+        ys += [pos[a][1], pos[b][1], None]
+        hover_x.append((pos[a][0] + pos[b][0]) / 2)
+        hover_y.append((pos[a][1] + pos[b][1]) / 2)
+        hover_t.append(f"{a} - {b}<br>{int(w)} inliers")
+    for key, (xs, ys, style) in kinds.items():
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=style, hoverinfo="skip", name=key,
+                                 legendgroup=key, showlegend=key in ("cut pair", "pair across groups")))
+    if hover_x:
+        fig.add_trace(go.Scatter(x=hover_x, y=hover_y, mode="markers", marker=dict(size=8, opacity=0),
+                                 text=hover_t, hovertemplate="%{text}<extra></extra>", showlegend=False))
+    for gi, members in enumerate(groups):
+        colour = OUTLIER_COLOUR if gi >= n_out else scene_colour(gi)
+        fig.add_trace(go.Scatter(
+            x=[pos[n][0] for n in members], y=[pos[n][1] for n in members], mode="markers",
+            marker=dict(size=11, color=colour, line=dict(width=1, color="#333")), name=names_l[gi],
+            text=[f"{n}<br>{names_l[gi]}" for n in members], hovertemplate="%{text}<extra></extra>"))
+    fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10),
+                      title="Verified pairs, photos grouped by scene",
+                      xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"), plot_bgcolor="white")
+    return fig
