@@ -20,7 +20,7 @@ import streamlit as st
 import app_common as ui
 from backend import jobs
 from backend.io import uploads
-from backend.config import DISAMBIGUATE_MODES, MAPPERS, UPRIGHT_MODES, get_preset
+from backend.config import DISAMBIGUATE_MODES, MAPPERS, SCENES_MODES, UPRIGHT_MODES, get_preset
 from backend.pipeline import STAGES
 
 PRESET_HELP = {"fast": "quickest", "balanced": "the default", "accurate": "slowest"}
@@ -105,9 +105,16 @@ def options_form() -> tuple[str, dict]:
                               help="auto: check the model for a fold (one side of a symmetric building mapped onto "
                                    "the other, seen as conflicting 3D points) and map the two sides as two models; "
                                    "off: keep the mapper's model")
+        scenes = c2.selectbox("Scenes", SCENES_MODES, key="opt_scenes" + k, index=SCENES_MODES.index(base.scenes.mode),
+                              help="auto: group the photos into scenes by their verified pairs (a mixed folder: "
+                                   "several places and stray photos), mark photos that join none as outliers and "
+                                   "map each scene on its own; single: map every photo as one scene")
+        min_scene = c2.number_input("Smallest scene (photos)", 2, 1000, base.scenes.min_scene_size,
+                                    key="opt_min_scene" + k, help="smaller groups of photos are outliers")
     return preset, dict(retrieval_model=model, num_neighbors=int(nn), resize=int(resize), max_keypoints=int(kp),
                         features=feats, matcher=matcher, camera_mode=cam, min_matches=int(mm),
-                        mapper=mapper, upright=upright, disambiguate=disamb)
+                        mapper=mapper, upright=upright, disambiguate=disamb, scenes=scenes,
+                        min_scene_size=int(min_scene))
 
 
 def _fingerprint(source: str, files, cfg: dict) -> str:

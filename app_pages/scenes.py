@@ -79,7 +79,9 @@ def _scene_downloads(run_dir, state, k: int, sc: dict) -> None:
     if not files:
         st.caption("Downloads of this scene: the run's own (Reconstruction page).")
         return
-    st.caption(f"3D view: Reconstruction page, model {sc['model']}. Downloads of this scene:")
+    where = f"3D view: Reconstruction page, model {sc['model']}." if sc.get("model") is not None else \
+        "Not reconstructed: no 3D view."
+    st.caption(f"{where} Downloads of this scene:")
     cols = st.columns(len(files))
     mime = {"poses.csv": "text/csv", "points.ply": "application/octet-stream", "model.zip": "application/zip"}
     for col, (fname, p) in zip(cols, files.items()):

@@ -103,7 +103,8 @@ def build_config(preset: str = "balanced", *, retrieval_model: str | None = None
                  resize: int | None = None, max_keypoints: int | None = None, features: str | None = None,
                  matcher: str | None = None, camera_mode: str | None = None,
                  min_matches: int | None = None, mapper: str | None = None,
-                 upright: str | None = None, disambiguate: str | None = None) -> PipelineConfig:
+                 upright: str | None = None, disambiguate: str | None = None, scenes: str | None = None,
+                 min_scene_size: int | None = None) -> PipelineConfig:
     """The config of ``preset`` with the app's advanced options applied (None keeps the preset's value).
 
     Raises:
@@ -112,7 +113,7 @@ def build_config(preset: str = "balanced", *, retrieval_model: str | None = None
     return apply_overrides(get_preset(preset), retrieval_model=retrieval_model, num_neighbors=num_neighbors,
                            resize=resize, max_keypoints=max_keypoints, features=features, matcher=matcher,
                            camera_mode=camera_mode, min_matches=min_matches, mapper=mapper, upright=upright,
-                           disambiguate=disambiguate)
+                           disambiguate=disambiguate, scenes=scenes, min_scene_size=min_scene_size)
 
 
 # ---- progress.json ---------------------------------------------------------------------------------------------

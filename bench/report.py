@@ -113,6 +113,14 @@ def write_report(results: dict, out: Path, md_path: Path) -> None:
     lines += _tables(results)
     lines += _recall(Path(out) / "retrieval_recall.json")
     lines += _folds(results.get("rows", []), Path(out) / "church_links.json")
+    mixed = Path(out) / "mixed.json"
+    if mixed.exists():
+        from .mixed import report_lines
+
+        lines += [""] + report_lines(json.loads(mixed.read_text()))
+    labels = Path(out) / "imc2025_labels.md"
+    if labels.exists():
+        lines += [""] + labels.read_text().splitlines()
     files = _plots(results, out)
     lines += [""] + [f"![{f}](out/{f})" for f in files]
     gpu_path = Path(out) / "results_gpu.json"

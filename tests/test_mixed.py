@@ -56,6 +56,46 @@ def test_small_groups_are_outliers_with_their_reason_and_single_mode_keeps_every
         split_scenes(a, verified, min_scene_size=1)
 
 
+def test_our_submission_writer_covers_the_imc2025_training_labels(tmp_path):
+    """Every labelled image of the IMC 2025 training set, written by our writer: the competition's columns, one row
+    per image, every image present, parsed by the metric's reader."""
+    from backend.evaluation.imc_metric import read_pose_table
+    from backend.io.export import SUBMISSION_COLUMNS, check_submission, write_submission_csv
+    from conftest import DATA
+
+    labels = _rows(DATA / "_imc2025_labels" / "train_labels.csv")
+    expected, lines = {}, []
+    for ds in sorted({r["dataset"] for r in labels}):
+        items = [(r["image"], r["scene"], None) for r in labels if r["dataset"] == ds]
+        expected[ds] = {i for i, _, _ in items}
+        p = tmp_path / f"{ds}.csv"
+        write_submission_csv(p, items, ds)
+        lines += p.read_text().splitlines()[1:]
+    sub = tmp_path / "submission.csv"
+    sub.write_text(",".join(SUBMISSION_COLUMNS) + "\n" + "\n".join(lines) + "\n")
+    assert check_submission(sub, expected) == []
+    rows = read_pose_table(sub)
+    assert len(rows) == len(labels) and all(r.R is None for r in rows)
+    # a missing image and a broken rotation are caught
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(sub.read_text().splitlines()[:-1]).replace("nan;nan;nan;nan;nan;nan;nan;nan;nan", "1;2", 1))
+    problems = check_submission(bad, expected)
+    assert any("missing" in p for p in problems) and any("rotation_matrix" in p for p in problems)
+    with pytest.raises(ValueError, match="comma"):
+        write_submission_csv(tmp_path / "x.csv", [("a,b.jpg", "scene0", None)], "ds")
+
+
+def test_the_official_thresholds_file_is_read_zeros_included():
+    """IMC 2025's train_thresholds.csv gives imc2023_haiper 0;0;0.001;... (the two tightest are skipped)."""
+    from backend.evaluation.imc_metric import parse_threshold_text, read_thresholds
+    from conftest import DATA
+
+    table = read_thresholds(DATA / "_imc2025_labels" / "train_thresholds.csv")
+    assert list(table.by_scene[("imc2023_haiper", "bike")][:3]) == [0.0, 0.0, 0.001]
+    with pytest.raises(ValueError, match="every threshold is 0"):
+        parse_threshold_text("0;0", "box")
+
+
 def test_bad_scene_options_are_refused_by_the_cli(tmp_path):
     (tmp_path / "images").mkdir()
     res = run_cli("reconstruct", str(tmp_path / "images"), "--out", str(tmp_path / "run"), "--min-scene-size", "1")
@@ -110,6 +150,9 @@ def test_two_scenes_and_outliers_are_found_and_scored(two_scenes):
         assert (d / "points.ply").read_bytes().startswith(b"ply\n")
         rec = pycolmap.Reconstruction(run / "sparse" / str(sc["model"]))
         assert sorted(im.name for im in rec.images.values() if im.has_pose) == sorted(sc["registered"])
+    from backend.io.export import check_submission
+
+    assert check_submission(run / "submission.csv", {mix.dataset: set(gt)}) == []
     top = _rows(run / "poses.csv")
     assert {p["scene"] for p in top} == {"scene0", "scene1", "outliers"}
 

@@ -246,7 +246,9 @@ def parse_threshold_text(text: str, source: str = "thresholds") -> np.ndarray:
 
     Raises:
         ValueError: no numbers, more than :data:`MAX_THRESHOLDS`, a token that is not a number, or a non-finite /
-            non-positive value; the message starts with ``source``.
+            negative value, or no positive value; the message starts with ``source``. Zero is allowed: the official
+            IMC 2025 ``train_thresholds.csv`` gives ``imc2023_haiper`` the thresholds ``0;0;0.001;...`` (the two
+            tightest, which the metric skips).
     """
     text = "\n".join(line.split("#", 1)[0] for line in str(text).splitlines())
     tokens = [tok for tok in re.split(r"[;,\s\[\]()]+", text) if tok]
@@ -258,11 +260,13 @@ def parse_threshold_text(text: str, source: str = "thresholds") -> np.ndarray:
             v = float(tok)
         except ValueError:
             raise ValueError(f"{source}: {tok[:40]!r} is not a number") from None
-        if not math.isfinite(v) or v <= 0:
+        if not math.isfinite(v) or v < 0:
             raise ValueError(f"{source}: {tok[:40]!r} is not a positive number")
         values.append(v)
     if not values:
         raise ValueError(f"{source}: no threshold given")
+    if max(values) <= 0:
+        raise ValueError(f"{source}: every threshold is 0; give positive distances")
     return np.sort(np.array(values, dtype=np.float64))
 
 

@@ -220,3 +220,47 @@ def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> di
     write_submission_csv(run_dir / SUBMISSION_CSV, rows, dataset)
     return {"registered_images": len(poses0), "points": int(len(xyz)), "scenes": len(scenes),
             "registered_all_scenes": len(poses_all), "outliers": len(outliers) + len(info.get("skipped", []))}
+
+
+SUBMISSION_COLUMNS = ["image_id", "dataset", "scene", "image", "rotation_matrix", "translation_vector"]
+
+
+def check_submission(path: Path, expected: dict[str, set[str]]) -> list[str]:
+    """What would keep an IMC 2025 submission from being accepted: the header is not exactly
+    :data:`SUBMISSION_COLUMNS`, a row has the wrong number of fields, an empty scene, a rotation that is not 9
+    numbers or a translation that is not 3 (``nan`` allowed), an image listed twice, or an image of ``expected``
+    ({dataset: image file names}) missing or not expected. Returns the problems (empty: acceptable)."""
+    import csv
+
+    problems, seen = [], set()
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != SUBMISSION_COLUMNS:
+            return [f"header {header} is not {SUBMISSION_COLUMNS}"]
+        for row in reader:
+            where = f"line {reader.line_num}"
+            if len(row) != len(SUBMISSION_COLUMNS):
+                problems.append(f"{where}: {len(row)} fields")
+                continue
+            _, ds, scene, image, rot, trans = row
+            if not scene:
+                problems.append(f"{where}: empty scene")
+            for text, n, what in ((rot, 9, "rotation_matrix"), (trans, 3, "translation_vector")):
+                parts = text.split(";")
+                try:
+                    [float(x) for x in parts]
+                except ValueError:
+                    parts = []
+                if len(parts) != n:
+                    problems.append(f"{where}: {what} is not {n} numbers separated by ';'")
+            if (ds, image) in seen:
+                problems.append(f"{where}: {image} of {ds} listed twice")
+            seen.add((ds, image))
+    want = {(d, i) for d, imgs in expected.items() for i in imgs}
+    missing, extra = want - seen, seen - want
+    if missing:
+        problems.append(f"{len(missing)} expected image(s) missing, e.g. {sorted(missing)[0]}")
+    if extra:
+        problems.append(f"{len(extra)} image(s) not expected, e.g. {sorted(extra)[0]}")
+    return problems

@@ -722,7 +722,9 @@ def map_scenes(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: 
 
     One group holding every photo is mapped in the run folder as before (:func:`_map`); otherwise group g is mapped in
     ``groups/<g>/`` (:func:`_group_database`) and the models of the scenes are copied to ``sparse/<k>`` in scene order.
-    Scenes are ordered by their number of photos, largest first; scene k's model is ``sparse/<k>``.
+    Scenes are ordered by their number of photos, largest first, the scenes that gave no model last (a group whose
+    photos belong together by verified pairs stays a scene, without poses: the IMC 2025 metric counts it as a
+    cluster); scene k's model is ``sparse/<k>``.
 
     Args:
         split: :meth:`backend.mapping.scenes.SceneSplit.to_dict` (None: one scene of every image).
@@ -759,11 +761,6 @@ def map_scenes(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: 
             big = regs[:1]
         else:
             big = [(k, r) for k, r in regs if len(r) >= min_size]
-        if not big and sp.mode != "single":
-            reason = (f"its group of {len(members)} photos (joined by verified pairs) gave no model with at least "
-                      f"{min_size} registered photos")
-            outliers.extend({"image": n, "reason": reason} for n in members)
-            continue
         held = set().union(*(set(r) for _, r in big)) if big else set()
         rest = [n for n in members if n not in held]
         for j, (k, reg) in enumerate(big):
@@ -774,11 +771,14 @@ def map_scenes(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: 
             scenes.append({"images": sorted(reg + (rest if j == 0 else [])), "registered": reg, "group": g,
                            "group_model": k, "why": why, "_dir": str(gdir / SPARSE / str(k)),
                            "_summary": res["models"][k]})
-        if not big:  # single mode and nothing mapped
+        if not big:  # the photos belong together (verified pairs) but no model came of them: a scene without poses
+            why = ("one scene (scenes mode 'single')" if sp.mode == "single" else
+                   f"group {g}: {len(members)} photos joined by verified pairs; not reconstructed (no model with at "
+                   f"least {min_size} registered photos)")
             scenes.append({"images": sorted(members), "registered": [], "group": g, "group_model": None,
-                           "why": "one scene (scenes mode 'single')", "_dir": None, "_summary": None})
+                           "why": why, "_dir": None, "_summary": None})
     if not trivial:  # (one group: the scenes are in model order already, largest first)
-        scenes.sort(key=lambda sc: (-len(sc["images"]), -len(sc["registered"]), sc["images"][0]))
+        scenes.sort(key=lambda sc: (sc["_dir"] is None, -len(sc["images"]), -len(sc["registered"]), sc["images"][0]))
     if trivial:
         result = dict(per_group[0][1])
         model_summaries = result["models"]
