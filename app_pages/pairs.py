@@ -28,8 +28,12 @@ def page() -> None:
                    "DINOv2 weights by hand' to install it.")
     col1, col2 = st.columns(2)
     with col1:
-        st.plotly_chart(viz.similarity_heatmap(r["similarity"], r["names"], prs), width="stretch")
-        st.caption("Image indices on the axes; hover for names. Dots mark the pairs that were matched.")
+        if r["similarity"] is not None:
+            st.plotly_chart(viz.similarity_heatmap(r["similarity"], r["names"], prs), width="stretch")
+            st.caption("Image indices on the axes; hover for names. Dots mark the pairs that were matched.")
+        else:
+            st.info(f"{n} images: the similarity matrix was not built (pairs were chosen block by block to keep "
+                    "memory bounded), so there is no heatmap.")
     table = runview.match_table(run_dir) if jobs.stage_done(state, "matching") else None
     with col2:
         options = ["similarity"]

@@ -82,6 +82,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                         "join none as outliers and map each scene on its own; single: map every photo as one scene")
     p.add_argument("--single-scene", dest="scenes", action="store_const", const="single",
                    help="the same as --scenes single")
+    p.add_argument("--sequential", choices=["off", "auto"],
+                   help="auto: when the file names form one numbered sequence (video frames), also pair each photo "
+                        "with the next --sequential-overlap photos, as COLMAP's sequential matcher (default: off)")
+    p.add_argument("--sequential-overlap", type=int, help="sequential pairs per photo (default 5)")
     p.add_argument("--min-scene-size", type=int,
                    help="smallest group of photos mapped as a scene (default 3); smaller groups are outliers")
 

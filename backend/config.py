@@ -41,6 +41,10 @@ class RetrievalConfig:
     bridge_pairs: int = 3  # pairs added from each disconnected group of images to the rest (see select_pairs)
     exhaustive_below: int = 20
     resize: int = 448  # long side in px for the global descriptor network
+    # "auto": when the file names form one numbered sequence (video frames), also pair each photo with the next
+    # ``sequential_overlap`` (COLMAP's sequential matcher); "off": retrieval alone
+    sequential: str = "off"  # one of SEQUENTIAL_MODES
+    sequential_overlap: int = 5
 
 
 @dataclass
@@ -71,6 +75,7 @@ class MatchingConfig:
 
 
 UPRIGHT_MODES = ("off", "auto")  # ImagesConfig.upright
+SEQUENTIAL_MODES = ("off", "auto")  # RetrievalConfig.sequential
 DISAMBIGUATE_MODES = ("off", "auto")  # MappingConfig.disambiguate
 MAPPERS = ("incremental", "global")  # MappingConfig.mapper; the CLI and the app list these
 
@@ -246,9 +251,10 @@ _CHOICES = {
     "upright": UPRIGHT_MODES,
     "disambiguate": DISAMBIGUATE_MODES,
     "scenes": SCENES_MODES,
+    "sequential": SEQUENTIAL_MODES,
 }
 _MINIMA = {"num_neighbors": 1, "exhaustive_below": 0, "resize": 64, "max_keypoints": 64, "min_matches": 1,
-           "border": 0, "min_scene_size": 2}
+           "border": 0, "min_scene_size": 2, "sequential_overlap": 1}
 OVERRIDES: dict[str, tuple[str, str]] = {
     "retrieval_model": ("retrieval", "model"),
     "num_neighbors": ("retrieval", "num_neighbors"),
@@ -266,6 +272,8 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "disambiguate": ("mapping", "disambiguate"),
     "scenes": ("scenes", "mode"),
     "min_scene_size": ("scenes", "min_scene_size"),
+    "sequential": ("retrieval", "sequential"),
+    "sequential_overlap": ("retrieval", "sequential_overlap"),
 }
 
 

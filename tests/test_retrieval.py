@@ -113,3 +113,53 @@ def test_fallback_descriptor_finds_neighbours(tmp_path, monkeypatch):
     nearest = sim.argmax(1)
     adjacent = np.abs(nearest - np.arange(len(names))) <= 2
     assert adjacent.mean() >= 0.8
+
+
+@pytest.mark.parametrize("bridges", [0, 3])
+def test_blocked_selection_equals_the_dense_one(bridges):
+    """Above the dense limit pairs are chosen block by block (no [N, N] matrix): the same pairs, tiny blocks here."""
+    from backend.retrieval.global_descriptors import select_pairs_blocked
+
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(3, 16))
+    d = np.concatenate([base[k] + 0.4 * rng.normal(size=(m, 16)) for k, m in enumerate((40, 25, 9))])
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    d = d.astype(np.float32)
+    cfg = RetrievalConfig(num_neighbors=5, min_score=0.97, exhaustive_below=6, bridge_pairs=bridges)
+    dense = select_pairs(d @ d.T, cfg)
+    for block in (74, 200, 10_000):  # 1, 2 and all rows at a time
+        blocked = select_pairs_blocked(d, cfg, block_elements=block)
+        assert [(i, j) for i, j, _ in blocked] == [(i, j) for i, j, _ in dense]
+        assert np.allclose([s for *_, s in blocked], [s for *_, s in dense], atol=1e-5)
+
+
+def test_capture_order_and_sequential_pairs():
+    from backend.retrieval.global_descriptors import capture_order, sequential_pairs
+
+    assert capture_order(["frame_10.jpg", "frame_9.jpg", "frame_100.jpg"]) == \
+        ["frame_9.jpg", "frame_10.jpg", "frame_100.jpg"]
+    assert capture_order(["0002.jpg", "0001.jpg", "0003.jpg"]) == ["0001.jpg", "0002.jpg", "0003.jpg"]
+    assert capture_order(["cam1_0001.jpg", "cam1_0002.jpg", "cam1_0003.jpg"])[0] == "cam1_0001.jpg"
+    # several templates (a mixed folder, renamed photos) or no numbers: no sequence
+    assert capture_order(["IMG_1.jpg", "DSC_2.jpg", "IMG_3.jpg"]) is None
+    assert capture_order(["a.jpg", "b.jpg", "c.jpg"]) is None
+    assert capture_order(["x1.jpg", "x01.jpg", "x2.jpg"]) is None  # two names with the same number
+    assert sequential_pairs(["a", "b", "c", "d"], 2) == [("a", "b"), ("a", "c"), ("b", "c"), ("b", "d"), ("c", "d")]
+
+
+def test_sequential_pairs_are_added_to_retrieval(tmp_path):
+    """fox's numbered frames with sequential 'auto': every frame is paired with its next 3 (plus retrieval's)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    src = scene_dir("fox_instant_ngp") / "images"
+    names = sorted(p.name for p in src.iterdir())[:12]
+    for n in names:
+        shutil.copy(src / n, images / n)
+    cfg = RetrievalConfig(model="efficientnet-lite0", num_neighbors=2, exhaustive_below=4, resize=224,
+                          sequential="auto", sequential_overlap=3)
+    counts = run_retrieval(tmp_path, names, cfg)
+    keys = {(a, b) for a, b, _ in read_pairs(tmp_path)}
+    for i in range(len(names)):
+        for j in range(i + 1, min(len(names), i + 4)):
+            assert (names[i], names[j]) in keys
+    assert counts["sequential_pairs"] > 0 and counts["dense"]

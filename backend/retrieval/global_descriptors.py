@@ -10,13 +10,19 @@ last feature map (Radenović et al., TPAMI 2018); the model used is recorded.
 Outputs in the run folder:
 
 - ``pairs.txt``: ``name0 name1 score`` per line, name0 < name1 in image order, score = cosine similarity.
-- ``retrieval.h5``: ``names`` [N] (utf-8), ``descriptors`` float32 [N, D], ``similarity`` float32 [N, N],
-  attribute ``model``.
+- ``retrieval.h5``: ``names`` [N] (utf-8), ``descriptors`` float32 [N, D], ``similarity`` float32 [N, N] (only up to
+  :data:`DENSE_LIMIT` images), attributes ``model`` and ``sequential`` (the capture order found, if any).
+
+Memory: up to :data:`DENSE_LIMIT` images the [N, N] similarity matrix is built and kept (64 MB at 4096 images);
+above it, pairs are selected block by block (:func:`select_pairs_blocked`: rows of at most
+:data:`BLOCK_ELEMENTS` similarities at a time, 128 MB whatever N) and no matrix is stored, so the pairs grow as
+O(k N) and memory stays bounded.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Callable
@@ -183,6 +189,112 @@ def select_pairs(similarity: np.ndarray, cfg: RetrievalConfig) -> list[tuple[int
     return [(int(i), int(j), float(similarity[i, j])) for i, j in zip(ii, jj)]
 
 
+DENSE_LIMIT = 4096  # images; above, no [N, N] similarity matrix is built (select_pairs_blocked)
+BLOCK_ELEMENTS = 2**25  # float32 similarities per block in select_pairs_blocked (128 MB)
+
+
+def select_pairs_blocked(d: np.ndarray, cfg: RetrievalConfig, block_elements: int = BLOCK_ELEMENTS
+                         ) -> list[tuple[int, int, float]]:
+    """The pairs of :func:`select_pairs` (top-k, ``min_score``, bridges) from L2-normalised descriptors
+    ``d`` float32 [N, D] without an [N, N] matrix: similarities are computed for blocks of
+    ``max(1, block_elements // N)`` rows at a time, so memory is O(block_elements + k N) for any N.
+
+    Returns the same list as ``select_pairs(d @ d.T, cfg)`` (ties between equal similarities aside).
+    """
+    n = d.shape[0]
+    if n <= cfg.exhaustive_below:
+        sim = d @ d.T
+        return [(i, j, float(sim[i, j])) for i in range(n) for j in range(i + 1, n)]
+    k = min(cfg.num_neighbors, n - 1)
+    rows = max(1, block_elements // n)
+    keep: set[tuple[int, int]] = set()
+    for start in range(0, n, rows):
+        sim = d[start:start + rows] @ d.T  # [b, N]
+        idx = np.arange(start, min(start + rows, n))
+        sim[np.arange(len(idx)), idx] = -np.inf
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < n else np.argsort(-sim, axis=1)
+        for r, i in enumerate(idx):
+            for j in top[r]:
+                keep.add((min(i, int(j)), max(i, int(j))))
+            for j in np.nonzero(sim[r] >= cfg.min_score)[0]:
+                keep.add((min(i, int(j)), max(i, int(j))))
+    for _ in range(n if cfg.bridge_pairs > 0 else 0):
+        comps = _components_of_pairs(n, keep)
+        if len(comps) == 1:
+            break
+        largest = max(range(len(comps)), key=lambda c: len(comps[c]))
+        for c, members in enumerate(comps):
+            if c == largest:
+                continue
+            outside = np.ones(n, bool)
+            outside[members] = False
+            cand = []
+            for start in range(0, len(members), rows):
+                mem = np.array(members[start:start + rows])
+                sim = d[mem] @ d.T
+                sim[:, ~outside] = -np.inf
+                flat = np.argsort(-sim, axis=None)[: cfg.bridge_pairs]
+                cand += [(float(sim.flat[f]), int(mem[f // n]), int(f % n)) for f in flat]
+            for sc, i, j in sorted(cand, reverse=True)[: cfg.bridge_pairs]:
+                if np.isfinite(sc):
+                    keep.add((min(i, j), max(i, j)))
+    pairs = sorted(keep)
+    return [(i, j, float(d[i] @ d[j])) for i, j in pairs]
+
+
+def _components_of_pairs(n: int, pairs) -> list[list[int]]:
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i, j in pairs:
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[ri] = rj
+    comps: dict[int, list[int]] = {}
+    for i in range(n):
+        comps.setdefault(find(i), []).append(i)
+    return list(comps.values())
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def capture_order(names: list[str]) -> list[str] | None:
+    """The capture order of a sequence (video frames, a burst, a walk with a camera that numbers its photos), from
+    the file names: every name is one template with one varying number (``frame_0001.jpg``, ``IMG_1234.JPG``,
+    ``0001.jpg``), all numbers distinct. Returns the names in number order, or None when the names do not form
+    one sequence (then no sequential pairs are added)."""
+    if len(names) < 3:
+        return None
+    keyed = []
+    template = None
+    for n in names:
+        parts = _DIGITS.split(n)
+        nums = [i for i in range(1, len(parts), 2)]
+        if not nums:
+            return None
+        last = nums[-1]
+        t = tuple(parts[:last]) + ("#",) + tuple(parts[last + 1:])
+        if template is None:
+            template = t
+        elif t != template:
+            return None
+        keyed.append((int(parts[last]), n))
+    if len({k for k, _ in keyed}) != len(keyed):
+        return None
+    return [n for _, n in sorted(keyed)]
+
+
+def sequential_pairs(order: list[str], overlap: int) -> list[tuple[str, str]]:
+    """Each photo with the next ``overlap`` photos of the capture order (COLMAP's sequential matcher)."""
+    return [(order[i], order[j]) for i in range(len(order)) for j in range(i + 1, min(len(order), i + 1 + overlap))]
+
+
 def run_retrieval(
     run_dir: Path,
     names: list[str],
@@ -194,7 +306,11 @@ def run_retrieval(
     A photo found turned (``upright_turns`` in ``images.json``) is described turned back.
     Recomputed whenever it runs: the pipeline reruns it only when the images (their content) or the config change.
 
-    Returns counts ``{"pairs", "model", "fallback_reason", "exhaustive"}``.
+    With ``cfg.sequential == "auto"`` and names that form one numbered sequence (:func:`capture_order`), each photo
+    is also paired with the next ``cfg.sequential_overlap`` photos (COLMAP's sequential matcher; retrieval keeps
+    the loop-closure pairs).
+
+    Returns counts ``{"pairs", "model", "fallback_reason", "exhaustive", "sequential_pairs", "dense"}``.
 
     Raises:
         InterruptedError: ``cancel`` was set.
@@ -217,8 +333,21 @@ def run_retrieval(
         if progress:
             progress(i + 1, len(names), name)
     d = np.stack(descs).astype(np.float32)
-    sim = (d @ d.T).astype(np.float32)
-    pairs = select_pairs(sim, cfg)
+    dense = len(names) <= DENSE_LIMIT
+    sim = (d @ d.T).astype(np.float32) if dense else None
+    pairs = select_pairs(sim, cfg) if dense else select_pairs_blocked(d, cfg)
+    order = capture_order(names) if cfg.sequential == "auto" else None
+    n_seq = 0
+    if order is not None and cfg.sequential_overlap > 0:
+        index = {n: i for i, n in enumerate(names)}
+        have = {(i, j) for i, j, _ in pairs}
+        for a, b in sequential_pairs(order, cfg.sequential_overlap):
+            i, j = sorted((index[a], index[b]))
+            if (i, j) not in have:
+                have.add((i, j))
+                pairs.append((i, j, float(d[i] @ d[j])))
+                n_seq += 1
+        pairs.sort()
     # both files are written beside and renamed into place: a killed run never leaves half of one, and readers (the
     # app) keep the old file open undisturbed
     tmp = run_dir / (PAIRS_TXT + ".tmp")
@@ -230,8 +359,10 @@ def run_retrieval(
     with h5py.File(tmp, "w") as f:
         f.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
         f.create_dataset("descriptors", data=d)
-        f.create_dataset("similarity", data=sim)
+        if sim is not None:
+            f.create_dataset("similarity", data=sim)
         f.attrs["model"] = model
+        f.attrs["sequential"] = "" if order is None else f"{len(order)} photos in name order"
         f.attrs["fallback_reason"] = reason
     os.replace(tmp, run_dir / RETRIEVAL_H5)
     return {
@@ -239,6 +370,8 @@ def run_retrieval(
         "model": model,
         "fallback_reason": reason,
         "exhaustive": len(names) <= cfg.exhaustive_below,
+        "sequential_pairs": n_seq,
+        "dense": dense,
     }
 
 

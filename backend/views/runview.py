@@ -77,12 +77,13 @@ def thumbnail_path(run_dir: Path, name: str, size: int = 320) -> Path:
 
 
 def retrieval_info(run_dir: Path) -> dict:
-    """``names``, ``similarity`` [N, N], ``model``, ``fallback_reason`` from ``retrieval.h5``."""
+    """``names``, ``similarity`` [N, N] (None above the dense limit), ``model``, ``fallback_reason`` from
+    ``retrieval.h5``."""
     with h5py.File(Path(run_dir) / "retrieval.h5", "r") as f:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
         return {
             "names": names,
-            "similarity": f["similarity"][()],
+            "similarity": f["similarity"][()] if "similarity" in f else None,
             "model": str(f.attrs.get("model", "")),
             "fallback_reason": str(f.attrs.get("fallback_reason", "")),
         }
