@@ -20,7 +20,7 @@ def page() -> None:
         return
     info = runview.scenes(run_dir)
     scenes, outliers = info["scenes"], info["outliers"]
-    if not scenes and not outliers:
+    if not info["has_scenes"]:
         st.info("This run was made before scenes were found: run it again (Home, resume) to split it.")
         return
     n_images = len(info["scene_of"])

@@ -167,9 +167,18 @@ class PipelineConfig:
         return cfg
 
     def stage_hash(self, *sections: str) -> str:
-        """Short hash of the given config sections (the inputs of one stage)."""
-        blob = json.dumps({s: dataclasses.asdict(getattr(self, s)) for s in sections}, sort_keys=True)
+        """Short hash of the given config sections (the inputs of one stage). Options added later
+        (:data:`_HASH_NEW_DEFAULTS`) are left out while they hold the value that behaves as before, so a run made
+        before they existed is still reused."""
+        def section(s):
+            d = dataclasses.asdict(getattr(self, s))
+            return {k: v for k, v in d.items() if _HASH_NEW_DEFAULTS.get((s, k), object()) != v}
+
+        blob = json.dumps({s: section(s) for s in sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_HASH_NEW_DEFAULTS = {("retrieval", "sequential"): "off", ("retrieval", "sequential_overlap"): 5}
 
 
 def _upgrade(section: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -115,6 +115,10 @@ def two_scenes(tmp_path_factory):
     """temple (12) + fox (12) + a lego view, a noise image and a flat image, reconstructed with the fast preset."""
     root = tmp_path_factory.mktemp("mix2")
     mix = build_mixture("two_scenes", root / "data")
+    # a byte-identical copy of a temple photo and a text file, as a real folder has them
+    first_temple = mix.scenes["temple_ring_middlebury"][0]
+    (mix.images / "zz_copy.png").write_bytes((mix.images / first_temple).read_bytes())
+    (mix.images / "README.txt").write_text("holiday photos")
     run = root / "run"
     res = run_cli("reconstruct", str(mix.images), "--out", str(run), "--preset", "fast", "--dataset", mix.dataset,
                   "--quiet")
@@ -131,7 +135,13 @@ def test_two_scenes_and_outliers_are_found_and_scored(two_scenes):
     sub = _rows(run / "submission.csv")
     assert list(sub[0]) == ["image_id", "dataset", "scene", "image", "rotation_matrix", "translation_vector"]
     gt = {r["image"]: r["scene"] for r in _rows(mix.gt_csv)}
-    assert sorted(r["image"] for r in sub) == sorted(gt)  # every image, once
+    # every photo once (the copy too, in its twin's scene with its pose); the text file is no photo
+    assert sorted(r["image"] for r in sub) == sorted([*gt, "zz_copy.png"])
+    row = {r["image"]: r for r in sub}
+    twin = row[mix.scenes["temple_ring_middlebury"][0]]
+    assert (row["zz_copy.png"]["scene"], row["zz_copy.png"]["rotation_matrix"]) == \
+        (twin["scene"], twin["rotation_matrix"])
+    gt["zz_copy.png"] = gt[mix.scenes["temple_ring_middlebury"][0]]
     assert {r["dataset"] for r in sub} == {mix.dataset}
     marked = [r["image"] for r in sub if r["scene"] == "outliers"]
     assert sum(n in marked for n in mix.outliers) >= 0.9 * len(mix.outliers)

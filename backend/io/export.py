@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> di
     """
     import pycolmap
 
-    from .images import load_images_json
+    from .images import SUPPORTED_EXTENSIONS, load_images_json
 
     run_dir = Path(run_dir)
     scenes, outliers = read_scenes(run_dir, names)
@@ -213,13 +214,28 @@ def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> di
     _zip_model(run_dir / MODEL_ZIP, [(run_dir / "sparse", "sparse"), (run_dir / "sparse_txt", "sparse_txt")])
     info = load_images_json(run_dir)
     rows = []
+    by_source = {}
     for im in info["images"]:
         n = im["name"]
-        rows.append((Path(im.get("source") or n).name, scene_of.get(n, "outliers"), poses_all.get(n)))
-    rows += [(s["name"], "outliers", None) for s in info.get("skipped", [])]
-    write_submission_csv(run_dir / SUBMISSION_CSV, rows, dataset)
-    return {"registered_images": len(poses0), "points": int(len(xyz)), "scenes": len(scenes),
-            "registered_all_scenes": len(poses_all), "outliers": len(outliers) + len(info.get("skipped", []))}
+        row = (Path(im.get("source") or n).name, scene_of.get(n, "outliers"), poses_all.get(n))
+        by_source[row[0]] = row
+        rows.append(row)
+    skipped_photos = 0
+    for s in info.get("skipped", []):  # photos that were not used (not other files: a README is no image)
+        if Path(s["name"]).suffix.lower() not in SUPPORTED_EXTENSIONS:
+            continue
+        twin = re.match(r"identical to (\S+?) \(", s.get("reason", ""))
+        twin_row = by_source.get(twin.group(1)) if twin else None
+        rows.append((s["name"], *twin_row[1:]) if twin_row else (s["name"], "outliers", None))
+        skipped_photos += twin_row is None
+    counts = {"registered_images": len(poses0), "points": int(len(xyz)), "scenes": len(scenes),
+              "registered_all_scenes": len(poses_all), "outliers": len(outliers) + skipped_photos}
+    try:
+        write_submission_csv(run_dir / SUBMISSION_CSV, rows, dataset)
+    except ValueError as e:  # a name an IMC CSV cannot carry: every other export stays
+        (run_dir / SUBMISSION_CSV).unlink(missing_ok=True)
+        counts["submission_not_written"] = str(e)
+    return counts
 
 
 SUBMISSION_COLUMNS = ["image_id", "dataset", "scene", "image", "rotation_matrix", "translation_vector"]

@@ -63,7 +63,10 @@ def _inputs(run_dir: Path) -> Path:
     """The run folder whose ``images/``, ``features.h5`` and ``matches.h5`` a mapping folder reads: the folder
     itself, or for ``<run>/groups/<g>/`` (one group of a split collection, see :func:`map_scenes`) the run."""
     run_dir = Path(run_dir)
-    return run_dir.parents[1] if run_dir.parent.name == GROUPS_DIR else run_dir
+    if run_dir.parent.name == GROUPS_DIR and not (run_dir / "images.json").exists() \
+            and (run_dir.parents[1] / "images.json").exists():
+        return run_dir.parents[1]
+    return run_dir
 
 
 def _build_database(run_dir: Path, names: list[str], images: dict, pairs: list[tuple[str, str]], cfg: MappingConfig,
@@ -760,7 +763,12 @@ def map_scenes(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: 
         if sp.mode == "single":
             big = regs[:1]
         else:
-            big = [(k, r) for k, r in regs if len(r) >= min_size]
+            big, taken = [], set()
+            for k, r in regs:  # (an image COLMAP registered in two models counts in the larger one)
+                r = [n for n in r if n not in taken]
+                if len(r) >= min_size:
+                    big.append((k, r))
+                    taken.update(r)
         held = set().union(*(set(r) for _, r in big)) if big else set()
         rest = [n for n in members if n not in held]
         for j, (k, reg) in enumerate(big):

@@ -202,11 +202,15 @@ def select_pairs_blocked(d: np.ndarray, cfg: RetrievalConfig, block_elements: in
     Returns the same list as ``select_pairs(d @ d.T, cfg)`` (ties between equal similarities aside).
     """
     n = d.shape[0]
-    if n <= cfg.exhaustive_below:
-        sim = d @ d.T
-        return [(i, j, float(sim[i, j])) for i in range(n) for j in range(i + 1, n)]
-    k = min(cfg.num_neighbors, n - 1)
     rows = max(1, block_elements // n)
+    if n <= cfg.exhaustive_below:  # every pair (the list itself is O(N^2)); scores block by block
+        out = []
+        for start in range(0, n, rows):
+            sim = d[start:start + rows] @ d.T
+            out += [(i, j, float(sim[i - start, j])) for i in range(start, min(start + rows, n))
+                    for j in range(i + 1, n)]
+        return out
+    k = min(cfg.num_neighbors, n - 1)
     keep: set[tuple[int, int]] = set()
     for start in range(0, n, rows):
         sim = d[start:start + rows] @ d.T  # [b, N]

@@ -340,11 +340,15 @@ def scenes(run_dir: Path) -> dict:
     mapping = json.loads(map_p.read_text()) if map_p.exists() else {}
     scenes_ = mapping.get("scenes", [])
     outliers = list(mapping.get("outliers", split.get("outliers", [])))
-    for s in images_info(run_dir).get("skipped", []):
-        outliers.append({"image": s["name"], "reason": f"not used: {s['reason']}", "skipped": True})
+    from ..io.images import SUPPORTED_EXTENSIONS
+
+    for s in images_info(run_dir).get("skipped", []):  # photos not used (other files are listed on Images)
+        if Path(s["name"]).suffix.lower() in SUPPORTED_EXTENSIONS:
+            outliers.append({"image": s["name"], "reason": f"not used: {s['reason']}", "skipped": True})
     scene_of = {n: sc["name"] for sc in scenes_ for n in sc["images"]}
     scene_of.update({o["image"]: "outliers" for o in outliers})
-    return {"scenes": scenes_, "outliers": outliers, "edges": split.get("edges", []),
+    return {"has_scenes": "scenes" in mapping, "scenes": scenes_, "outliers": outliers,
+            "edges": split.get("edges", []),
             "cut": {tuple(sorted(c["images"])) for c in split.get("cut_pairs", [])},
             "mode": split.get("mode"), "min_scene_size": split.get("min_scene_size"),
             "strong_inliers": split.get("strong_inliers"), "scene_of": scene_of}
