@@ -110,9 +110,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.ray_address and args.executor != "ray":
+        print("error: --ray-address needs --executor ray", file=sys.stderr)
+        return 2
     run_dir = Path(args.out)
     progress = _TqdmProgress(args.quiet)
-    pipe = Pipeline(RunOptions(images_dir, run_dir, args.dataset or "", args.scene or ""), cfg, progress)
+    pipe = Pipeline(RunOptions(images_dir, run_dir, args.dataset or "", args.scene or "", args.executor,
+                               args.ray_address), cfg, progress)
     try:
         record = pipe.run(force=args.force)
     except PipelineError as e:
@@ -283,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--thresholds", help="mAA thresholds: a file or a list like '0.1;0.2' (default: thresholds.txt "
                                         "beside --gt)")
     r.add_argument("--force", action="store_true", help="recompute every stage")
+    r.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where features and matching compute: here (default) or as Ray tasks on a cluster; the run "
+                        "folder, resume and the app are the same either way")
+    r.add_argument("--ray-address", help="the Ray cluster to use with --executor ray (ray start --head prints it, "
+                                         "e.g. 10.0.0.5:6379; 'auto': one started on this machine; default: start "
+                                         "a one-machine Ray here)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_reconstruct)
     e = sub.add_parser("evaluate", help="official IMC 2025 score (mAA, clusterness, score) of predicted poses")

@@ -111,12 +111,19 @@ def _json_default(o):
 
 @dataclass
 class RunOptions:
-    """Where a run reads from and how it names its outputs."""
+    """Where a run reads from, how it names its outputs, and where its heavy stages compute.
+
+    ``executor``: ``"local"`` (this process) or ``"ray"`` (features and matching as Ray tasks, see
+    :mod:`backend.distributed`; ``ray_address`` names the cluster, None starts a one-machine Ray). Not part of any
+    stage's config hash: both executors write the same outputs.
+    """
 
     images_dir: Path
     run_dir: Path
     dataset: str = ""
     scene: str = ""
+    executor: str = "local"
+    ray_address: str | None = None
 
 
 class Pipeline:
@@ -145,6 +152,7 @@ class Pipeline:
         self._fingerprint: str | None = None  # see _input_fingerprint
         self._weight_sums: dict[tuple, dict] = {}
         self._force = False  # set while run_stage(force=True) runs a stage
+        self._ray = None  # the RayExecutor of executor="ray", made by the first stage that needs it
 
     # ---- run.json -------------------------------------------------------------------------------------------
     def _save(self):
@@ -257,14 +265,32 @@ class Pipeline:
         # the images options that decide pixels (RGBA composited onto the background) are part of every entry's key
         decode = {"background": self.cfg.images.background}
         return run_features(self.run_dir, self._names(), self.cfg.features, report, self.cancel, decode=decode,
-                            force=self._force)
+                            force=self._force, executor=self._executor())
 
     def _stage_matching(self, report):
         from .matchers.match import run_matching
         from .retrieval.global_descriptors import read_pairs
 
         pairs = [(a, b) for a, b, _ in read_pairs(self.run_dir)]
-        return run_matching(self.run_dir, pairs, self.cfg.matching, report, self.cancel, force=self._force)
+        return run_matching(self.run_dir, pairs, self.cfg.matching, report, self.cancel, force=self._force,
+                            executor=self._executor())
+
+    def _executor(self):
+        """None for the local executor; the run's :class:`~backend.distributed.RayExecutor` (made on first use,
+        kept for the next stage) for ``executor="ray"``.
+
+        Raises:
+            ValueError: an unknown executor name.
+        """
+        if self.opt.executor == "local":
+            return None
+        if self.opt.executor != "ray":
+            raise ValueError(f"unknown executor {self.opt.executor!r}; use local or ray")
+        if self._ray is None:
+            from .distributed import RayExecutor
+
+            self._ray = RayExecutor(self.opt.ray_address)
+        return self._ray
 
     def _child(self, stages: list[str]):
         from .io.images import load_images_json

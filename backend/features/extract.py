@@ -92,6 +92,69 @@ def feature_key(image_sha256: str, decode: dict, cfg: FeaturesConfig) -> str:
     return content_key("features", image_sha256, decode, config_key(cfg), conf, weights)
 
 
+def features_of(model: Extractor, cfg: FeaturesConfig, img: np.ndarray, sx: float, sy: float,
+                turns: int = 0) -> tuple[dict[str, np.ndarray], dict]:
+    """One image's features as the stage stores them, from ``img`` (uint8 [H, W, 3], already resized by
+    ``1/sx, 1/sy`` from the original by :func:`~backend.io.images.load_rgb`).
+
+    The photo is turned upright first (``turns`` quarter-turns, see :mod:`backend.io.upright`) and the keypoints
+    mapped back to the stored photo; keypoints are mapped to original pixels, the border mask (``cfg.border`` px)
+    applied, keypoints sorted by score and cut at ``cfg.max_keypoints``. The same function runs in the local loop
+    and in a Ray worker, so both executors store the same arrays.
+
+    Returns:
+        ``(data, attrs)``: the datasets (``keypoints`` float32 [N, 2], ``scores`` float32 [N], ``descriptors``
+        float16 or uint8 [N, D], optional ``scales``/``oris`` float32 [N]) and the entry's attributes (all but
+        ``image_sha256``).
+    """
+    cls = type(model)
+    out = model.extract(turn_upright(img, turns) if turns else img)
+    if turns:
+        out["keypoints"] = keypoints_from_upright(out["keypoints"], turns, (img.shape[1], img.shape[0]))
+        if "oris" in out:
+            out["oris"] = orientations_from_upright(out["oris"], turns)
+    size = (round(img.shape[1] * sx), round(img.shape[0] * sy))
+    out["keypoints"] = scale_keypoints(out["keypoints"], sx, sy)
+    if "scales" in out:
+        out["scales"] = (out["scales"] * (sx + sy) / 2).astype(np.float32)
+    keep = border_mask(out["keypoints"], size, cfg.border)
+    # strongest first (a prefix is a smaller budget), and never more than the budget (SIFT gives a second
+    # orientation to some of its max_keypoints locations)
+    order = np.argsort(-out["scores"][keep], kind="stable")[: cfg.max_keypoints]
+    out = {k: np.asarray(v)[keep][order] for k, v in out.items()}
+    desc = out["descriptors"]
+    data = {
+        "keypoints": out["keypoints"].astype(np.float32),
+        "scores": out["scores"].astype(np.float32),
+        "descriptors": desc.astype(np.uint8) if cls.descriptor_kind == "binary" else desc.astype(np.float16),
+    }
+    data.update({k: out[k].astype(np.float32) for k in ("scales", "oris") if k in out})
+    attrs = {"extractor": cfg.name, "descriptor_kind": cls.descriptor_kind, "image_size": list(size),
+             "resized_size": [img.shape[1], img.shape[0]], "upright_turns": int(turns)}
+    return data, attrs
+
+
+def _extract_local(images_dir: Path, todo: list[str], cfg: FeaturesConfig, turns: dict[str, int],
+                   cancel: threading.Event | None, device):
+    """Yield ``(name, data, attrs, seconds)`` for each of ``todo`` in order, extracting in this process; image
+    decoding runs one thread ahead (at most two decoded images wait, so memory does not grow with ``todo``)."""
+    if not todo:
+        return
+    model = load_extractor(cfg.name, device, **method_options(cfg))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = [pool.submit(load_rgb, images_dir / n, cfg.resize) for n in todo[:2]]
+        for i, name in enumerate(todo):
+            if cancel is not None and cancel.is_set():
+                raise InterruptedError("cancelled")
+            img, sx, sy = futures[i].result()
+            futures[i] = None
+            if i + 2 < len(todo):
+                futures.append(pool.submit(load_rgb, images_dir / todo[i + 2], cfg.resize))
+            t0 = time.perf_counter()
+            data, attrs = features_of(model, cfg, img, sx, sy, turns.get(name, 0))
+            yield name, data, attrs, time.perf_counter() - t0
+
+
 def run_features(
     run_dir: Path,
     names: list[str],
@@ -101,6 +164,7 @@ def run_features(
     decode: dict | None = None,
     force: bool = False,
     out_path: Path | None = None,
+    executor=None,
 ) -> dict:
     """Extract features for ``names`` (images in ``run_dir/images``) with extractor ``cfg.name`` into
     ``run_dir/features.h5`` (or ``out_path``).
@@ -120,9 +184,12 @@ def run_features(
         force: recompute every image.
         out_path: the h5 file to write (default ``run_dir/features.h5``; the Matches page's comparisons use
             another).
+        executor: where to compute: None (this process) or a :class:`backend.distributed.RayExecutor`, whose
+            workers run :func:`features_of` on batches of images; this process writes every entry either way.
 
     Returns counts: ``{"extractor", "descriptor_kind", "keypoints_total", "keypoints_mean", "keypoints_min",
-    "device", "computed", "reused", "seconds_per_image"}``.
+    "device", "executor", "computed", "reused", "seconds_per_image"}`` (``seconds_per_image``: extractor time,
+    summed over workers with the Ray executor).
 
     Raises:
         ValueError: ``cfg.name`` is not a registered extractor, or an option it does not know.
@@ -141,55 +208,21 @@ def run_features(
                            cfg) for n in names}
     cached = open_cache(path, 1, FEATURE_DATASETS)
     todo = [n for n in names if force or cached.get(n) != keys[n]]
-    model: Extractor | None = load_extractor(cfg.name, device, **method_options(cfg)) if todo else None
     done = len(names) - len(todo)
     if progress:
         progress(done, len(names), "cached")
+    if executor is not None and todo:
+        results = executor.extract(run_dir / "images", todo, cfg, {n: turns.get(n, 0) for n in todo}, cancel)
+    else:
+        results = _extract_local(run_dir / "images", todo, cfg, turns, cancel, device)
     seconds = 0.0
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        futures = [pool.submit(load_rgb, run_dir / "images" / n, cfg.resize) for n in todo[:2]]
-        for i, name in enumerate(todo):
-            if cancel is not None and cancel.is_set():
-                raise InterruptedError("cancelled")
-            img, sx, sy = futures[i].result()
-            if i + 2 < len(todo):
-                futures.append(pool.submit(load_rgb, run_dir / "images" / todo[i + 2], cfg.resize))
-            t0 = time.perf_counter()
-            k = turns.get(name, 0)
-            out = model.extract(turn_upright(img, k) if k else img)
-            seconds += time.perf_counter() - t0
-            if k:
-                out["keypoints"] = keypoints_from_upright(out["keypoints"], k, (img.shape[1], img.shape[0]))
-                if "oris" in out:
-                    out["oris"] = orientations_from_upright(out["oris"], k)
-            size = (round(img.shape[1] * sx), round(img.shape[0] * sy))
-            out["keypoints"] = scale_keypoints(out["keypoints"], sx, sy)
-            if "scales" in out:
-                out["scales"] = (out["scales"] * (sx + sy) / 2).astype(np.float32)
-            keep = border_mask(out["keypoints"], size, cfg.border)
-            # strongest first (a prefix is a smaller budget), and never more than the budget (SIFT gives a second
-            # orientation to some of its max_keypoints locations)
-            order = np.argsort(-out["scores"][keep], kind="stable")[: cfg.max_keypoints]
-            out = {k: np.asarray(v)[keep][order] for k, v in out.items()}
-            desc = out["descriptors"]
-            data = {
-                "keypoints": out["keypoints"].astype(np.float32),
-                "scores": out["scores"].astype(np.float32),
-                "descriptors": desc.astype(np.uint8) if cls.descriptor_kind == "binary" else desc.astype(np.float16),
-            }
-            data.update({k: out[k].astype(np.float32) for k in ("scales", "oris") if k in out})
-            with writing(path, [name]) as f:
-                write_entry(f, name, data, {
-                    "extractor": cfg.name,
-                    "descriptor_kind": cls.descriptor_kind,
-                    "image_size": list(size),
-                    "resized_size": [img.shape[1], img.shape[0]],
-                    "image_sha256": shas[name],
-                    "upright_turns": int(k),
-                }, keys[name])
-            done += 1
-            if progress:
-                progress(done, len(names), name)
+    for name, data, attrs, secs in results:
+        seconds += secs
+        with writing(path, [name]) as f:
+            write_entry(f, name, data, {**attrs, "image_sha256": shas[name]}, keys[name])
+        done += 1
+        if progress:
+            progress(done, len(names), name)
     counts = list(read_keypoint_counts(path, names).values())
     return {
         "extractor": cfg.name,
@@ -198,6 +231,7 @@ def run_features(
         "keypoints_mean": float(np.mean(counts)) if counts else 0.0,
         "keypoints_min": int(min(counts)) if counts else 0,
         "device": device.type,
+        "executor": "ray" if executor is not None else "local",
         "computed": len(todo),
         "reused": len(names) - len(todo),
         "seconds_per_image": round(seconds / len(todo), 4) if todo else None,

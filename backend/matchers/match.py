@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +30,7 @@ from . import check_combination, load_matcher, matcher_class, matcher_conf
 
 MATCHES_H5 = "matches.h5"
 MATCH_DATASETS = ("matches", "scores")
+FEATURE_CACHE_IMAGES = 128  # images whose features the matcher keeps in memory (about 40 MB for XFeat at 2048)
 
 
 def method_options(cfg: MatchingConfig) -> dict:
@@ -52,6 +54,34 @@ def match_key(feature_key0: str, feature_key1: str, cfg: MatchingConfig, extract
     return content_key("matches", feature_key0, feature_key1, cfg.name, conf, weights)
 
 
+def _match_local(feats_path: Path, todo: list[tuple[str, str]], cfg: MatchingConfig, extractor: str,
+                 cancel: threading.Event | None, device):
+    """Yield ``((name0, name1), matches int32 [M, 2], scores float32 [M], seconds)`` for each pair of ``todo`` in
+    order, matching in this process."""
+    if not todo:
+        return
+    model = load_matcher(cfg.name, extractor, device, **method_options(cfg))
+    # features of the most recently used images only, so memory does not grow with the collection; pairs come
+    # grouped by their first image (retrieval and sequential pairs), so a small cache reads each image ~once
+    cache: OrderedDict[str, dict] = OrderedDict()
+
+    def feats(name: str) -> dict:
+        if name in cache:
+            cache.move_to_end(name)
+        else:
+            cache[name] = read_features(feats_path, name)
+            if len(cache) > FEATURE_CACHE_IMAGES:
+                cache.popitem(last=False)
+        return cache[name]
+
+    for n0, n1 in todo:
+        if cancel is not None and cancel.is_set():
+            raise InterruptedError("cancelled")
+        t0 = time.perf_counter()
+        m, s = model.match(feats(n0), feats(n1))
+        yield (n0, n1), m, s, time.perf_counter() - t0
+
+
 def run_matching(
     run_dir: Path,
     pairs: list[tuple[str, str]],
@@ -61,6 +91,7 @@ def run_matching(
     force: bool = False,
     features_path: Path | None = None,
     out_path: Path | None = None,
+    executor=None,
 ) -> dict:
     """Match every pair of ``pairs`` with matcher ``cfg.name`` into ``run_dir/matches.h5`` (or ``out_path``),
     from the features in ``run_dir/features.h5`` (or ``features_path``).
@@ -69,8 +100,11 @@ def run_matching(
     keys) is kept; every other one is recomputed, all of them with ``force``. Pairs are written atomically in
     batches (every 5 s, see :mod:`backend.io.h5cache`).
 
-    Returns counts: ``{"matcher", "pairs", "matches_total", "matches_mean", "pairs_min_matches", "computed",
-    "reused", "seconds_per_pair"}`` where ``pairs_min_matches`` is the number of pairs with at least
+    ``executor``: where to compute: None (this process) or a :class:`backend.distributed.RayExecutor`, whose
+    workers match batches of pairs (features sent from here); this process writes every entry either way.
+
+    Returns counts: ``{"matcher", "pairs", "matches_total", "matches_mean", "pairs_min_matches", "executor",
+    "computed", "reused", "seconds_per_pair"}`` where ``pairs_min_matches`` is the number of pairs with at least
     ``cfg.min_matches`` matches.
 
     Raises:
@@ -90,14 +124,6 @@ def run_matching(
     keys = {p: match_key(fkeys[p[0]], fkeys[p[1]], cfg, extractor) for p in pairs}
     cached = open_cache(path, 2, MATCH_DATASETS)
     todo = [p for p in pairs if force or cached.get(pair_key(*p)) != keys[p]]
-    model = load_matcher(cfg.name, extractor, device, **method_options(cfg)) if todo else None
-    cache: dict[str, dict] = {}
-
-    def feats(name: str) -> dict:
-        if name not in cache:
-            cache[name] = read_features(feats_path, name)
-        return cache[name]
-
     done = len(pairs) - len(todo)
     if progress:
         progress(done, len(pairs), "cached")
@@ -115,13 +141,13 @@ def run_matching(
                             {"matcher": cfg.name}, keys[(a, b)])
         buffer.clear()
 
+    if executor is not None and todo:
+        results = executor.match(feats_path, todo, cfg, extractor, cancel)
+    else:
+        results = _match_local(feats_path, todo, cfg, extractor, cancel, device)
     try:
-        for n0, n1 in todo:
-            if cancel is not None and cancel.is_set():
-                raise InterruptedError("cancelled")
-            t0 = time.perf_counter()
-            m, s = model.match(feats(n0), feats(n1))
-            seconds += time.perf_counter() - t0
+        for (n0, n1), m, s, secs in results:
+            seconds += secs
             buffer.append((n0, n1, m, s))
             done += 1
             if time.monotonic() - last_flush > 5.0:
@@ -138,6 +164,7 @@ def run_matching(
         "matches_total": int(sum(counts)),
         "matches_mean": float(np.mean(counts)) if counts else 0.0,
         "pairs_min_matches": int(sum(c >= cfg.min_matches for c in counts)),
+        "executor": "ray" if executor is not None else "local",
         "computed": len(todo),
         "reused": len(pairs) - len(todo),
         "seconds_per_pair": round(seconds / len(todo), 4) if todo else None,
