@@ -94,7 +94,9 @@ def options_form() -> tuple[str, dict]:
                              help="pairs with fewer matches are not used for the reconstruction")
         mapper = c1.selectbox("Mapper", MAPPERS, key="opt_mapper" + k, index=MAPPERS.index(base.mapping.mapper),
                               help="incremental: COLMAP's, one image at a time; global: GLOMAP (rotation averaging, "
-                                   "then all positions at once), the largest connected part of the pair graph")
+                                   "then all positions at once), the largest connected part of the pair graph; "
+                                   "hierarchical: COLMAP's, overlapping clusters of at most 500 photos mapped apart "
+                                   "and merged (for thousands of photos)")
         upright = c2.selectbox("Turned photos", UPRIGHT_MODES, key="opt_upright" + k,
                                index=UPRIGHT_MODES.index(base.images.upright),
                                help="auto: find photos turned by 90, 180 or 270 degrees against the others (SIFT "

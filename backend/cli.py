@@ -68,7 +68,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--border", type=int, help="features: drop keypoints within this many px of the image edge")
     p.add_argument("--camera-mode", choices=["per_image", "shared", "auto"], help="one camera per image or shared")
     p.add_argument("--mapper", choices=MAPPERS,
-                   help="incremental (COLMAP, default) or global (GLOMAP: rotation averaging, then positions)")
+                   help="incremental (COLMAP, default), global (GLOMAP: rotation averaging, then positions) or "
+                        "hierarchical (COLMAP: overlapping clusters mapped apart, then merged; for thousands of photos)")
+    p.add_argument("--leaf-max-images", type=int,
+                   help="hierarchical mapper: the largest cluster mapped on its own (default 500)")
     p.add_argument("--min-matches", type=int, help="pairs with fewer matches are not used")
     p.add_argument("--background", choices=["white", "black"], help="background for transparent images")
     p.add_argument("--upright", choices=["off", "auto"],

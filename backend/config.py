@@ -77,7 +77,7 @@ class MatchingConfig:
 UPRIGHT_MODES = ("off", "auto")  # ImagesConfig.upright
 SEQUENTIAL_MODES = ("off", "auto")  # RetrievalConfig.sequential
 DISAMBIGUATE_MODES = ("off", "auto")  # MappingConfig.disambiguate
-MAPPERS = ("incremental", "global")  # MappingConfig.mapper; the CLI and the app list these
+MAPPERS = ("incremental", "global", "hierarchical")  # MappingConfig.mapper; the CLI and the app list these
 
 
 @dataclass
@@ -88,8 +88,11 @@ class MappingConfig:
     # agree (a second mapping pass); "per_image"; "shared" (one camera for all; needs one image size)
     camera_mode: str = "auto"
     # "incremental": COLMAP's incremental mapper; "global": GLOMAP (Pan et al., "Global Structure-from-Motion
-    # Revisited", ECCV 2024), merged into COLMAP 4 as pycolmap.global_mapping
+    # Revisited", ECCV 2024), merged into COLMAP 4 as pycolmap.global_mapping; "hierarchical": COLMAP's
+    # hierarchical mapper (the view graph cut into overlapping clusters of at most leaf_max_images photos, each mapped
+    # incrementally in parallel, then merged), pycolmap.hierarchical_mapping
     mapper: str = "incremental"  # one of MAPPERS
+    leaf_max_images: int = 500  # hierarchical mapper: largest cluster mapped on its own (COLMAP's default)
     camera_model: str = "SIMPLE_RADIAL"
     ransac_max_error: float = 4.0  # px, two-view geometry
     ransac_max_trials: int = 20000  # RANSAC iterations per pair at most (a pair of unrelated photos uses them all)
@@ -178,7 +181,8 @@ class PipelineConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_HASH_NEW_DEFAULTS = {("retrieval", "sequential"): "off", ("retrieval", "sequential_overlap"): 5}
+_HASH_NEW_DEFAULTS = {("retrieval", "sequential"): "off", ("retrieval", "sequential_overlap"): 5,
+                      ("mapping", "leaf_max_images"): 500}
 
 
 def _upgrade(section: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -263,7 +267,7 @@ _CHOICES = {
     "sequential": SEQUENTIAL_MODES,
 }
 _MINIMA = {"num_neighbors": 1, "exhaustive_below": 0, "resize": 64, "max_keypoints": 64, "min_matches": 1,
-           "border": 0, "min_scene_size": 2, "sequential_overlap": 1}
+           "border": 0, "min_scene_size": 2, "sequential_overlap": 1, "leaf_max_images": 20}
 OVERRIDES: dict[str, tuple[str, str]] = {
     "retrieval_model": ("retrieval", "model"),
     "num_neighbors": ("retrieval", "num_neighbors"),
@@ -275,6 +279,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "border": ("features", "border"),
     "camera_mode": ("mapping", "camera_mode"),
     "mapper": ("mapping", "mapper"),
+    "leaf_max_images": ("mapping", "leaf_max_images"),
     "min_matches": ("matching", "min_matches"),
     "background": ("images", "background"),
     "upright": ("images", "upright"),

@@ -40,26 +40,33 @@ IMAGES_PER_TASK = 4
 PAIRS_PER_TASK = 32
 TASK_RETRIES = 5  # reruns of a task whose worker or node died
 
-_MODELS: dict[tuple, object] = {}  # per worker process: (kind, name, options) -> loaded model
+NO_PROGRESS_CHECK_SECONDS = 10.0  # how often a stage waiting on the cluster checks that it can still run tasks
+_MODELS: dict[str, tuple[tuple, object]] = {}  # per worker process: kind -> (key, model); one model per kind
+_INIT_LOCK = threading.Lock()
 
 
 def _cached_model(kind: str, name: str, options: dict, extractor: str = "", threads: int | None = None):
-    """The model of a worker process, loaded on its first task and kept for the next ones; ``threads`` sets
-    torch's intra-op threads (None: Ray's default, the task's CPUs)."""
+    """The model of a worker process, loaded on its first task and kept for the next ones (one per kind: a task
+    with another method or options replaces it); ``threads`` sets torch's intra-op threads (None: Ray's default,
+    the task's CPUs). The model runs on CUDA only when Ray gave this task a GPU (``gpus_per_task``): a CPU task on
+    a GPU node stays on the CPU."""
+    import ray
     import torch
-
-    if threads and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
 
     from .features import load_extractor
     from .matchers import load_matcher
 
-    key = (kind, name, extractor, repr(sorted(options.items())))
-    if key not in _MODELS:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        _MODELS[key] = (load_extractor(name, device, **options) if kind == "features"
-                        else load_matcher(name, extractor, device, **options))
-    return _MODELS[key]
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+    key = (name, extractor, repr(sorted(options.items())), device.type)
+    held = _MODELS.get(kind)
+    if held is None or held[0] != key:
+        _MODELS.pop(kind, None)
+        model = (load_extractor(name, device, **options) if kind == "features"
+                 else load_matcher(name, extractor, device, **options))
+        _MODELS[kind] = (key, model)
+    return _MODELS[kind][1]
 
 
 def _extract_batch(cfg: FeaturesConfig, items: list[tuple[str, bytes, int]], threads: int | None) -> list[tuple]:
@@ -84,6 +91,9 @@ def _match_batch(cfg: MatchingConfig, extractor: str, feats: dict[str, dict], pa
     from .matchers.match import method_options
 
     model = _cached_model("matching", cfg.name, method_options(cfg), extractor, threads)
+    for f in feats.values():  # float descriptors travel as float16 (as stored), the matcher takes float32
+        if f["descriptor_kind"] != "binary":
+            f["descriptors"] = f["descriptors"].astype(np.float32)
     out = []
     for n0, n1 in pairs:
         t0 = time.perf_counter()
@@ -97,8 +107,9 @@ class RayExecutor:
 
     Args:
         address: the cluster to join (``ray start --head`` prints it, e.g. ``10.0.0.5:6379``); ``"auto"`` finds a
-            cluster started on this machine; None starts a one-machine Ray inside this process (useful to try
-            it, not faster than local).
+            cluster started on this machine; None joins the cluster of ``$RAY_ADDRESS`` or one started on this
+            machine, else starts a one-machine Ray inside this process (useful to try it, not faster than local).
+            Ray is started or joined on first use, so a stage with nothing to compute never touches it.
         cpus_per_task: CPUs Ray reserves per task (1: one task per core of each node).
         gpus_per_task: GPUs per task (0 on CPU clusters; e.g. 0.5 shares a GPU between two workers).
         images_per_task, pairs_per_task: batch sizes.
@@ -107,54 +118,84 @@ class RayExecutor:
             executor's when both use the same number of threads (the local executor uses
             ``torch.get_num_threads()``); with another number, a few keypoints at near-ties can differ.
 
-    Raises:
-        ImportError: Ray is not installed (``pip install ray==2.60.0``, as ``requirements.txt`` pins it).
-        ConnectionError: no cluster answers at ``address``.
+    The stage methods raise ImportError when Ray is not installed (``requirements.txt`` pins ``ray==2.60.0``),
+    ConnectionError when no cluster answers at ``address``, and RuntimeError when no alive node can run a task
+    (no CPUs, or no GPUs with ``gpus_per_task``).
     """
 
     def __init__(self, address: str | None = None, cpus_per_task: float = 1, gpus_per_task: float = 0,
                  images_per_task: int = IMAGES_PER_TASK, pairs_per_task: int = PAIRS_PER_TASK,
                  torch_threads: int | None = None):
-        import ray
-
-        self.ray = ray
+        self.address = address
+        self.cpus_per_task = cpus_per_task
+        self.gpus_per_task = gpus_per_task
         self.images_per_task = images_per_task
         self.pairs_per_task = pairs_per_task
         self.torch_threads = torch_threads or max(1, int(cpus_per_task))
-        if not ray.is_initialized():
-            # workers import backend from the same checkout path on every node
-            env = {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}
-            ray.init(address=address, runtime_env=env, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR", configure_logging=False)
-        opts = {"num_cpus": cpus_per_task, "num_gpus": gpus_per_task, "max_retries": TASK_RETRIES}
+        self.ray = None
+
+    def _connect(self):
+        """Start or join Ray (once per process) and make the remote functions."""
+        if self.ray is not None:
+            return
+        import ray
+
+        with _INIT_LOCK:
+            if not ray.is_initialized():
+                # workers import backend from the same checkout path on every node
+                env = {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}
+                ray.init(address=self.address, runtime_env=env, include_dashboard=False, log_to_driver=False,
+                         logging_level="ERROR", configure_logging=False, ignore_reinit_error=True)
+        opts = {"num_cpus": self.cpus_per_task, "num_gpus": self.gpus_per_task, "max_retries": TASK_RETRIES}
         self._extract = ray.remote(_extract_batch).options(**opts)
         self._match = ray.remote(_match_batch).options(**opts)
+        self.ray = ray
 
-    @property
     def workers(self) -> int:
-        """How many tasks the cluster runs at once now (its CPUs; at least 1)."""
-        return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+        """How many tasks the alive nodes can run at once (0 when none can run one)."""
+        res = self.ray.cluster_resources()  # the alive nodes' totals
+        n = res.get("CPU", 0) / self.cpus_per_task if self.cpus_per_task else float("inf")
+        if self.gpus_per_task:
+            n = min(n, res.get("GPU", 0) / self.gpus_per_task)
+        return int(n) if n != float("inf") else 1
 
     def describe(self) -> dict:
         """The cluster as this run saw it: alive nodes and their CPUs/GPUs."""
+        self._connect()
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
         return {"nodes": len(nodes), "cpus": int(sum(n["Resources"].get("CPU", 0) for n in nodes)),
                 "gpus": int(sum(n["Resources"].get("GPU", 0) for n in nodes))}
 
     def _run(self, submit, batches: list, cancel: threading.Event | None) -> Iterator:
         """Submit ``batches`` with at most 2 x workers in flight; yield each result item as its batch finishes
-        (completion order). On ``cancel``, the batches in flight are cancelled and InterruptedError raised."""
+        (completion order). On ``cancel`` the batches in flight are cancelled and InterruptedError raised; the
+        same happens to them when the consumer stops early (the generator is closed)."""
+        self._connect()
         ray = self.ray
+        workers = self.workers()
+        if workers < 1:
+            raise RuntimeError("the Ray cluster has no alive node that can run a task (no CPUs"
+                               + (", or no GPUs" if self.gpus_per_task else "") + "): start a worker node with "
+                               "ray start --address HEAD:6379, or use --executor local")
         pending: list = []
         nxt = 0
+        last_check = time.monotonic()
         try:
             while nxt < len(batches) or pending:
-                while nxt < len(batches) and len(pending) < 2 * self.workers:
+                if cancel is not None and cancel.is_set():
+                    raise InterruptedError("cancelled")
+                while nxt < len(batches) and len(pending) < 2 * workers:
                     pending.append(submit(batches[nxt]))
                     nxt += 1
                 ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
-                if cancel is not None and cancel.is_set():
-                    raise InterruptedError("cancelled")
+                if ready:
+                    last_check = time.monotonic()
+                elif time.monotonic() - last_check > NO_PROGRESS_CHECK_SECONDS:
+                    last_check = time.monotonic()
+                    workers = self.workers()
+                    if workers < 1:
+                        raise RuntimeError("every Ray node that could run the tasks is gone; what was written is "
+                                           "kept: start a worker node and run the same command again")
                 for ref in ready:
                     yield from ray.get(ref)
         finally:
@@ -194,11 +235,18 @@ class RayExecutor:
         batches = [pairs[i:i + self.pairs_per_task] for i in range(0, len(pairs), self.pairs_per_task)]
 
         def submit(batch):
-            feats = {n: read_features(feats_path, n) for n in sorted({n for p in batch for n in p})}
+            feats = {}
+            for n in sorted({n for p in batch for n in p}):
+                f = read_features(feats_path, n)
+                if f["descriptor_kind"] != "binary":  # stored as float16: send that, not the float32 copy
+                    f["descriptors"] = f["descriptors"].astype(np.float16)
+                feats[n] = f
             return self._match.remote(cfg, extractor, feats, batch, self.torch_threads)
 
         yield from self._run(submit, batches, cancel)
 
     def shutdown(self) -> None:
         """Leave the cluster (a cluster started by ``ray start`` keeps running)."""
-        self.ray.shutdown()
+        if self.ray is not None:
+            self.ray.shutdown()
+            self.ray = None

@@ -342,6 +342,19 @@ def cancel(run_id: str) -> bool:
     return False
 
 
+def server_executor() -> tuple[str, str | None]:
+    """The executor of the app's and the API's runs: ``$SFM_EXECUTOR`` (``local``, the default, or ``ray``) and
+    ``$SFM_RAY_ADDRESS`` (the cluster, e.g. ``auto`` on a Ray head node; unset: a one-machine Ray).
+
+    Raises:
+        JobError: ``$SFM_EXECUTOR`` is neither ``local`` nor ``ray``.
+    """
+    executor = os.environ.get("SFM_EXECUTOR", "local").strip() or "local"
+    if executor not in ("local", "ray"):
+        raise JobError(f"SFM_EXECUTOR={executor!r} is not an executor: set it to local or ray")
+    return executor, os.environ.get("SFM_RAY_ADDRESS") or None
+
+
 def _work(job: Job, writer: ProgressWriter, images_dir: Path, config: PipelineConfig, dataset: str, scene: str,
           force: bool, lock_fd: int) -> None:
     stop_flusher = threading.Event()
@@ -366,8 +379,9 @@ def _work(job: Job, writer: ProgressWriter, images_dir: Path, config: PipelineCo
             return
         job.state = "running"
         writer.set(state="running", started=time.time())
-        pipe = Pipeline(RunOptions(images_dir, job.run_dir, dataset, scene), config, progress=writer,
-                        cancel=job.cancel_event)
+        executor, address = server_executor()
+        pipe = Pipeline(RunOptions(images_dir, job.run_dir, dataset, scene, executor, address), config,
+                        progress=writer, cancel=job.cancel_event)
         record = pipe.run(until=job.until, force=force)
         job.state = record.get("status", "done")
     except PipelineError as e:

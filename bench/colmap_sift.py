@@ -7,8 +7,9 @@ incremental mapping. Run as a script so that its peak memory is its own::
 
 With ``--sequential-overlap K`` it matches the way COLMAP users match a video: ``match_sequential`` (each frame with
 the next K, and COLMAP's quadratic overlap), plus loop-closure pairs from vocabulary-free retrieval
-(``--retrieval-neighbors``: the top-k pairs of the same global descriptors our pipeline uses, computed here and
-timed as the peer's ``retrieval`` stage, then matched with ``match_image_pairs``); COLMAP's own loop detection needs
+(``--retrieval-neighbors``: our default retrieval's pairs, the top-k of the same global descriptor at 448 px plus
+pairs above 0.9 cosine similarity and bridges between groups, computed here and timed as the peer's ``retrieval``
+stage, then matched with ``match_image_pairs``); COLMAP's own loop detection needs
 a vocabulary tree, which is not available here.
 
 Writes ``OUT_DIR/poses.csv`` (IMC convention) and ``OUT_DIR/result.json`` (stage wall times in s, registered
@@ -26,8 +27,9 @@ from pathlib import Path
 
 
 def retrieval_pairs(images_dir: Path, names: list[str], out: Path, k: int) -> int:
-    """Write ``out/retrieval_pairs.txt`` (``name0 name1`` per line): the top-``k`` retrieval pairs of our global
-    descriptors (the pipeline's default model), for COLMAP's imported-pairs matcher. Returns the number of pairs."""
+    """Write ``out/retrieval_pairs.txt`` (``name0 name1`` per line): our default retrieval's pairs with ``k``
+    neighbours (the top-``k`` of the pipeline's default global descriptor, plus pairs above its similarity floor and
+    bridges between groups), for COLMAP's imported-pairs matcher. Returns the number of pairs."""
     from backend.config import RetrievalConfig
     from backend.retrieval.global_descriptors import read_pairs, run_retrieval
 

@@ -118,6 +118,11 @@ def write_report(results: dict, out: Path, md_path: Path) -> None:
         from .mixed import report_lines
 
         lines += [""] + report_lines(json.loads(mixed.read_text()))
+    scale = Path(out) / "scale.json"
+    if scale.exists():
+        from .scale import report_lines as scale_lines
+
+        lines += [""] + scale_lines(json.loads(scale.read_text()))
     labels = Path(out) / "imc2025_labels.md"
     if labels.exists():
         lines += [""] + labels.read_text().splitlines()

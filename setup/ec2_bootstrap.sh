@@ -19,6 +19,12 @@
 #   --api                   also run the HTTP API (python -m backend serve) as a service on 127.0.0.1, with a
 #                           bearer token generated once and printed
 #   --api-port N            local port of the API (default: 8000)
+#   --ray-head              also run a Ray head node as a service (port 6379); the app and the API then compute
+#                           features and matches on the cluster (SFM_EXECUTOR=ray); the CLI takes
+#                           --executor ray --ray-address auto
+#   --ray-worker ADDRESS    make this instance a Ray worker node that joins the head at ADDRESS
+#                           (HEAD_PRIVATE_IP:6379), with no app service; every node needs this same checkout at
+#                           the same path (see README, "Many machines")
 #   --user NAME             user the service runs as (default: the invoking non-root user)
 #   --repo-dir DIR          the SfM Explorer checkout (default: the one holding this script)
 #   --dinov2 WHICH          DINOv2 weights to fetch: small, base, small,base or none (default: small,base)
@@ -44,6 +50,8 @@ UNIT_PATH=/etc/systemd/system/$SERVICE_NAME.service
 API_SERVICE_NAME=sfm-explorer-api
 API_UNIT_PATH=/etc/systemd/system/$API_SERVICE_NAME.service
 API_ENV=/etc/$API_SERVICE_NAME.env
+RAY_SERVICE_NAME=sfm-explorer-ray
+RAY_UNIT_PATH=/etc/systemd/system/$RAY_SERVICE_NAME.service
 NGINX_SITE=/etc/nginx/sites-available/$SERVICE_NAME
 NGINX_ENABLED=/etc/nginx/sites-enabled/$SERVICE_NAME
 NGINX_DEFAULT_ENABLED=/etc/nginx/sites-enabled/default
@@ -51,7 +59,7 @@ HTPASSWD=/etc/nginx/$SERVICE_NAME.htpasswd
 # the Kaggle CLI, in its own venv (not the app's): 2.2.4 checked here; it imports six without declaring it
 KAGGLE_PIP=(kaggle==2.2.4 six==1.17.0)
 IMDS=http://169.254.169.254/latest
-ALL_STEPS=(system python weights data service api proxy)
+ALL_STEPS=(system python weights data service api ray proxy)
 
 REPO_DIR=""
 DATA_DIR=""
@@ -65,6 +73,8 @@ AUTH_USER=sfm
 PORT=8501
 API=0
 API_PORT=8000
+RAY_ROLE=""
+RAY_HEAD_ADDRESS=""
 SVC_USER=""
 DINOV2=small,base
 TORCH_SPEC=""
@@ -81,7 +91,7 @@ while (($#)); do
     case "$opt" in
         --*=*) val="${opt#*=}"; opt="${opt%%=*}" ;;
         --data | --data-dir | --kaggle-competition | --kaggle-scenes | --password | --auth-user | --port | --api-port | \
-            --user | --repo-dir | --dinov2 | --torch | --torch-index | --only)
+            --user | --repo-dir | --dinov2 | --torch | --torch-index | --only | --ray-worker)
             (($# >= 2)) || die_usage "$opt needs a value"
             val="$2"; shift ;;
     esac
@@ -97,6 +107,8 @@ while (($#)); do
         --port) PORT="$val" ;;
         --api) API=1 ;;
         --api-port) API_PORT="$val"; API=1 ;;
+        --ray-head) RAY_ROLE="head" ;;
+        --ray-worker) RAY_ROLE="worker"; RAY_HEAD_ADDRESS="$val" ;;
         --user) SVC_USER="$val" ;;
         --repo-dir) REPO_DIR="$val" ;;
         --dinov2) DINOV2="$val" ;;
@@ -119,6 +131,9 @@ if [[ ! "$API_PORT" =~ ^[1-9][0-9]{3,4}$ ]] || ((API_PORT > 65535)); then
     die_usage "--api-port must be 1024..65535 (got $API_PORT)"
 fi
 ((API_PORT != PORT)) || die_usage "--api-port must differ from --port ($PORT)"
+if [[ "$RAY_ROLE" == worker ]] && [[ ! "$RAY_HEAD_ADDRESS" =~ ^[A-Za-z0-9.-]+:[1-9][0-9]{0,4}$ ]]; then
+    die_usage "--ray-worker needs the head's address as HOST:PORT, e.g. 172.31.5.10:6379 (got '$RAY_HEAD_ADDRESS')"
+fi
 [[ "$AUTH_USER" =~ ^[A-Za-z0-9._-]+$ ]] || die_usage "--auth-user may use letters, digits, . _ - (got $AUTH_USER)"
 [[ "$KAGGLE_COMPETITION" =~ ^[A-Za-z0-9._-]+$ ]] || die_usage "--kaggle-competition: not a competition name"
 [[ "$PASSWORD" != *$'\n'* ]] || die_usage "--password must be one line"
@@ -152,9 +167,14 @@ if [[ -n "$ONLY" ]]; then
 else
     STEPS=(system python weights)
     if ((${#DATA_SOURCES[@]} || KAGGLE)); then STEPS+=(data); fi
-    if ((SERVICE)); then STEPS+=(service); fi
-    if ((SERVICE && API)); then STEPS+=(api); fi
-    if ((PUBLIC)); then STEPS+=(proxy); fi
+    if [[ "$RAY_ROLE" == worker ]]; then
+        STEPS+=(ray) # a worker node computes for the head; it serves no app
+    else
+        if ((SERVICE)); then STEPS+=(service); fi
+        if ((SERVICE && API)); then STEPS+=(api); fi
+        if [[ "$RAY_ROLE" == head ]]; then STEPS+=(ray); fi
+        if ((PUBLIC)); then STEPS+=(proxy); fi
+    fi
 fi
 has_step() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
 
@@ -198,6 +218,17 @@ fail() { _err "$*"; exit 1; }
 
 ROOT_CMD=()
 if ((EUID != 0)); then ROOT_CMD=(sudo); fi
+
+# with_ray_env UNIT_TEXT: on a Ray head (--ray-head) the app's and the API's runs use the cluster
+with_ray_env() {
+    if [[ "$RAY_ROLE" == head ]]; then
+        printf '%s\n' "${1//Environment=HF_HUB_OFFLINE=1/Environment=HF_HUB_OFFLINE=1
+Environment=SFM_EXECUTOR=ray
+Environment=SFM_RAY_ADDRESS=auto}"
+    else
+        printf '%s\n' "$1"
+    fi
+}
 
 # quote ARGS...: the arguments as a shell command line (quoted only where needed)
 quote() {
@@ -348,7 +379,7 @@ if ((EUID == 0)) && [[ -n "$SVC_USER" && "$SVC_USER" != root ]] && ((${#USER_STE
     SWITCH_USER=1
 fi
 needs_root=0
-for s in system service proxy; do if has_step "$s"; then needs_root=1; fi; done
+for s in system service ray proxy; do if has_step "$s"; then needs_root=1; fi; done
 if [[ -n "$SVC_USER" && -z "$SVC_HOME" ]] && ((!DRY_RUN)) && ((SWITCH_USER || needs_root)); then
     fail "user '$SVC_USER' does not exist (--user NAME: the account the app runs as, e.g. ubuntu)"
 fi
@@ -572,6 +603,7 @@ step_service() {
     local unit changed=0
     unit="$(render "$REPO_ROOT/setup/ec2/$SERVICE_NAME.service" \
         @USER@ "${SVC_USER:-USER}" @GROUP@ "${SVC_GROUP:-${SVC_USER:-USER}}" @REPO@ "$REPO_ROOT" @PORT@ "$PORT")"
+    unit="$(with_ray_env "$unit")"
     _log "systemd unit $UNIT_PATH (from setup/ec2/$SERVICE_NAME.service; runs as ${SVC_USER:-?}, 127.0.0.1:$PORT)"
     if install_text "$unit" "$UNIT_PATH" 644 root; then
         changed=1
@@ -631,6 +663,7 @@ step_api() {
     local unit changed=0
     unit="$(render "$REPO_ROOT/setup/ec2/$API_SERVICE_NAME.service" \
         @USER@ "${SVC_USER:-USER}" @GROUP@ "${SVC_GROUP:-${SVC_USER:-USER}}" @REPO@ "$REPO_ROOT" @API_PORT@ "$API_PORT")"
+    unit="$(with_ray_env "$unit")"
     _log "systemd unit $API_UNIT_PATH (from setup/ec2/$API_SERVICE_NAME.service; 127.0.0.1:$API_PORT)"
     if install_text "$unit" "$API_UNIT_PATH" 644 root; then
         changed=1
@@ -658,6 +691,56 @@ step_api() {
         sleep 1
     done
     warn "the API does not answer on 127.0.0.1:$API_PORT after 60 s; see: sudo journalctl -u $API_SERVICE_NAME -n 50 --no-pager"
+}
+
+# ----------------------------------------------------------------------------- step: ray (--ray-head / --ray-worker)
+
+step_ray() {
+    require_service_user
+    [[ -n "$RAY_ROLE" ]] || fail "the ray step needs --ray-head or --ray-worker ADDRESS"
+    local role_args role
+    if [[ "$RAY_ROLE" == head ]]; then
+        role="head node (port 6379)"
+        role_args="--head --port 6379 --include-dashboard false"
+    else
+        role="worker node joining $RAY_HEAD_ADDRESS"
+        role_args="--address $RAY_HEAD_ADDRESS"
+    fi
+    if ! systemd_running; then
+        local msg="systemd is not running here (a container?): start Ray by hand: cd $REPO_ROOT && PYTHONPATH=$REPO_ROOT .venv/bin/ray start $role_args"
+        if ((DRY_RUN)); then warn "$msg"; else fail "$msg"; fi
+    fi
+    local unit changed=0
+    unit="$(render "$REPO_ROOT/setup/ec2/$RAY_SERVICE_NAME.service" \
+        @USER@ "${SVC_USER:-USER}" @GROUP@ "${SVC_GROUP:-${SVC_USER:-USER}}" @REPO@ "$REPO_ROOT" \
+        @ROLE@ "$role" @ROLE_ARGS@ "$role_args")"
+    _log "systemd unit $RAY_UNIT_PATH (from setup/ec2/$RAY_SERVICE_NAME.service; Ray $role)"
+    if install_text "$unit" "$RAY_UNIT_PATH" 644 root; then
+        changed=1
+        run_root systemctl daemon-reload
+    fi
+    if ((DRY_RUN)) || ! systemctl is-enabled --quiet "$RAY_SERVICE_NAME" 2>/dev/null; then
+        run_root systemctl enable "$RAY_SERVICE_NAME"
+    fi
+    if ((DRY_RUN)); then
+        run_root systemctl restart "$RAY_SERVICE_NAME"
+        dry_note "restart only when the unit changed or the service is not running"
+        return 0
+    fi
+    if ! systemctl is-active --quiet "$RAY_SERVICE_NAME"; then
+        run_root systemctl start "$RAY_SERVICE_NAME"
+    elif ((changed)); then
+        run_root systemctl restart "$RAY_SERVICE_NAME"
+    fi
+    local i
+    for ((i = 0; i < 60; i++)); do
+        if "$REPO_ROOT/.venv/bin/ray" status --address "${RAY_HEAD_ADDRESS:-127.0.0.1:6379}" >/dev/null 2>&1; then
+            _log "Ray answers at ${RAY_HEAD_ADDRESS:-127.0.0.1:6379} (after ${i}s)"
+            return 0
+        fi
+        sleep 1
+    done
+    warn "Ray does not answer after 60 s; see: sudo journalctl -u $RAY_SERVICE_NAME -n 50 --no-pager"
 }
 
 # ----------------------------------------------------------------------------- step: proxy (--public)
@@ -795,6 +878,14 @@ print_access() {
             printf '        token: %s   (shown only now; later: sudo cat %s)\n' "$NEW_API_TOKEN" "$API_ENV"
         fi
     fi
+    if has_step ray && [[ "$RAY_ROLE" == head ]]; then
+        printf '    Ray head (--ray-head): service %s on port 6379. Join workers with\n' "$RAY_SERVICE_NAME"
+        printf '        bash setup/ec2_bootstrap.sh --ray-worker THIS_PRIVATE_IP:6379   (on each worker instance)\n'
+        printf '    and reconstruct with --executor ray --ray-address auto; allow all TCP between the instances\n'
+        printf '    (a security-group rule from the group itself); never open 6379 to the internet\n'
+    elif has_step ray && [[ "$RAY_ROLE" == worker ]]; then
+        printf '    Ray worker (--ray-worker): service %s, joined %s\n' "$RAY_SERVICE_NAME" "$RAY_HEAD_ADDRESS"
+    fi
     if ((!PUBLIC)) && [[ -e "$NGINX_ENABLED" ]]; then
         warn "the public site from an earlier --public run is still enabled on port 80; to close it:"
         warn "sudo rm $NGINX_ENABLED && sudo systemctl reload nginx"
@@ -827,6 +918,7 @@ run_step() {
         data) step "data ($DATA_DIR)"; step_data ;;
         service) step "systemd service $SERVICE_NAME"; step_service ;;
         api) step "systemd service $API_SERVICE_NAME (HTTP API)"; step_api ;;
+        ray) step "systemd service $RAY_SERVICE_NAME (Ray $RAY_ROLE)"; step_ray ;;
         proxy) step "public access: nginx with basic auth on port 80"; step_proxy ;;
     esac
     done_step
@@ -861,7 +953,7 @@ for s in "${STEPS[@]}"; do
     run_step "$s"
 done
 
-if has_step service || has_step proxy || [[ -z "$ONLY" ]]; then
+if has_step service || has_step proxy || has_step ray || [[ -z "$ONLY" ]]; then
     print_access
 fi
 STEP="(done)"

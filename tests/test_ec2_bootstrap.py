@@ -161,6 +161,26 @@ def test_dry_run_api_plan(tmp_path, stubs):
     assert res.returncode == 2 and "--api-port must differ from --port" in res.stderr
 
 
+def test_dry_run_ray_head_and_worker_plans(tmp_path, stubs):
+    stub_dir, log = stubs
+    res = run_script("--dry-run", "--user", "ubuntu", "--ray-head", path_prefix=[stub_dir], no_gpu=True)
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    assert "sfm-explorer-ray.service" in out
+    assert "ray start --block --head --port 6379" in out and "--min-worker-port 10002 --max-worker-port 10999" in out
+    assert "--ray-worker THIS_PRIVATE_IP:6379" in out and "--executor ray --ray-address auto" in out
+    assert "Environment=SFM_EXECUTOR=ray" in out  # the app's runs use the cluster
+    res = run_script("--dry-run", "--user", "ubuntu", "--ray-worker", "172.31.5.10:6379", path_prefix=[stub_dir],
+                     no_gpu=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ray start --block --address 172.31.5.10:6379" in res.stdout
+    assert "joined 172.31.5.10:6379" in res.stdout
+    assert "sfm-explorer.service" not in res.stdout  # a worker serves no app
+    assert not log.exists(), "dry run called: " + log.read_text()
+    res = run_script("--dry-run", "--ray-worker", "not an address", path_prefix=[stub_dir], no_gpu=True)
+    assert res.returncode == 2 and "HOST:PORT" in res.stderr
+
+
 @pytest.mark.parametrize("cuda, expect", [("12.9", "cu128"), ("12.6", "cu126"), ("13.0", "cu128")])
 def test_dry_run_cuda_variant(tmp_path, stubs, cuda, expect):
     res = run_script("--dry-run", "--only", "python", path_prefix=[stubs[0], fake_gpu(tmp_path, cuda)])

@@ -113,18 +113,23 @@ def test_a_worker_node_removed_mid_run_loses_nothing(tmp_path, cluster):
     removed = []
 
     def progress(done, total, msg):
-        if done == 1 and not removed:  # first image written: the other worker's tasks are in flight
+        # first image written: both workers are busy (4 tasks in flight, one image each, each takes about a second
+        # here), so the removed node takes at least one running task with it, which Ray reruns on the other
+        if done == 1 and not removed:
             c.remove_node(workers[1])
             removed.append(workers[1])
 
-    counts = run_features(dist, names, cfg.features, progress, executor=ex)
-    assert removed, "the node was never removed"
-    alive = [n for n in ray.nodes() if n["Alive"]]
-    assert len(alive) == 2, "the removed node is still alive"
-    assert counts["computed"] == len(names)
-    _assert_same(local / "features.h5", dist / "features.h5")
-    workers[1] = c.add_node(num_cpus=1, object_store_memory=200 * 2**20)  # for the tests after this one
-    c.wait_for_nodes()
+    try:
+        counts = run_features(dist, names, cfg.features, progress, executor=ex)
+        assert removed, "the node was never removed"
+        alive = [n for n in ray.nodes() if n["Alive"]]
+        assert len(alive) == 2, "the removed node is still alive"
+        assert counts["computed"] == len(names)
+        _assert_same(local / "features.h5", dist / "features.h5")
+    finally:
+        if removed:  # the tests after this one get their two workers back
+            workers[1] = c.add_node(num_cpus=1, object_store_memory=200 * 2**20)
+            c.wait_for_nodes()
 
 
 def test_cancel_stops_the_ray_stage_and_a_rerun_resumes(tmp_path, executor):
@@ -166,3 +171,22 @@ def test_ray_address_needs_the_ray_executor(tmp_path):
     res = run_cli("reconstruct", str(scene_dir("temple_ring_middlebury") / "images"), "--out", str(tmp_path / "r"),
                   "--ray-address", "127.0.0.1:6379")
     assert res.returncode == 2 and "--executor ray" in res.stderr
+
+
+def test_app_and_api_runs_use_ray_when_the_server_says_so(tmp_path, cluster, monkeypatch):
+    """The jobs layer (what the app and the API start) takes its executor from $SFM_EXECUTOR / $SFM_RAY_ADDRESS."""
+    from backend import jobs
+
+    c, _ = cluster
+    monkeypatch.setenv("SFM_EXECUTOR", "ray")
+    monkeypatch.setenv("SFM_RAY_ADDRESS", c.address)
+    run, _ = _run_folder(tmp_path, "job", 6)
+    job = jobs.start_run(run, run / "images", get_preset("fast"), until="matching")
+    jobs.wait(job.run_id, timeout=600)
+    rec = json.loads((run / "run.json").read_text())
+    assert rec["stages"]["matching"]["status"] == "done", job.error
+    assert rec["stages"]["features"]["counts"]["executor"] == "ray"
+    assert rec["stages"]["matching"]["counts"]["executor"] == "ray"
+    monkeypatch.setenv("SFM_EXECUTOR", "dask")
+    with pytest.raises(jobs.JobError, match="local or ray"):
+        jobs.server_executor()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Callable
 
@@ -216,13 +217,14 @@ def run_features(
     else:
         results = _extract_local(run_dir / "images", todo, cfg, turns, cancel, device)
     seconds = 0.0
-    for name, data, attrs, secs in results:
-        seconds += secs
-        with writing(path, [name]) as f:
-            write_entry(f, name, data, {**attrs, "image_sha256": shas[name]}, keys[name])
-        done += 1
-        if progress:
-            progress(done, len(names), name)
+    with closing(results):  # a failed write stops the executor's work in flight too
+        for name, data, attrs, secs in results:
+            seconds += secs
+            with writing(path, [name]) as f:
+                write_entry(f, name, data, {**attrs, "image_sha256": shas[name]}, keys[name])
+            done += 1
+            if progress:
+                progress(done, len(names), name)
     counts = list(read_keypoint_counts(path, names).values())
     return {
         "extractor": cfg.name,

@@ -133,11 +133,12 @@ def _build_database(run_dir: Path, names: list[str], images: dict, pairs: list[t
             for n in names:
                 db.write_keypoints(name_to_id[n], to_colmap_keypoints(f[n]["keypoints"][()]))
         written = []
-        for n0, n1 in pairs:
-            m, _ = read_matches(_inputs(run_dir) / "matches.h5", n0, n1)
-            if len(m) >= min_matches:
-                db.write_matches(name_to_id[n0], name_to_id[n1], m.astype(np.uint32))
-                written.append((n0, n1))
+        with h5py.File(_inputs(run_dir) / "matches.h5", "r") as fm:
+            for n0, n1 in pairs:
+                m, _ = read_matches(fm, n0, n1)
+                if len(m) >= min_matches:
+                    db.write_matches(name_to_id[n0], name_to_id[n1], m.astype(np.uint32))
+                    written.append((n0, n1))
     finally:
         db.close()
     (run_dir / DATABASE_GROUPS).write_text(json.dumps(groups))
@@ -270,12 +271,46 @@ def _global(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str
     return models
 
 
+def _hierarchical(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "",
+                  db: Path | None = None) -> dict:
+    """COLMAP's hierarchical mapper (``pycolmap.hierarchical_mapping``; the partitioned incremental mapping of
+    COLMAP's ``hierarchical_mapper``): the view graph is cut recursively (normalized cuts, two ways at a time) into
+    leaf clusters of at most ``cfg.leaf_max_images`` photos, each then grown by up to ``min(50, leaf / 2)`` photos
+    of its neighbours so that clusters overlap; each cluster is mapped incrementally (clusters in parallel, each
+    under the incremental mapper's time bound), and the cluster models are merged through their shared photos. A
+    collection of at most ``leaf_max_images`` photos is one cluster: incremental mapping.
+    Returns {index: pycolmap.Reconstruction}."""
+    import pycolmap
+
+    tmp = _fresh_tmp(run_dir)
+    opts = pycolmap.HierarchicalPipelineOptions()
+    opts.num_threads = cfg.num_threads
+    opts.clustering_options.leaf_max_num_images = cfg.leaf_max_images
+    opts.clustering_options.image_overlap = min(50, cfg.leaf_max_images // 2)
+    inc = opts.incremental_options
+    inc.min_model_size = cfg.min_model_size
+    inc.multiple_models = True
+    inc.random_seed = cfg.random_seed
+    inc.ba_refine_focal_length = cfg.refine_focal_length
+    inc.ba_refine_extra_params = cfg.refine_extra_params
+    inc.ba_global_frames_ratio = inc.ba_global_points_ratio = cfg.ba_global_ratio
+    inc.mapper.ba_global_ignore_redundant_points3D = cfg.ba_ignore_redundant_points
+    inc.max_runtime_seconds = mapping_time_bound(cfg, min(n_images, cfg.leaf_max_images + 50))
+    report("mapping", 0, n_images, f"hierarchical mapping{label}: clusters of at most {cfg.leaf_max_images} photos "
+                                   "mapped apart, then merged")
+    models = pycolmap.hierarchical_mapping(db or run_dir / DATABASE, _inputs(run_dir) / "images", tmp, opts)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return models
+
+
 def _mapper(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "",
             db: Path | None = None) -> dict:
-    """The mapper that ``cfg.mapper`` names: :func:`_incremental` or :func:`_global`, on ``database.db`` or
-    ``db``."""
+    """The mapper that ``cfg.mapper`` names: :func:`_incremental`, :func:`_global` or :func:`_hierarchical`, on
+    ``database.db`` or ``db``."""
     if cfg.mapper == "global":
         return _global(run_dir, n_images, cfg, report, label, db)
+    if cfg.mapper == "hierarchical":
+        return _hierarchical(run_dir, n_images, cfg, report, label, db)
     return _incremental(run_dir, n_images, cfg, report, label, db)
 
 

@@ -156,8 +156,10 @@ def run_matching(
             if progress:
                 progress(done, len(pairs), f"{n0} - {n1}: {len(m)} matches")
     finally:
+        results.close()  # a failed write stops the executor's work in flight too
         flush()
-    counts = [len(read_matches(path, *p)[0]) for p in pairs]
+    with h5py.File(path, "r") as f:
+        counts = [len(read_matches(f, *p)[0]) for p in pairs]
     return {
         "matcher": cfg.name,
         "pairs": len(pairs),
@@ -185,15 +187,22 @@ def read_extractor(path: Path, names: list[str]) -> str:
     return found.pop() if found else "aliked-n16"
 
 
-def read_matches(path: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(matches int32 [M, 2], scores float32 [M])`` of a pair; looks the pair up in either order.
+def read_matches(path: "Path | h5py.File", name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(matches int32 [M, 2], scores float32 [M])`` of a pair; looks the pair up in either order. ``path`` is the
+    ``matches.h5`` file or an open ``h5py.File`` of it (to read many pairs without reopening the file).
 
     Raises:
         KeyError: the pair is not in the file.
     """
+    if isinstance(path, h5py.File):
+        return _pair_arrays(path, name0, name1)
     with h5py.File(path, "r") as f:
-        if pair_key(name0, name1) in f:
-            g = f[pair_key(name0, name1)]
-            return g["matches"][()], g["scores"][()].astype(np.float32)
-        g = f[pair_key(name1, name0)]
-        return g["matches"][()][:, ::-1].copy(), g["scores"][()].astype(np.float32)
+        return _pair_arrays(f, name0, name1)
+
+
+def _pair_arrays(f: h5py.File, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+    if pair_key(name0, name1) in f:
+        g = f[pair_key(name0, name1)]
+        return g["matches"][()], g["scores"][()].astype(np.float32)
+    g = f[pair_key(name1, name0)]
+    return g["matches"][()][:, ::-1].copy(), g["scores"][()].astype(np.float32)
