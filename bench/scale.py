@@ -176,7 +176,8 @@ def report_lines(data: dict) -> list[str]:
            "retrieval stage), incremental mapping. `:retrieval-only`: ours without the sequential pairs; "
            "`hierarchical(leaf K)`: COLMAP's hierarchical mapper with clusters of at most K frames. Official IMC 2025 mAA against the GT of the same "
            "frames. Peak: resident memory of the whole process tree; per stage: the stage's process or its mapping "
-           "child.", "",
+           "child. The `:retrieval-only` and `hierarchical` rows were added with `--append`, from a later invocation "
+           "on the same idle machine; the others, COLMAP-SIFT's included, ran in one invocation.", "",
            "| N | config | registered | mAA | total s | retrieval s | features s | matching s | verification s | "
            "mapping s | peak MB | features MB | matching MB | mapping MB | pairs |",
            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
