@@ -37,10 +37,11 @@ STAGES = ["retrieval", "features", "matching", "verification", "mapping"]
 TARGETS = {"registered": "all", "mAA": 0.95, "peak_mb": 6144, "time_ratio_vs_colmap": 1.5}
 
 
-def subset(n: int) -> tuple[Path, Path]:
-    """The first ``n`` frames of the scene as symlinks, and a GT CSV of those frames; returns (images dir, gt)."""
+def subset(n: int | None, root: Path = WORK) -> tuple[Path, Path]:
+    """The first ``n`` frames of the scene (all with None) as symlinks in ``root``, and a GT CSV of those frames;
+    returns (images dir, gt)."""
     src = DATA / SCENE
-    d = WORK / f"{SCENE}_{n}"
+    d = root / f"{SCENE}_{n or 'all'}"
     if d.exists():
         shutil.rmtree(d)
     (d / "images").mkdir(parents=True)

@@ -19,17 +19,11 @@ pytestmark = pytest.mark.scenes
 
 
 def _video_prefix(tmp_path: Path, n: int | None) -> tuple[Path, Path]:
-    """The first ``n`` gum frames (all with None) as symlinks, and the GT of those frames."""
-    src = scene_dir("gum_scene2mesh")
-    names = sorted(p.name for p in (src / "images").iterdir())[:n]
-    d = tmp_path / "gum"
-    (d / "images").mkdir(parents=True)
-    for name in names:
-        (d / "images" / name).symlink_to(src / "images" / name)
-    lines = (src / "gt.csv").read_text().splitlines()
-    keep = set(names)
-    (d / "gt.csv").write_text("\n".join([lines[0]] + [ln for ln in lines[1:] if ln.split(",")[0] in keep]) + "\n")
-    return d / "images", d / "gt.csv"
+    """The first ``n`` gum frames (all with None) as symlinks, and the GT of those frames (the bench's subsets)."""
+    scene_dir("gum_scene2mesh")  # fails with a clear message when the scene is missing
+    from bench.scale import subset
+
+    return subset(n, tmp_path)
 
 
 def test_hierarchical_mapper_maps_clusters_and_merges_them(tmp_path):
