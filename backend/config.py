@@ -111,6 +111,10 @@ class MappingConfig:
     ba_global_ratio: float = 1.1
     ba_ignore_redundant_points: bool = False  # COLMAP's option to leave well-constrained points out of global BA
     final_ba_iterations: int = 100  # solver iterations of the last global bundle adjustment (Ceres' default)
+    # the last global bundle adjustment refines the principal point of "all" cameras (narrow ones held), or only
+    # when every camera is "shared" by at least 8 registered images (the behaviour before; bench/NOTES.md,
+    # "Principal points in the final bundle adjustment")
+    final_ba_principal_point: str = "all"
     # "auto": check the largest model for a fold (one side of a symmetric building mapped onto the other; Heinly et
     # al., ECCV 2014; backend/mapping/disambiguation.py) and, when folded, map again without the pairs between the
     # two groups: two correct models instead of one folded one. "off": no check
@@ -182,7 +186,7 @@ class PipelineConfig:
 
 
 _HASH_NEW_DEFAULTS = {("retrieval", "sequential"): "off", ("retrieval", "sequential_overlap"): 5,
-                      ("mapping", "leaf_max_images"): 500}
+                      ("mapping", "leaf_max_images"): 500, ("mapping", "final_ba_principal_point"): "shared"}
 
 
 def _upgrade(section: str, values: dict[str, Any]) -> dict[str, Any]:

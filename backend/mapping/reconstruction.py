@@ -544,14 +544,17 @@ def rescue_runaway_focals(rec, images: dict, focal_range: tuple[float, float] | 
 
 
 def final_bundle_adjustment(rec, cfg: MappingConfig, min_images_per_camera: int = 8,
-                            constant_cameras: list[int] = ()) -> dict:
-    """One more global bundle adjustment of ``rec`` (in place), with a robust (Cauchy, 1 px) loss, and with the
-    principal point refined when every registered image's camera is shared by at least ``min_images_per_camera``
-    registered images (a shared camera constrains it; one image does not). The intrinsics of
-    ``constant_cameras`` (camera ids, e.g. from :func:`rescue_runaway_focals`) are held.
+                            constant_cameras: list[int] = (), narrow_focal_ratio: float = 1.5) -> dict:
+    """One more global bundle adjustment of ``rec`` (in place), with a robust (Cauchy, 1 px) loss. The principal
+    point is refined when every registered image's camera is shared by at least ``min_images_per_camera``
+    registered images, and otherwise, when ``cfg.final_ba_principal_point`` is ``"all"`` (the default), for every
+    camera but the narrow ones (a focal length above ``narrow_focal_ratio`` x the long side, held whole: their
+    principal point trades against the rotation). The intrinsics of ``constant_cameras`` (camera ids, e.g. from
+    :func:`rescue_runaway_focals`) are held too.
 
-    On fox (50 phone-video frames, one camera whose principal point is 15 px off centre) this took mAA from
-    0.977 to 1.000; see bench/NOTES.md. Returns ``{"refine_principal_point": bool}``.
+    Measured (official mAA, bench/NOTES.md "Principal points"): fox (one shared camera whose principal point is
+    15 px off centre) 0.977 -> 1.000; with one camera per photo, reichstag (balanced) 0.893 -> 0.929 and the gum
+    development variant (off-centre crops) 0.191 -> 0.239. Returns ``{"refine_principal_point": bool}``.
     """
     import pycolmap
 
@@ -559,7 +562,17 @@ def final_bundle_adjustment(rec, cfg: MappingConfig, min_images_per_camera: int 
     for im in rec.images.values():
         if im.has_pose:
             per_camera[im.camera_id] = per_camera.get(im.camera_id, 0) + 1
-    refine_pp = bool(per_camera) and min(per_camera.values()) >= min_images_per_camera
+    all_shared = bool(per_camera) and min(per_camera.values()) >= min_images_per_camera
+    refine_pp = all_shared or (bool(per_camera) and cfg.final_ba_principal_point == "all")
+    held = set(constant_cameras)
+    narrow = []
+    if refine_pp and not all_shared:
+        # a narrow view leaves its principal point free to trade against the rotation: hold such cameras
+        for cid, n in per_camera.items():
+            cam = rec.cameras[cid]
+            if n < min_images_per_camera and cam.focal_length > narrow_focal_ratio * max(cam.width, cam.height):
+                narrow.append(int(cid))
+        held |= set(narrow)
     opts = pycolmap.BundleAdjustmentOptions()
     opts.print_summary = False
     opts.refine_principal_point = refine_pp
@@ -568,17 +581,17 @@ def final_bundle_adjustment(rec, cfg: MappingConfig, min_images_per_camera: int 
     opts.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
     opts.ceres.solver_options.num_threads = cfg.num_threads
     opts.ceres.solver_options.max_num_iterations = cfg.final_ba_iterations
-    if not constant_cameras:
+    if not held:
         pycolmap.bundle_adjustment(rec, opts)
     else:
         config = pycolmap.BundleAdjustmentConfig()
         for iid in rec.reg_image_ids():
             config.add_image(iid)
-        for cid in constant_cameras:
+        for cid in held:
             config.set_constant_cam_intrinsics(cid)
         config.fix_gauge(pycolmap.BundleAdjustmentGauge.THREE_POINTS)
         pycolmap.create_default_bundle_adjuster(opts, config, rec).solve()
-    return {"refine_principal_point": refine_pp}
+    return {"refine_principal_point": refine_pp, "narrow_cameras_held": len(narrow)}
 
 
 def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: MappingConfig, min_matches: int,

@@ -309,8 +309,11 @@ def camera_summary(run_dir: Path) -> str | None:
     if cams.get("metadata_groups_confirmed") is False:
         text += (" Images of one size without differing EXIF were tried with one shared camera first; their focal "
                  "lengths, re-estimated one by one, disagreed (e.g. a wide and a tele lens), so each image got its own.")
-    if (cams.get("final_ba") or {}).get("refine_principal_point"):
-        text += " The final bundle adjustment also refined the principal point."
+    final_ba = cams.get("final_ba") or {}
+    if final_ba.get("refine_principal_point"):
+        held = final_ba.get("narrow_cameras_held") or 0
+        text += " The final bundle adjustment also refined the principal point" + (
+            f" (not of the {held} narrow-view camera{'s' if held != 1 else ''}: held as mapped)." if held else ".")
     return text
 
 
