@@ -267,3 +267,32 @@ def test_church_fold_is_split_into_two_correct_models(reconstruct):
     assert registered >= 14 and right >= registered - 1, (right, registered)
     note = fold_note(run)  # what the Reconstruction page says
     assert note and "two groups" in note
+
+
+def test_final_adjustment_refines_principal_points_but_holds_narrow_views(reconstruct):
+    """Reichstag and church map with one camera per photo. The final bundle adjustment refines the principal point of
+    every such camera except the narrow-view ones (focal length above 1.5x the long side when the adjustment starts:
+    church's tele photos, reichstag's narrowest), which keep the image centre; the Reconstruction page says so.
+    (Measured: reichstag 0.893 -> 0.929 mAA, church unchanged; bench/NOTES.md.)"""
+    import pycolmap
+
+    from backend.views.runview import camera_summary
+
+    for scene in ("reichstag_imc2020", "church_imc2024"):
+        run, d, res = reconstruct(scene)
+        assert res.returncode == 0, res.stderr[-3000:]
+        moved = held = 0
+        for m in sorted((run / "sparse").iterdir()):
+            rec = pycolmap.Reconstruction(m)
+            for im in rec.images.values():
+                if not im.has_pose:
+                    continue
+                cam = rec.cameras[im.camera_id]
+                off = np.hypot(cam.principal_point_x - cam.width / 2, cam.principal_point_y - cam.height / 2)
+                if off < 1e-6:  # held whole: a narrow view (no focal length was rescued in these runs)
+                    assert cam.focal_length > 1.5 * max(cam.width, cam.height), (scene, im.name, cam.focal_length)
+                    held += 1
+                else:
+                    moved += off > 0.05
+        assert moved >= 3 and held >= 1, (scene, moved, held)
+        assert "not of the" in camera_summary(run), camera_summary(run)
