@@ -134,8 +134,10 @@ METHOD_RUNS = [
     ("disk", "lightglue", SMALL, (19, 0.95), (10, 0.70)),            # 1.000 / 0.857
     ("xfeat", "lighterglue", SMALL, (19, 0.95), (10, 0.70)),         # 1.000 / 0.821
     # reichstag: 9/10 (mAA 0.750) before rescue_runaway_focals put back 05466646_5360480312.jpg, whose focal length
-    # BA had driven to 52,000-66,000 px
-    ("xfeat", "nn-ratio", SMALL, (19, 0.95), (10, 0.70)),            # 1.000 / 0.857
+    # BA had driven to 52,000-66,000 px. On identical matches (features.h5, matches.h5, two_view.h5 byte-equal) the
+    # mapper still registers that photo in some runs (then rescued: 10/10, 0.857) and not in others (9/10, 0.750;
+    # a CI run of stop 23): multithreaded mapping is not bit-reproducible, so the floor allows either
+    ("xfeat", "nn-ratio", SMALL, (19, 0.95), (9, 0.70)),             # 1.000 / 0.857 (0.750 with 9)
     ("sift", "nn-ratio", SMALL, (19, 0.95), (10, 0.40)),             # 1.000 / 0.571
     ("orb", "nn-ratio", ("--resize", "1024", "--max-keypoints", "4096"), (18, 0.75), (9, 0.15)),  # 0.906 / 0.321
     # AKAZE: at 1024 / 640 it registered 2 of 10 reichstag photos; at 4096 / 1024 px 1.000 / 0.464
