@@ -22,15 +22,12 @@ import numpy as np
 THRESHOLD_PX = 4.0
 
 
-def _skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-
-
 def pair_truth(run: Path, gt: dict, min_inliers: int = 15) -> list[dict]:
     """Rows ``{a, b, inliers, right_share}`` for every verified pair of ``run`` with both images in ``gt``
     (``{name: (R [3,3], t [3], K [3,3])}``, world-to-camera, px); ``right_share`` = share of the inliers within
     4 px of the GT epipolar lines."""
     from backend.features.extract import read_features
+    from backend.twoview.geometry import skew
 
     from .church_links import epipolar_distance
 
@@ -48,7 +45,7 @@ def pair_truth(run: Path, gt: dict, min_inliers: int = 15) -> list[dict]:
                 Ra, ta, Ka = gt[a]
                 Rb, tb, Kb = gt[b]
                 R = Rb @ Ra.T
-                F = np.linalg.inv(Kb).T @ _skew(tb - R @ ta) @ R @ np.linalg.inv(Ka)
+                F = np.linalg.inv(Kb).T @ skew(tb - R @ ta) @ R @ np.linalg.inv(Ka)
                 d = epipolar_distance(F, kpts[a][inl[:, 0]], kpts[b][inl[:, 1]])
                 rows.append({"a": a, "b": b, "inliers": int(len(inl)),
                              "right_share": round(float(np.mean(d < THRESHOLD_PX)), 3)})
