@@ -89,6 +89,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="auto: when the file names form one numbered sequence (video frames), also pair each photo "
                         "with the next --sequential-overlap photos, as COLMAP's sequential matcher (default: off)")
     p.add_argument("--sequential-overlap", type=int, help="sequential pairs per photo (default 5)")
+    p.add_argument("--mapping-threads", type=int,
+                   help="threads of mapping (default: all cores); 1 makes mapping reproducible: the "
+                        "same model every run (COLMAP's --Mapper.num_threads 1)")
     p.add_argument("--min-scene-size", type=int,
                    help="smallest group of photos mapped as a scene (default 3); smaller groups are outliers")
 

@@ -100,7 +100,10 @@ class MappingConfig:
     min_model_size: int = 3
     refine_focal_length: bool = True
     refine_extra_params: bool = True
-    num_threads: int = -1  # -1: all cores
+    # threads of mapping (COLMAP's incremental and global mappers, the final bundle adjustment); -1: all cores. With 1 (and the fixed random_seed) mapping gives the same
+    # model every run; with more, COLMAP's multithreaded bundle adjustment sums in a varying order and a photo at
+    # the edge of registration can go either way (bench/NOTES.md, "Reproducible mapping")
+    num_threads: int = -1
     random_seed: int = 0
     max_runtime_seconds: float = -1  # > 0: the time bound of each incremental mapping call, whole seconds
     # otherwise each incremental mapping call stops (keeping what it has registered) after
@@ -271,7 +274,8 @@ _CHOICES = {
     "sequential": SEQUENTIAL_MODES,
 }
 _MINIMA = {"num_neighbors": 1, "exhaustive_below": 0, "resize": 64, "max_keypoints": 64, "min_matches": 1,
-           "border": 0, "min_scene_size": 2, "sequential_overlap": 1, "leaf_max_images": 20}
+           "border": 0, "min_scene_size": 2, "sequential_overlap": 1, "leaf_max_images": 20,
+           "mapping_threads": 1}
 OVERRIDES: dict[str, tuple[str, str]] = {
     "retrieval_model": ("retrieval", "model"),
     "num_neighbors": ("retrieval", "num_neighbors"),
@@ -292,6 +296,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "min_scene_size": ("scenes", "min_scene_size"),
     "sequential": ("retrieval", "sequential"),
     "sequential_overlap": ("retrieval", "sequential_overlap"),
+    "mapping_threads": ("mapping", "num_threads"),
 }
 
 

@@ -91,4 +91,4 @@ else
 fi
 
 STEP="(done)"
-printf '==> setup complete in %ds (tests: .venv/bin/python -m pytest -q tests)\n' "$SECONDS"
+printf '==> setup complete in %ds (tests: .venv/bin/python -m pytest -q --durations=15 tests)\n' "$SECONDS"

@@ -9,31 +9,39 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
 
 from conftest import evaluate, scene_dir
 
-# scene: (minimum registered images (None = all), minimum mAA)
+# scene: (minimum registered images (None = all), minimum mAA, extra CLI options)
 FLOORS = {
-    "temple_ring_middlebury": (None, 0.95),
-    "reichstag_imc2020": (None, 0.75),
-    "fox_instant_ngp": (None, 0.97),
+    "temple_ring_middlebury": (None, 0.95, ()),
+    "reichstag_imc2020": (None, 0.75, ()),
+    # fox with the fast preset (1.000 in 29 s; balanced 1.000 in 533 s, measured by the bench): CI's time goes to the
+    # scenes where the presets differ
+    "fox_instant_ngp": (None, 0.97, ("--preset", "fast")),
     # church: the fold check splits the folded model into its two sides; the largest holds 9 (one side and 00063)
-    "church_imc2024": (8, 0.35),
-    "lego_nerf_synthetic": (None, 0.80),  # a symmetric object: a folded model scores about 0.6
+    "church_imc2024": (8, 0.35, ()),
+    # a symmetric object: a folded model scores about 0.6 (the fast preset: 0.596). Balanced takes 11 minutes here
+    # (100 photos, 2048 keypoints): it runs in the nightly suite (SFM_NIGHTLY=1) and in `python -m bench`
+    "lego_nerf_synthetic": (None, 0.80, ()),
 }
+NIGHTLY = {"lego_nerf_synthetic"}
 
 
-@pytest.mark.parametrize("scene", list(FLOORS))
+@pytest.mark.parametrize("scene", [
+    pytest.param(s, marks=pytest.mark.skipif(os.environ.get("SFM_NIGHTLY") != "1", reason="nightly size: SFM_NIGHTLY=1"))
+    if s in NIGHTLY else s for s in FLOORS])
 def test_scene_reconstructs_above_floor(reconstruct, scene):
-    run, d, res = reconstruct(scene)
+    min_reg, min_maa, extra = FLOORS[scene]
+    run, d, res = reconstruct(scene, *extra)
     assert res.returncode == 0, res.stderr[-3000:]
     n_images = len([p for p in (d / "images").iterdir() if p.is_file()])
     record = json.loads((run / "run.json").read_text())
     registered = record["summary"]["registered_images"]
-    min_reg, min_maa = FLOORS[scene]
     assert registered >= (min_reg or n_images), f"{registered}/{n_images} registered"
 
     # poses.csv: one row per image, a user can read it, and it scores above the floor
@@ -46,8 +54,10 @@ def test_scene_reconstructs_above_floor(reconstruct, scene):
           ", ".join(f"{k} {v['seconds']}s/{v['peak_rss_mb']}MB" for k, v in record["stages"].items()))
     assert ev["mAA"] >= min_maa
     # the fold check splits church (test below) and no other scene
-    fold = json.loads((run / "mapping.json").read_text())["fold"]
-    assert fold["folded"] == (scene == "church_imc2024"), fold["best"]
+    fold = json.loads((run / "mapping.json").read_text())["fold"]  # None where the preset leaves the check off
+    assert bool(fold and fold["folded"]) == (scene == "church_imc2024"), fold and fold["best"]
+    if "--preset" not in extra:
+        assert fold is not None  # the default preset checks every model for a fold
     # the IMC 2024 variant scores the same
     ev24 = evaluate(d / "gt.csv", run / "poses_imc2024.csv", d / "thresholds.txt")
     assert abs(ev24["mAA"] - ev["mAA"]) < 1e-9
