@@ -326,7 +326,8 @@ class Pipeline:
                    f"no two images had enough verified matches to start a model ({verified or 0} verified pairs)")
             raise RuntimeError(
                 f"nothing was reconstructed: {why}. Try photos with more overlap (every part of the scene in at "
-                "least three photos, taken a few steps apart), the accurate preset, or more keypoints")
+                "least three photos, taken a few steps apart), the accurate preset, or more keypoints"
+                + self._unregistered_exports())
         best = models[0] if models else {}
         return {
             "models": len(models),
@@ -345,6 +346,18 @@ class Pipeline:
             "outliers": len(res.get("outliers", [])),
             "child_peak_rss_mb": res.get("child_peak_rss_mb"),
         }
+
+    def _unregistered_exports(self) -> str:
+        """After a mapping that placed no photo: write the poses files and ``submission.csv`` with every photo
+        unregistered, so that an IMC submission over many collections stays complete. Returns a sentence for the
+        error message (empty when the files could not be written)."""
+        from .io.export import run_exports
+
+        try:
+            run_exports(self.run_dir, self._names(), self.record["dataset"], self.record["scene"])
+        except (OSError, ValueError, RuntimeError):  # the error being raised is what matters
+            return ""
+        return " (poses.csv and submission.csv list every photo as unregistered)"
 
     def _stage_exports(self, report):
         from .io.export import run_exports

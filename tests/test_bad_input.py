@@ -53,6 +53,32 @@ def test_single_image_fails_clearly(tmp_path):
     assert record["stages"]["images"]["status"] == "failed"
 
 
+def test_nothing_maps_still_leaves_a_complete_submission(tmp_path):
+    """Three photos of three different scenes share no verified pair: the run fails with a message that says what to
+    try, and submission.csv and poses.csv still list every photo, unregistered, so that an IMC submission over many
+    collections stays complete."""
+    import csv
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for scene in ("temple_ring_middlebury", "fox_instant_ngp", "reichstag_imc2020"):
+        p = sorted((scene_dir(scene) / "images").iterdir())[0]
+        shutil.copy(p, images / p.name)
+    out = tmp_path / "run"
+    res = run_cli("reconstruct", str(images), "--out", str(out), "--preset", "fast", "--quiet")
+    assert res.returncode != 0
+    assert "nothing was reconstructed" in res.stderr and "more overlap" in res.stderr, res.stderr[-2000:]
+    assert "submission.csv" in res.stderr
+    with open(out / "submission.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["image"] for r in rows) == sorted(p.name for p in images.iterdir())
+    assert all("nan" in r["rotation_matrix"].lower() for r in rows), rows
+    with open(out / "poses.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    record = json.loads((out / "run.json").read_text())
+    assert record["stages"]["features"]["status"] == "done"  # nothing already done is lost
+
+
 def test_missing_folder_and_bad_preset(tmp_path):
     res = run_cli("reconstruct", str(tmp_path / "nope"), "--out", str(tmp_path / "run"))
     assert res.returncode == 2 and "not a folder" in res.stderr
