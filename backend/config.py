@@ -100,9 +100,10 @@ class MappingConfig:
     min_model_size: int = 3
     refine_focal_length: bool = True
     refine_extra_params: bool = True
-    # threads of mapping (COLMAP's incremental and global mappers, the final bundle adjustment); -1: all cores. With 1 (and the fixed random_seed) mapping gives the same
-    # model every run; with more, COLMAP's multithreaded bundle adjustment sums in a varying order and a photo at
-    # the edge of registration can go either way (bench/NOTES.md, "Reproducible mapping")
+    # threads of mapping (COLMAP's incremental, global and hierarchical mappers, the final bundle adjustment);
+    # -1: all cores. With 1 (and the fixed random_seed) mapping gives the same model every run; with more, COLMAP's
+    # multithreaded bundle adjustment sums in a varying order and a photo at the edge of registration can go either
+    # way (bench/NOTES.md, "Reproducible mapping")
     num_threads: int = -1
     random_seed: int = 0
     max_runtime_seconds: float = -1  # > 0: the time bound of each incremental mapping call, whole seconds

@@ -351,10 +351,8 @@ class Pipeline:
         """After a mapping that placed no photo: write the poses files and ``submission.csv`` with every photo
         unregistered, so that an IMC submission over many collections stays complete. Returns a sentence for the
         error message (empty when the files could not be written)."""
-        from .io.export import run_exports
-
         try:
-            run_exports(self.run_dir, self._names(), self.record["dataset"], self.record["scene"])
+            self._stage_exports(report=None)
         except (OSError, ValueError, RuntimeError):  # the error being raised is what matters
             return ""
         return " (poses.csv and submission.csv list every photo as unregistered)"
