@@ -11,15 +11,21 @@ Endpoints (all JSON unless a file is asked for; errors are ``{"error": "<what we
   form ``preset`` (``fast``, ``balanced``, ``accurate``) -> ``202 {"run_id", "status_url", "saved", "skipped"}``;
   the run is computed in the background into the same run folders as the app's (``$SFM_RUNS_DIR``), so the app
   opens it too.
-- ``GET /v1/runs`` (ids and statuses), ``GET /v1/runs/{id}`` (status, per-stage progress, exports ready),
-  ``GET /v1/runs/{id}/poses.csv`` (and ``poses_imc2024.csv``, ``submission.csv``, ``points.ply``, ``model.zip``),
-  ``DELETE /v1/runs/{id}`` (cancels a working run, then removes its folder).
+  The answer also carries ``owner_secret`` (header ``X-Run-Owner`` on the request: use that secret instead).
+- ``GET /v1/runs``: the caller's runs (ids and statuses): those whose owner secret comes in ``X-Run-Owner``
+  (several comma-separated); nobody else's runs are listed. ``GET /v1/runs/{id}`` (status, per-stage progress,
+  exports ready), ``GET /v1/runs/{id}/poses.csv`` (and ``poses_imc2024.csv``, ``submission.csv``, ``points.ply``,
+  ``model.zip``): reading needs the run id only. ``DELETE /v1/runs/{id}``: cancels a working run, then removes its
+  folder; only with the run's ``X-Run-Owner`` (403 otherwise, and the run is untouched); a deleted run answers 410.
 - ``GET /v1/methods``: extractors, matchers, estimators, presets.
 
 Access: on a loopback address (the default, 127.0.0.1) no token is needed unless one is given; on any other
-address a bearer token is required (``Authorization: Bearer <token>``): ``--token`` or, when absent, one generated
-and printed once at start. Run ids and export names are checked against fixed patterns and lists; no text from a
-request is ever used as a path.
+address a bearer token is required (``Authorization: Bearer <token>``) on every path, ``/docs`` and
+``/openapi.json`` included (open ``/docs`` through an SSH tunnel to the loopback address): ``--token`` or, when
+absent, one generated and printed once at start. The token is checked before a byte of the body is read, and a
+body is counted as it arrives (chunked or not) and refused with 413 past the endpoint's limit. ``/docs`` is served
+from the pinned ``fastapi-offline`` package (no CDN). Run ids and export names are checked against fixed
+patterns and lists; no text from a request is ever used as a path.
 """
 
 from __future__ import annotations
@@ -33,16 +39,22 @@ import threading
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi_offline import FastAPIOffline
 
-from . import jobs
+from . import jobs, owners
 from .io import uploads
 
 EXPORTS = {"poses.csv": "text/csv", "poses_imc2024.csv": "text/csv", "submission.csv": "text/csv",
            "points.ply": "application/octet-stream", "model.zip": "application/zip"}
 MAX_REQUEST_BYTES = uploads.DEFAULT_LIMITS.max_total_bytes + 64 * 2**20  # a run's photos plus form overhead
+MAX_MATCH_BYTES = 2 * uploads.DEFAULT_LIMITS.max_image_bytes + 2**20  # two photos plus form fields
+MAX_OTHER_BYTES = 64 * 2**10  # requests that carry no upload
+OWNER_HEADER = "x-run-owner"
+DOCS_STATIC = "/docs-static"
 _MATCH_LOCK = threading.Lock()
 _MODELS: dict = {}
 
@@ -57,13 +69,107 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _body_limit(method: str, path: str) -> tuple[int, str]:
+    """The most bytes a request body may have on ``method path``, and what to tell a client who sends more."""
+    if method == "POST" and path == "/v1/runs":
+        return MAX_REQUEST_BYTES, f"send at most {uploads.DEFAULT_LIMITS.describe()} per run"
+    if method == "POST" and path == "/v1/match":
+        mb = uploads.DEFAULT_LIMITS.max_image_bytes // 2**20
+        return MAX_MATCH_BYTES, f"send two photos of at most {mb} MB each"
+    return MAX_OTHER_BYTES, "this endpoint takes no upload"
+
+
+def _json_bytes(status: int, message: str) -> bytes:
+    import json
+
+    return json.dumps({"error": message, "status": status}).encode()
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Guard:
+    """ASGI middleware run before any endpoint reads a byte of the body:
+
+    - the bearer token (when the server has one) is checked on every path but the static files of ``/docs``, so a
+      client without it gets 401 at once, whatever it is sending;
+    - a body is counted while it is read (declared ``Content-Length`` or ``Transfer-Encoding: chunked`` alike) and
+      the request is answered 413 as soon as it passes the endpoint's limit (:func:`_body_limit`); what was spooled
+      so far is dropped by the framework.
+    """
+
+    def __init__(self, app, token: str | None = None):
+        self.app = app
+        self.token = token
+
+    async def _reply(self, send, status: int, message: str, extra: list | None = None) -> None:
+        body = _json_bytes(status, message)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")] + (extra or [])
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        path = scope.get("path", "")
+        if self.token is not None and not path.startswith(DOCS_STATIC + "/"):
+            got = headers.get("authorization", "")
+            if not (got.startswith("Bearer ") and secrets.compare_digest(got[7:].strip().encode(),
+                                                                         self.token.encode())):
+                return await self._reply(send, 401, "missing or wrong bearer token: send 'Authorization: Bearer "
+                                                    "<token>' (the token printed when the server started)",
+                                         [(b"www-authenticate", b"Bearer")])
+        limit, what = _body_limit(scope.get("method", "GET"), path)
+        too_large = f"the request is larger than {limit / 2**20:,.0f} MB; {what}"
+        try:
+            declared = int(headers.get("content-length") or 0)
+        except ValueError:
+            declared = 0
+        if declared > limit:
+            return await self._reply(send, 413, too_large)
+        seen = 0
+        state = {"over": False, "started": False}
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    state["over"] = True
+                    raise _TooLarge()
+            return message
+
+        async def guarded_send(message):
+            if state["over"]:  # the endpoint's own error about the cut body is replaced by the 413
+                if message["type"] == "http.response.start" and not state["started"]:
+                    state["started"] = True
+                    await self._reply(send, 413, too_large)
+                return
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except _TooLarge:
+            if not state["started"]:
+                state["started"] = True
+                await self._reply(send, 413, too_large)
+
+
 def _error(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
 def _run_dir(run_id: str) -> Path:
+    if jobs.valid_run_id(run_id) and not jobs.run_exists(run_id) and owners.was_deleted(jobs.runs_root(), run_id):
+        raise _error(410, f"run {run_id} was deleted by its owner; start a new run with POST /v1/runs")
     if not jobs.valid_run_id(run_id) or not jobs.run_exists(run_id):
-        raise _error(404, f"no run {run_id[:80]!r}; list the runs with GET /v1/runs")
+        raise _error(404, f"no run {run_id[:80]!r}; list your runs with GET /v1/runs (header X-Run-Owner)")
     return jobs.run_dir_for(run_id)
 
 
@@ -78,13 +184,24 @@ def _read_upload(f: UploadFile, limit: int, what: str) -> bytes:
 
 def create_app(token: str | None = None) -> FastAPI:
     """The FastAPI application; ``token``: the bearer token every ``/v1`` request must carry (None: no check)."""
-    app = FastAPI(title="SfM Explorer API", version="1",
+    # FastAPIOffline: /docs (Swagger UI 5) and /redoc from the pinned fastapi-offline package, so the page works
+    # on a server that reaches no CDN
+    app = FastAPIOffline(title="SfM Explorer API", version="1", static_url=DOCS_STATIC,
                   description="Two-view matching and reconstruction runs of SfM Explorer. Errors are "
                               '{"error": "...", "status": code} with what to do.')
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"error": str(exc.detail), "status": exc.status_code}, status_code=exc.status_code,
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # every HTTP error, ours and the framework's (unknown route 404, wrong method 405, malformed multipart 400)
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no endpoint {request.url.path[:80]!r}; the endpoints are listed at /docs"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path[:80]!r}; see /docs for the methods"
+        elif exc.status_code == 400 and ("parsing the body" in detail or "multipart" in detail.lower()):
+            detail = ("the request body is not valid multipart/form-data; send the photos as form fields "
+                      "(see /docs)")
+        return JSONResponse({"error": detail, "status": exc.status_code}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -96,29 +213,12 @@ def create_app(token: str | None = None) -> FastAPI:
         return JSONResponse({"error": "bad request: " + "; ".join(parts) + " (see /docs)", "status": 422},
                             status_code=422)
 
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next):
-        # a request announcing more than a run's upload limit is refused before its body is read
-        try:
-            length = int(request.headers.get("content-length") or 0)
-        except ValueError:
-            length = 0
-        if length > MAX_REQUEST_BYTES:
-            return JSONResponse({"error": f"the request is larger than {MAX_REQUEST_BYTES / 2**30:.1f} GB; send at most "
-                                          f"{uploads.DEFAULT_LIMITS.describe()}", "status": 413}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(_Guard, token=token)
 
-    def auth(request: Request) -> None:
-        if token is None:
-            return
-        got = request.headers.get("authorization", "")
-        if not (got.startswith("Bearer ") and secrets.compare_digest(got[7:].strip().encode(), token.encode())):
-            raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>' (the "
-                                     "token printed when the server started)", headers={"WWW-Authenticate": "Bearer"})
+    def owner_secrets(request: Request) -> list[str]:
+        return [s.strip() for s in request.headers.get(OWNER_HEADER, "").split(",") if s.strip()][:16]
 
-    guarded = [Depends(auth)]
-
-    @app.get("/v1/methods", dependencies=guarded)
+    @app.get("/v1/methods")
     def methods() -> dict:
         """Registered extractors, matchers (and which extractors each accepts), estimators and presets."""
         from .config import PRESETS
@@ -129,7 +229,7 @@ def create_app(token: str | None = None) -> FastAPI:
         return {"features": {f: matchers_for(f) for f in EXTRACTORS}, "matchers": list(MATCHERS),
                 "estimators": list(ESTIMATORS), "presets": list(PRESETS)}
 
-    @app.post("/v1/match", dependencies=guarded)
+    @app.post("/v1/match")
     def match(image0: Annotated[UploadFile, File(description="first photo (JPEG, PNG or HEIC)")],
               image1: Annotated[UploadFile, File(description="second photo")],
               features: Annotated[str, Form()] = "aliked-n16", matcher: Annotated[str, Form()] = "lightglue",
@@ -162,16 +262,24 @@ def create_app(token: str | None = None) -> FastAPI:
                 raise _error(400, f"{e}") from None
         return res.to_dict()
 
-    @app.post("/v1/runs", status_code=202, dependencies=guarded)
-    def create_run(files: Annotated[list[UploadFile], File(description="photos and/or zips of photos")],
+    @app.post("/v1/runs", status_code=202)
+    def create_run(request: Request,
+                   files: Annotated[list[UploadFile], File(description="photos and/or zips of photos")],
                    preset: Annotated[str, Form()] = "balanced") -> dict:
-        """Start a reconstruction of the uploaded photos; poll ``GET /v1/runs/{id}``."""
+        """Start a reconstruction of the uploaded photos; poll ``GET /v1/runs/{id}``. The answer carries
+        ``owner_secret``: send it as header ``X-Run-Owner`` to list, cancel or delete your runs (send your own
+        secret in that header here to group several runs under one)."""
+        held = owner_secrets(request)
+        secret = held[0] if held else owners.new_secret()
+        if not owners.valid_secret(secret):
+            raise _error(400, "X-Run-Owner must be 16-128 letters, digits, '-' or '_' (leave it out to get one)")
         try:
             cfg = jobs.build_config(preset)
         except ValueError as e:
             raise _error(400, f"{e}") from None
         run_id = jobs.new_run_id()
         run_dir = jobs.run_dir_for(run_id)
+        owners.set_owner(run_dir, secret)
         res = uploads.save_uploads(((f.filename or "upload", f.file) for f in files), run_dir / "upload")
         if len(res.saved) < 2:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -184,17 +292,23 @@ def create_app(token: str | None = None) -> FastAPI:
         except jobs.JobError as e:
             raise _error(409, f"{e}") from None
         return {"run_id": run_id, "status_url": f"/v1/runs/{run_id}", "preset": preset, "saved": res.saved,
-                "skipped": res.skipped}
+                "skipped": res.skipped, "owner_secret": secret}
 
-    @app.get("/v1/runs", dependencies=guarded)
-    def list_runs() -> dict:
-        """Run ids (newest first) and their status."""
+    @app.get("/v1/runs")
+    def list_runs(request: Request,
+                  x_run_owner: Annotated[str | None, Header(description="owner secret(s) from POST /v1/runs, "
+                                                                        "comma-separated")] = None) -> dict:
+        """Your runs (newest first) and their status: the runs whose owner secret you send in ``X-Run-Owner``.
+        Nobody else's runs are listed; open a run you were given by its id."""
         root = jobs.runs_root()
-        ids = sorted((d.name for d in root.iterdir() if d.is_dir() and jobs.run_exists(d.name)), reverse=True) \
-            if root.is_dir() else []
-        return {"runs": [{"run_id": r, "status": jobs.run_state(root / r)["status"]} for r in ids]}
+        held = owner_secrets(request)
+        out = {"runs": [{"run_id": r, "status": jobs.run_state(root / r)["status"]}
+                        for r in owners.owned_runs(root, held) if jobs.run_exists(r)]}
+        if not held:
+            out["note"] = ("send the owner secret returned by POST /v1/runs as header X-Run-Owner to list your runs")
+        return out
 
-    @app.get("/v1/runs/{run_id}", dependencies=guarded)
+    @app.get("/v1/runs/{run_id}")
     def run_status(run_id: str) -> dict:
         """Status, per-stage progress and timings, and the exports ready to download."""
         d = _run_dir(run_id)
@@ -208,7 +322,7 @@ def create_app(token: str | None = None) -> FastAPI:
                 "summary": rec.get("summary", {}),
                 "exports": {n: f"/v1/runs/{run_id}/{n}" for n in EXPORTS if (d / n).is_file()}}
 
-    @app.get("/v1/runs/{run_id}/{export}", dependencies=guarded)
+    @app.get("/v1/runs/{run_id}/{export}")
     def run_export(run_id: str, export: str):
         """Download an export: ``poses.csv``, ``poses_imc2024.csv``, ``submission.csv`` (IMC 2025: scenes and
         outliers), ``points.ply`` or ``model.zip``."""
@@ -221,15 +335,18 @@ def create_app(token: str | None = None) -> FastAPI:
             raise _error(404, f"{export} is not ready (run status: {status}); poll GET /v1/runs/{run_id}")
         return FileResponse(path, media_type=EXPORTS[export], filename=f"{run_id}_{export}")
 
-    @app.delete("/v1/runs/{run_id}", dependencies=guarded)
-    def delete_run(run_id: str) -> dict:
-        """Cancel the run if it is working, then remove its folder."""
-        d = _run_dir(run_id)
-        if jobs.cancel(run_id):
-            jobs.wait(run_id, timeout=120)
-            if jobs.run_state(d)["status"] in ("running", "queued"):
-                raise _error(409, "the run is still stopping; try DELETE again in a minute")
-        shutil.rmtree(d, ignore_errors=True)
+    @app.delete("/v1/runs/{run_id}")
+    def delete_run(run_id: str, request: Request,
+                   x_run_owner: Annotated[str | None, Header(description="the run's owner secret")] = None) -> dict:
+        """Cancel the run if it is working, then remove its folder. Only its owner may (header ``X-Run-Owner``);
+        anyone else gets 403 and the run is untouched."""
+        _run_dir(run_id)
+        try:
+            jobs.delete_run(run_id, owner_secrets(request))
+        except owners.NotOwnerError as e:
+            raise _error(403, f"{e}") from None
+        except jobs.JobError as e:
+            raise _error(409, f"{e}") from None
         return {"deleted": run_id}
 
     return app

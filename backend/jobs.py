@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .config import PipelineConfig, apply_overrides, get_preset
+from .owners import make_private_dir, remove_run, require_owner
 from .pipeline import STAGES, Pipeline, PipelineError, RunOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -275,7 +276,7 @@ def start_run(run_dir: Path, images_dir: Path, config: PipelineConfig, until: st
         job = _JOBS.get(run_id)
         if job is not None and job.alive:
             return job
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(run_dir)
         fd = _try_lock(run_dir)
         if fd is None:
             raise JobError(f"Run {run_id} is being computed by another app process; open it again in a minute.")
@@ -340,6 +341,23 @@ def cancel(run_id: str) -> bool:
             (d / CANCEL_FILE).write_text(str(time.time()))
             return True
     return False
+
+
+def delete_run(run_id: str, held: list[str | None], timeout: float = 120) -> None:
+    """Cancel run ``run_id`` if it is working, wait for it to stop, then remove its folder (leaving a tombstone, so
+    viewers who have it open are told it was deleted). Only the owner may: ``held`` are the caller's owner secrets.
+
+    Raises:
+        JobError: not a run id, or the run is still stopping after ``timeout`` s (nothing removed; try again).
+        backend.owners.NotOwnerError: no secret in ``held`` owns the run, or it has no owner.
+    """
+    d = run_dir_for(run_id)
+    require_owner(d, held, "delete")
+    if cancel(run_id):
+        wait(run_id, timeout=timeout)
+        if run_state(d)["status"] in ("running", "queued"):
+            raise JobError("the run is still stopping; try deleting it again in a minute")
+    remove_run(runs_root(), run_id)
 
 
 def server_executor() -> tuple[str, str | None]:

@@ -41,6 +41,8 @@ def serve_api(runs: Path, log_path: Path, host: str = "127.0.0.1", *extra: str):
                 with urllib.request.urlopen(f"{base}/openapi.json", timeout=2) as r:
                     if r.status == 200:
                         break
+            except urllib.error.HTTPError:  # a server with a token answers 401: it is up
+                break
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
@@ -70,9 +72,13 @@ def _multipart(fields: dict[str, str], files: list[tuple[str, str, bytes]]) -> t
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
-def call(method: str, url: str, fields=None, files=None, token: str | None = None, timeout: float = 600):
-    """``(status, body bytes, headers)`` of one request (errors included, never raised)."""
+def call(method: str, url: str, fields=None, files=None, token: str | None = None, timeout: float = 600,
+         owner: str | None = None):
+    """``(status, body bytes, headers)`` of one request (errors included, never raised); ``owner``: the
+    ``X-Run-Owner`` secret to send."""
     data, headers = None, {}
+    if owner:
+        headers["X-Run-Owner"] = owner
     if files is not None or fields is not None:
         data, ctype = _multipart(fields or {}, files or [])
         headers["Content-Type"] = ctype
@@ -148,9 +154,11 @@ def test_run_from_upload_to_scored_poses_then_delete(api, tmp_path):
         Path(n).name for n in zipfile.ZipFile(io.BytesIO(model)).namelist()}
     status, body, _ = call("GET", f"{base}/v1/runs/{run_id}/..%2F..%2Fetc%2Fpasswd")
     assert status == 404
-    status, body, _ = call("DELETE", f"{base}/v1/runs/{run_id}")
+    status, body, _ = call("DELETE", f"{base}/v1/runs/{run_id}", owner=created["owner_secret"])
     assert status == 200 and not (runs / run_id).exists()
     status, body, _ = call("GET", f"{base}/v1/runs/{run_id}")
+    assert status == 410 and "deleted" in json.loads(body)["error"]
+    status, body, _ = call("GET", f"{base}/v1/runs/20260101-000000-000000000000")
     assert status == 404 and "GET /v1/runs" in json.loads(body)["error"]
 
 
@@ -188,3 +196,128 @@ def test_off_loopback_a_token_is_generated_and_required(tmp_path):
         assert status == 401
         status, body, _ = call("GET", f"{base}/v1/methods", token=token)
         assert status == 200 and "lightglue" in json.loads(body)["features"]["aliked-n16"]
+        for path in ("/openapi.json", "/docs"):  # the API's description needs the token too
+            assert call("GET", f"{base}{path}")[0] == 401
+            assert call("GET", f"{base}{path}", token=token)[0] == 200
+        # no token: refused before the body is read, even a chunked one with no declared length
+        sent, answer = _send_chunked(base, "/v1/runs", 600 * 2**20)
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:300]
+        assert sent < 50 * 2**20, sent
+
+
+def _start_run(base: str, owner: str | None = None, n: int = 3) -> dict:
+    photos = sorted((scene_dir("temple_ring_middlebury") / "images").iterdir())[:n]
+    status, body, _ = call("POST", f"{base}/v1/runs", {"preset": "fast"},
+                           [("files", p.name, p.read_bytes()) for p in photos], owner=owner)
+    assert status == 202, body
+    return json.loads(body)
+
+
+def test_runs_belong_to_their_owner(api):
+    """Two API clients: neither lists, cancels nor deletes the other's run; the owner does; folders are private."""
+    base, runs = api
+    a = _start_run(base)  # client A gets a secret
+    b_secret = "client-b-secret-0123456789abcdef"
+    b = _start_run(base, owner=b_secret)  # client B brings its own
+    assert b["owner_secret"] == b_secret and a["owner_secret"] != b_secret
+    listed = lambda owner: {r["run_id"] for r in json.loads(call("GET", f"{base}/v1/runs", owner=owner)[1])["runs"]}
+    assert listed(None) == set()  # no secret, no runs: nobody enumerates the server
+    assert a["run_id"] in listed(a["owner_secret"]) and b["run_id"] not in listed(a["owner_secret"])
+    assert b["run_id"] in listed(b_secret) and a["run_id"] not in listed(b_secret)
+    # B (or anyone without A's secret) cannot cancel or delete A's working run; it keeps working
+    for owner in (b_secret, None):
+        status, body, _ = call("DELETE", f"{base}/v1/runs/{a['run_id']}", owner=owner)
+        assert status == 403 and "X-Run-Owner" in json.loads(body)["error"], body
+    state = json.loads(call("GET", f"{base}/v1/runs/{a['run_id']}")[1])
+    assert state["status"] in ("queued", "running", "done", "failed"), state  # not cancelled
+    # reading needs the id only (a shared link works)
+    assert call("GET", f"{base}/v1/runs/{a['run_id']}")[0] == 200
+    # the folder and every file in it are private to the server's user
+    d = runs / a["run_id"]
+    assert (d.stat().st_mode & 0o777) == 0o700 and (runs.stat().st_mode & 0o077) == 0
+    files = [p for p in d.rglob("*") if p.is_file()]
+    assert files and all((p.stat().st_mode & 0o077) == 0 for p in files), \
+        [(p.name, oct(p.stat().st_mode)) for p in files if p.stat().st_mode & 0o077]
+    assert "owner_sha256" in (d / "owner.json").read_text() and a["owner_secret"] not in (d / "owner.json").read_text()
+    # the owners delete their own runs (a working one is cancelled first)
+    for r, owner in ((a["run_id"], a["owner_secret"]), (b["run_id"], b_secret)):
+        status, body, _ = call("DELETE", f"{base}/v1/runs/{r}", owner=owner)
+        assert status == 200, body
+        assert not (runs / r).exists() and call("GET", f"{base}/v1/runs/{r}")[0] == 410
+    assert listed(a["owner_secret"]) == set()
+
+
+def _send_chunked(base: str, path: str, total: int, token: str | None = None) -> tuple[int, bytes]:
+    """POST ``total`` bytes to ``path`` with ``Transfer-Encoding: chunked`` (no Content-Length), reading the answer
+    while sending; returns ``(bytes sent before the server answered or closed, the answer)``."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    u = urlparse(base)
+    sock = socket.create_connection((u.hostname, u.port), timeout=60)
+    head = (f"POST {path} HTTP/1.1\r\nHost: {u.hostname}\r\nTransfer-Encoding: chunked\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n")
+    if token:
+        head += f"Authorization: Bearer {token}\r\n"
+    sock.sendall((head + "\r\n").encode())
+    got, ended = bytearray(), threading.Event()
+
+    def read():
+        try:
+            while (d := sock.recv(65536)):
+                got.extend(d)
+        except OSError:
+            pass
+        ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    chunk = (b'--b\r\nContent-Disposition: form-data; name="image0"; filename="a.png"\r\n\r\n' + bytes(2**20))
+    sent = 0
+    try:
+        while sent < total and not got and not ended.is_set():
+            sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            sent += len(chunk)
+    except OSError:
+        pass
+    ended.wait(30)
+    sock.close()
+    return sent, bytes(got)
+
+
+def test_a_chunked_body_is_counted_and_cut_at_the_limit(api):
+    """600 MB sent chunked (no Content-Length) to /v1/match: 413 once the body passes the endpoint's limit (two
+    photos), long before all of it is read."""
+    base, _ = api
+    sent, answer = _send_chunked(base, "/v1/match", 600 * 2**20)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b"two photos of at most 50 MB" in answer and b"500 photos" not in answer
+    assert sent < 200 * 2**20, sent  # cut near the 101 MB limit, not after 600 MB
+
+
+def test_framework_errors_are_json_with_what_to_do(api):
+    base, _ = api
+    for method, path, code in (("GET", "/nope", 404), ("PUT", "/v1/methods", 405)):
+        status, body, _ = call(method, f"{base}{path}")
+        out = json.loads(body)
+        assert status == code and out["status"] == code and "/docs" in out["error"] and "detail" not in out
+    req = urllib.request.Request(f"{base}/v1/match", data=b"garbage", method="POST",
+                                 headers={"Content-Type": "multipart/form-data; boundary=zz"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    out = json.loads(e.value.read())
+    assert e.value.code in (400, 422) and "error" in out and "detail" not in out, out
+
+
+def test_docs_page_renders_offline(api, tmp_path):
+    """/docs loads Swagger UI from the pinned package (the browser here reaches no CDN) and shows the endpoints."""
+    from appserver import chromium, screenshot
+
+    base, _ = api
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(f"{base}/docs")
+        page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+        text = page.inner_text("body")
+        screenshot(page, tmp_path / "docs.png")
+    assert "SfM Explorer API" in text and "/v1/runs" in text and "/v1/match" in text
