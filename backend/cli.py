@@ -348,5 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .owners import private_umask
+
     args = build_parser().parse_args(argv)
+    private_umask()  # runs, exports and uploads are private to the server's user (folders 0700, files 0600)
     return args.func(args)
