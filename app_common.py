@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from backend import jobs
+from backend import jobs, owners
 from backend.io import uploads
 from backend.pipeline import STAGES
 
@@ -96,23 +96,44 @@ def open_run(run_id: str) -> None:
     st.query_params["run"] = run_id
 
 
+def deleted_message(run_id: str) -> str:
+    """What a viewer of a run that its owner deleted reads (every page says the same)."""
+    return (f"Run **{md_escape(run_id, limit=80)}** was deleted by the person who started it: its photos and results "
+            "are no longer on the server. Start a new run, or open another one, on the Home page.")
+
+
 def show_bad_run() -> bool:
-    """Shows the message for a run id that does not exist; True when there was one."""
+    """Shows the message for a run id that does not exist (or was deleted); True when there was one."""
     bad = st.session_state.get("bad_run")
     if bad is None:
         return False
-    shown = md_escape(bad, limit=80)  # straight from the URL: shown as typed, never as markdown
-    if jobs.valid_run_id(bad):
+    if not bad.strip() or not bad.isprintable():  # '?run=' or '?run=%00': nothing readable to show
+        st.error("The address has an empty or unreadable run id (`?run=`). Copy the whole link again, or start a "
+                 "new run on the Home page.")
+    elif jobs.valid_run_id(bad) and owners.was_deleted(jobs.runs_root(), bad):
+        st.error(deleted_message(bad))
+    elif jobs.valid_run_id(bad):
+        shown = md_escape(bad, limit=80)  # straight from the URL: shown as typed, never as markdown
         st.error(f"There is no run with the id **{shown}**. Check the id (it was printed when the run started and "
                  "is in the address bar as `?run=...`), or start a new run on the Home page.")
     else:
+        shown = md_escape(bad, limit=80)
         st.error(f"**{shown}** is not a run id: ids are letters, digits, '-' and '_' only. "
                  "Check the link, or start a new run on the Home page.")
     return True
 
 
+def show_missing_run(run_id: str) -> None:
+    """The message for the open run whose folder is gone: deleted by its owner, or removed on the server."""
+    if owners.was_deleted(jobs.runs_root(), run_id):
+        st.error(deleted_message(run_id))
+    else:
+        st.error(f"Run **{md_escape(run_id)}** has no files on the server any more. Start a new run on the Home page.")
+
+
 def current_run() -> tuple[str, Path, dict]:
-    """The open run ``(run_id, run_dir, run_state)``; otherwise shows what to do and stops the page."""
+    """The open run ``(run_id, run_dir, run_state)``; otherwise shows what to do and stops the page (no run open,
+    a bad id, or a run deleted since it was opened)."""
     if show_bad_run():
         st.page_link(home_page(), label="Go to Home", icon=":material/home:")
         st.stop()
@@ -121,8 +142,68 @@ def current_run() -> tuple[str, Path, dict]:
         st.info("No run is open. Start a run or reopen one on the Home page (or open a link with `?run=<id>`).")
         st.page_link(home_page(), label="Go to Home", icon=":material/home:")
         st.stop()
+    if not jobs.run_exists(run_id):
+        show_missing_run(run_id)
+        st.page_link(home_page(), label="Go to Home", icon=":material/home:")
+        st.stop()
     run_dir = jobs.run_dir_for(run_id)
     return run_id, run_dir, jobs.run_state(run_dir)
+
+
+# ---- who owns a run ----------------------------------------------------------------------------------------------
+# The owner secret lives in the session and in a cookie (so a refresh, a new tab or a restart of the browser keeps
+# it); only its hash is stored in the run folder (backend/owners.py). The cookie is set by a tiny inline component
+# (components v2 run in the page itself, not an iframe).
+OWNER_COOKIE = "sfm_owner"
+OWNER_COOKIE_DAYS = 30
+_SET_COOKIE_JS = """
+export default function(component) {
+  const { data } = component;
+  if (data && data.name && data.value) {
+    document.cookie = data.name + '=' + data.value + '; path=/; max-age=' + data.max_age + '; SameSite=Strict';
+  }
+}
+"""
+_set_cookie = None
+
+
+def _cookie(name: str) -> str | None:
+    try:
+        return st.context.cookies.get(name)
+    except Exception:  # noqa: BLE001 - no request context (a script run outside a browser session)
+        return None
+
+
+def owner_secret() -> str:
+    """This browser's owner secret: from the session, else from its cookie, else a new one (see
+    :func:`keep_owner_cookie`, which the router calls on every run to store it in the browser)."""
+    ss = st.session_state
+    secret = ss.get("owner_secret")
+    if not owners.valid_secret(secret):
+        cookie = _cookie(OWNER_COOKIE)
+        secret = cookie if owners.valid_secret(cookie) else owners.new_secret()
+        ss["owner_secret"] = secret
+    return secret
+
+
+def keep_owner_cookie() -> None:
+    """Set the owner cookie in the browser unless it came with this session (draws nothing)."""
+    global _set_cookie
+    secret = owner_secret()
+    if _cookie(OWNER_COOKIE) == secret:
+        return
+    if _set_cookie is None:
+        _set_cookie = st.components.v2.component("sfm_set_cookie", js=_SET_COOKIE_JS)
+    try:
+        _set_cookie(key="owner_cookie", data={"name": OWNER_COOKIE, "value": secret,
+                                             "max_age": OWNER_COOKIE_DAYS * 86400})
+    except Exception:  # noqa: BLE001 - without the cookie, ownership lasts as long as the session
+        pass
+
+
+def owns(run_id: str) -> bool:
+    """True when this browser started run ``run_id`` (holds its owner secret)."""
+    return jobs.valid_run_id(run_id) and owners.is_owner(jobs.run_dir_for(run_id), [owner_secret()])
 
 
 NAV: dict = {}  # key -> st.Page, filled by the router (streamlit_app.py) on every run

@@ -18,7 +18,7 @@ import shutil
 import streamlit as st
 
 import app_common as ui
-from backend import jobs
+from backend import jobs, owners
 from backend.io import uploads
 from backend.config import DISAMBIGUATE_MODES, MAPPERS, SCENES_MODES, UPRIGHT_MODES, get_preset
 from backend.pipeline import STAGES
@@ -140,6 +140,8 @@ def start_new_run(source: str, files, preset: str, overrides: dict, until: str |
         run_id = jobs.SAMPLE_RUN_ID if default else jobs.new_run_id()
         run_dir = jobs.run_dir_for(run_id)
         state = jobs.run_state(run_dir)
+        if not default:  # the shared sample run has no owner; a sample run with other options is this browser's
+            owners.set_owner(run_dir, ui.owner_secret())
         if not (default and state["status"] in ("done", "running", "queued")):
             jobs.start_run(run_dir, jobs.SAMPLE_IMAGES, cfg, until)
     else:
@@ -148,6 +150,7 @@ def start_new_run(source: str, files, preset: str, overrides: dict, until: str |
             return
         run_id = jobs.new_run_id()
         run_dir = jobs.run_dir_for(run_id)
+        owners.set_owner(run_dir, ui.owner_secret())  # this browser owns the run: only it may cancel or delete it
         res = uploads.save_uploads(((f.name, f) for f in files), run_dir / "upload")
         if len(res.saved) < 2:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -173,7 +176,9 @@ def _panel(run_id: str, was: str) -> None:
     st.markdown(ui.status_line(state))
     ui.render_stage_table(state)
     if state["status"] in ("running", "queued"):
-        if state["progress"].get("state") == "running" or state["status"] == "queued":
+        if not ui.owns(run_id):
+            st.caption("Only the person who started this run can cancel it.")
+        elif state["progress"].get("state") == "running" or state["status"] == "queued":
             if st.button("Cancel run", icon=":material/cancel:", key="cancel_run"):
                 jobs.cancel(run_id)
                 st.toast("Cancelling: the current stage stops at its next step; finished stages are kept.")
@@ -188,7 +193,10 @@ def run_section(run_id: str) -> None:
     run_dir = jobs.run_dir_for(run_id)
     state = jobs.run_state(run_dir)
     if not state["exists"]:
-        st.error(f"Run **{ui.md_escape(run_id)}** has no files on the server any more. Start a new run below.")
+        if owners.was_deleted(jobs.runs_root(), run_id):
+            st.error(ui.deleted_message(run_id))
+        else:
+            st.error(f"Run **{ui.md_escape(run_id)}** has no files on the server any more. Start a new run below.")
         return
     rec = state["record"]
     st.subheader(f"Run `{run_id}`")  # a valid run id (letters, digits, - and _) in a code span
@@ -212,6 +220,8 @@ def run_section(run_id: str) -> None:
         if state["status"] != "done" and nxt and not state.get("resumable", True):
             st.info("Resuming cannot help here: the photos themselves are the problem. Start a new run below with "
                     "at least two photos of the scene (the Images page lists each skipped file and why).")
+        elif state["status"] != "done" and nxt and owners.has_owner(run_dir) and not ui.owns(run_id):
+            st.caption("Only the person who started this run can continue it.")
         elif state["status"] != "done" and nxt:
             if state["status"] == "paused":
                 done = [s for s in STAGES if jobs.stage_done(state, s)]
@@ -229,6 +239,29 @@ def run_section(run_id: str) -> None:
     summary_and_links(state)
     with st.expander("Configuration of this run"):
         st.json(cfg, expanded=False)
+    if ui.owns(run_id):
+        delete_section(run_id)
+
+
+def delete_section(run_id: str) -> None:
+    """Delete this run (its owner only): cancels it if it works, then removes its folder from the server."""
+    with st.expander("Delete this run"):
+        st.caption("Removes the photos and every result of this run from the server. Anyone who has it open is told "
+                   "it was deleted. This cannot be undone.")
+        sure = st.checkbox("Yes, delete this run", key=f"delete_sure_{run_id}")
+        if st.button("Delete run", icon=":material/delete:", disabled=not sure, key="delete_run"):
+            try:
+                with st.spinner("Stopping and deleting the run..."):
+                    jobs.delete_run(run_id, [ui.owner_secret()])
+            except (jobs.JobError, owners.NotOwnerError) as e:
+                st.error(ui.md_escape(e))
+                return
+            ss = st.session_state
+            ss["run_id"] = None
+            ss["my_runs"] = [r for r in ss.get("my_runs", []) if r != run_id]
+            ss["flash_home"] = f"Run `{run_id}` was deleted."  # a valid run id in a code span
+            st.query_params.pop("run", None)
+            st.rerun()
 
 
 def _continue(run_dir, until) -> None:
@@ -263,10 +296,13 @@ def summary_and_links(state: dict) -> None:
 def reopen_section() -> None:
     ss = st.session_state
     st.subheader("Reopen a run")
-    mine = [r for r in ss.get("my_runs", []) if r != ss.get("run_id")]
+    owned = owners.owned_runs(jobs.runs_root(), [ui.owner_secret()])
+    seen = [r for r in reversed(ss.get("my_runs", [])) if r not in owned and jobs.run_exists(r)]
+    mine = [r for r in owned + seen if r != ss.get("run_id")]
     if mine:
-        st.caption("Runs of this session")
-        for r in reversed(mine):
+        st.caption("Your runs (started in this browser), then runs opened in this session"
+                   + (f"; the newest 30 of {len(mine)} (open older ones by id)" if len(mine) > 30 else ""))
+        for r in mine[:30]:
             state = jobs.run_state(jobs.run_dir_for(r))
             c1, c2, c3 = st.columns([4, 3, 2], vertical_alignment="center")
             n = state["record"].get("summary", {}).get("images")
@@ -303,6 +339,8 @@ def home() -> None:
                "local features (ALIKED, DISK, XFeat, SIFT, ORB, AKAZE) and matchers (LightGlue, LighterGlue, "
                "nearest neighbour + ratio test), COLMAP (pycolmap) incremental or global (GLOMAP) mapping.")
     ui.show_bad_run()
+    if (flash := ss.pop("flash_home", None)):
+        st.success(flash)
     run_id = ss.get("run_id")
     if run_id:
         with st.container(border=True):
@@ -357,6 +395,8 @@ def home() -> None:
 # an emoji favicon is drawn in the browser (an inline SVG); a ':material/...:' one would be fetched from
 # fonts.gstatic.com, a request to an outside host on every page load
 st.set_page_config(page_title="SfM Explorer", page_icon="📷", layout="wide")
+owners.private_umask()  # run folders 0700, files 0600: only the server's user reads the photos
+ui.keep_owner_cookie()  # this browser's owner secret (session, cookie)
 _home = st.Page(home, title="Home", icon=":material/home:", default=True)
 _pages = {k: st.Page(f, title=t, icon=i, url_path=k) for k, (f, t, i) in ui.PAGES.items()}
 ui.NAV.update(home=_home, **_pages)

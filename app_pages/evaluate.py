@@ -71,11 +71,13 @@ def page() -> None:
         if th_file is not None:  # a file from the user's browser, read as text; never a server path
             if th_file.size > MAX_THRESHOLD_FILE_BYTES:
                 raise ValueError(f"the thresholds file is larger than {MAX_THRESHOLD_FILE_BYTES // 2**10} KB")
-            thresholds = evaluate.parse_threshold_text(th_file.getvalue().decode("utf-8-sig"),
-                                                      "the uploaded thresholds file")
+            source = "the uploaded thresholds file"
+            thresholds = evaluate.parse_threshold_text(evaluate.decode_text(th_file.getvalue(), source), source)
         else:
-            thresholds = evaluate.parse_threshold_text(th_text, "the thresholds box")
-    except ValueError as e:  # UnicodeDecodeError included
+            source = "the thresholds box"
+            thresholds = evaluate.parse_threshold_text(th_text, source)
+        evaluate.check_threshold_count(thresholds, source)
+    except ValueError as e:
         st.error(f"Cannot use the thresholds: {ui.md_escape(e)}. Type numbers separated by ';' or ',' (e.g. "
                  "0.025; 0.05; 0.1), or upload a thresholds file.")
         return
@@ -86,9 +88,9 @@ def page() -> None:
                 tmp_name = tmp.name
                 tmp.write(gt_bytes)
                 tmp.flush()
-                gt = evaluate.read_poses_csv(tmp.name, label="the uploaded CSV")
+                gt = evaluate.read_poses_csv(tmp.name, label="the uploaded CSV", ground_truth=True)
         else:
-            gt = evaluate.read_poses_csv(scene_gt)
+            gt = evaluate.read_poses_csv(scene_gt, label=f"{scene_gt.parent.name}/gt.csv", ground_truth=True)
         pred = evaluate.read_poses_csv(run_dir / "poses.csv")
         scene_names = [sc["name"] for sc in runview.scenes(run_dir)["scenes"]]
         if len(scene_names) > 1:  # several scenes, each in its own frame: score one against this ground truth

@@ -195,20 +195,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _parse_K(text: str | None, what: str):
-    """3x3 intrinsics from 'fx,fy,cx,cy' or nine numbers row-major (',' or ';' or spaces between)."""
-    import numpy as np
+    """Checked 3x3 intrinsics from 'fx,fy,cx,cy' or nine numbers row-major (',' or ';' or spaces between); None
+    when not given. Raises ValueError with what to type (:func:`backend.twoview.groundtruth.parse_intrinsics`)."""
+    from .twoview.groundtruth import parse_intrinsics
 
-    if not text:
-        return None
-    try:
-        v = [float(x) for x in text.replace(";", ",").replace(" ", ",").split(",") if x]
-    except ValueError:
-        raise ValueError(f"{what}: give 'fx,fy,cx,cy' or the 9 numbers of K row-major") from None
-    if len(v) == 4:
-        return np.array([[v[0], 0, v[2]], [0, v[1], v[3]], [0, 0, 1]], float)
-    if len(v) == 9:
-        return np.array(v, float).reshape(3, 3)
-    raise ValueError(f"{what}: give 'fx,fy,cx,cy' or the 9 numbers of K row-major (got {len(v)} numbers)")
+    return parse_intrinsics(text, what) if text else None
 
 
 def _twoview_summary(d: dict) -> str:
@@ -243,7 +234,7 @@ def cmd_twoview(args) -> int:
         if not p.is_file():
             print(f"error: no such image file: {p}", file=sys.stderr)
             return 2
-    try:
+    try:  # every input is checked (the readers check the ground truth) before any matching
         K0, K1 = _parse_K(args.K0, "--K0"), _parse_K(args.K1, "--K1")
         if (K0 is None) != (K1 is None):
             raise ValueError("give both --K0 and --K1, or neither")

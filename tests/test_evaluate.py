@@ -12,9 +12,11 @@ import pytest
 from backend.evaluation.imc_metric import (
     ThresholdTable,
     camera_centers,
+    decode_text,
     evaluate_files,
     horn_similarity,
     kabsch_similarity,
+    mean_average_accuracy,
     read_pose_table,
     read_poses_csv,
     read_thresholds,
@@ -270,3 +272,133 @@ def test_read_thresholds(tmp_path):
     for bad in ("", "0.1;-0.2", [0.0], "0.1;abc", [], "/no/such/file"):
         with pytest.raises(ValueError):
             read_thresholds(bad)
+
+
+# ---------------------------------------------------------------- inputs refused before any work, with why
+
+
+REAL_GT = sorted([*DATA.glob("*/gt.csv"), *FIXTURES.glob("*/gt.csv"), DATA / "_imc2025_labels" / "train_labels.csv",
+                  Path(__file__).resolve().parent.parent / "samples" / "church_imc2024" / "gt.csv"])
+
+
+@pytest.mark.parametrize("path", REAL_GT, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_real_ground_truth_passes_the_strict_reader(path):
+    assert path.is_file(), path
+    rows = read_pose_table(path, ground_truth=True)
+    assert rows and all(r.R is not None for r in rows if r.scene != "outliers")
+
+
+@pytest.mark.parametrize("rot, trans, says", [
+    ("nan;" * 8 + "nan", "nan;nan;nan", "rotation_matrix 'nan;nan"),
+    ("1;0;0;0;1;0;0;0;1", "inf;0;0", "translation_vector 'inf;0;0' is not 3 finite numbers"),
+    ("1;0;0;0;1;0;0;0;1", "1e308;0;0", "translation_vector has a value of magnitude 1e+308"),
+    ("1e308;0;0;0;1e308;0;0;0;1e308", "0;0;1", "rotation_matrix is not a rotation"),
+    ("1;2;3;4;5;6;7;8;9", "0;0;1", "rotation_matrix is not a rotation"),
+    ("", "", "rotation_matrix '' is not 9 finite numbers"),
+])
+def test_ground_truth_with_nan_inf_or_absurd_poses_is_refused_naming_the_line(tmp_path, rot, trans, says):
+    gt = random_scene(8, seed=3)
+    path = write_csv(tmp_path / "gt.csv", gt)
+    lines = path.read_text().splitlines()
+    name = lines[4].split(",")[0]
+    lines[4] = f"{name},{rot},{trans},"
+    path.write_text("\n".join(lines) + "\n")
+    pred = write_csv(tmp_path / "pred.csv", gt)
+    with pytest.raises(ValueError, match=r"gt\.csv:5: ") as e:
+        evaluate_files(path, pred, "0.1;0.2;0.5;1")
+    assert says in str(e.value)
+    res = run_cli("evaluate", str(path), str(pred), "--thresholds", "0.1;0.2;0.5;1")
+    assert res.returncode == 2 and "gt.csv:5: " in res.stderr and says in res.stderr and "Traceback" not in res.stderr
+    assert name in read_poses_csv(path)  # the same file as a prediction reads: unregistered rows are allowed there
+
+
+@pytest.mark.parametrize("thresholds", ["0.5", "0.1;0.5", [0.1, 0.5]])
+def test_fewer_than_three_thresholds_are_refused_saying_why(tmp_path, thresholds):
+    gt = random_scene(8, seed=5)
+    with pytest.raises(ValueError, match=r"at least 3 needed: the official IMC 2025 mAA skips the 2 tightest"):
+        mean_average_accuracy(gt, gt, thresholds)
+    g = write_csv(tmp_path / "gt.csv", gt)
+    th = thresholds if isinstance(thresholds, str) else ";".join(map(str, thresholds))
+    res = run_cli("evaluate", str(g), str(g), "--thresholds", th)
+    assert res.returncode == 2 and "at least 3" in res.stderr and "skips the 2 tightest" in res.stderr
+    assert mean_average_accuracy(gt, gt, "0.1;0.2;0.5").mAA == pytest.approx(1.0)  # three are enough
+
+
+def test_thresholds_csv_with_two_per_scene_is_refused(tmp_path):
+    case = FIXTURES / "church_imc2024__similarity"
+    th = tmp_path / "thresholds.csv"
+    th.write_text("dataset,scene,thresholds\nd,church_imc2024,0.1;0.2\n")
+    with pytest.raises(ValueError, match="thresholds of d/church_imc2024: 2 thresholds given, at least 3"):
+        evaluate_files(case / "gt.csv", case / "pred.csv", th)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_thresholds_file_is_read_in_utf8_or_by_its_byte_order_mark(tmp_path, encoding):
+    text = "0.025\n0.05\n0.1\n0.2\n0.5\n1.0\n"
+    data = text.encode(encoding)
+    if encoding in ("utf-16-le", "utf-16-be"):  # Notepad's "Unicode": the mark first
+        data = ("\ufeff" + text).encode(encoding)
+    assert decode_text(data) == text
+    f = tmp_path / "thresholds.txt"
+    f.write_bytes(data)
+    np.testing.assert_array_equal(read_thresholds(f).default, [0.025, 0.05, 0.1, 0.2, 0.5, 1.0])
+    case = FIXTURES / "church_imc2024__similarity"
+    res = run_cli("evaluate", str(case / "gt.csv"), str(case / "pred.csv"), "--thresholds", str(f), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["mAA"] == pytest.approx(_expected(case.name)["mAA"]["final"], abs=1e-6)
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe\x00\xd8", "0.1\n0.2\n".encode("utf-16-le"), b"\x89PNG\r\n\x1a\n\xff"])
+def test_thresholds_file_that_is_not_text_says_how_to_save_it(tmp_path, data):
+    with pytest.raises(ValueError, match="the upload is not readable text .* save it as plain UTF-8 text"):
+        decode_text(data, "the upload")
+    f = tmp_path / "th.txt"
+    f.write_bytes(data)
+    with pytest.raises(ValueError, match="th.txt is not readable text"):
+        read_thresholds(f)
+
+
+def _fake_run(root: Path, gt_text: str, run_id: str = "evfake") -> str:
+    """A run whose exports are done (poses.csv of 8 photos) beside a scene folder holding ``gt_text`` as gt.csv."""
+    scene, d = root / "scene", root / "runs" / run_id
+    (scene / "images").mkdir(parents=True)
+    d.mkdir(parents=True)
+    poses = random_scene(8, seed=7)
+    write_csv(d / "poses.csv", poses)
+    (scene / "gt.csv").write_text(gt_text or (d / "poses.csv").read_text())
+    (scene / "thresholds.txt").write_text("0.025;0.05;0.1;0.2;0.5;1.0\n")
+    (d / "run.json").write_text(json.dumps({"status": "done", "images_dir": str(scene / "images"),
+                                            "stages": {"exports": {"status": "done"}}}))
+    (d / "images.json").write_text(json.dumps({"images": [{"name": n} for n in poses], "skipped": []}))
+    return run_id
+
+
+def _page(tmp_path, monkeypatch, run_id):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("SFM_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app_pages" / "evaluate.py"),
+                           default_timeout=120)
+    at.session_state["run_id"] = run_id
+    return at
+
+
+def _errors(at) -> list[str]:
+    return [str(e.value).replace("\\", "").replace("\u2060", "") for e in at.error]
+
+
+def test_evaluate_page_refuses_two_thresholds_and_a_nan_ground_truth(tmp_path, monkeypatch):
+    at = _page(tmp_path, monkeypatch, _fake_run(tmp_path, ""))
+    at.run()
+    assert not at.exception and not at.error, _errors(at)
+    assert {m.label: m.value for m in at.metric}["mAA"] == "1.000"
+    at.text_input(key="eval_th_scene").input("0.1;0.2").run()
+    assert any("at least 3 needed" in e and "skips the 2 tightest" in e for e in _errors(at)), _errors(at)
+    assert not at.metric  # no silent "mAA 0.000"
+    lines = (tmp_path / "scene" / "gt.csv").read_text().splitlines()
+    lines[3] = lines[3].split(",")[0] + ",nan;nan;nan;nan;nan;nan;nan;nan;nan,nan;nan;nan,"
+    (tmp_path / "scene" / "gt.csv").write_text("\n".join(lines) + "\n")
+    at.text_input(key="eval_th_scene").input("0.1;0.2;0.5").run()
+    assert any("scene/gt.csv:4: rotation_matrix" in e and "not 9 finite numbers" in e for e in _errors(at)), \
+        _errors(at)
+    assert not at.metric  # not "0 / 8 registered"

@@ -43,6 +43,10 @@ Conventions
   (``image_path,dataset,scene,rotation_matrix,translation_vector``; the basename of ``image_path`` is taken) and
   IMC 2025 submissions / GT (``[image_id,]dataset,scene,image,rotation_matrix,translation_vector``). R is 9 numbers
   row-major, t 3 numbers, separated by ``;``; an empty or NaN field means "not registered".
+* Ground truth is read strictly (``ground_truth=True``): every row needs a finite pose, R a rotation within
+  :data:`GT_ROTATION_TOL`, t's entries at most :data:`GT_MAX_TRANSLATION`, except rows of the scene ``outliers``
+  (IMC 2025 gives them ``nan``). A GT with ``nan`` or ``1e308`` poses would otherwise score "0 registered".
+* At least :data:`MIN_THRESHOLDS` thresholds: the metric skips the two tightest.
 
 Speed (2 CPU cores): a 50-camera scene takes 0.1-0.8 s; the triplet enumeration is vectorised and streamed in
 blocks, so memory stays bounded. Up to :data:`MAX_TRIPLETS` triplets (122 cameras) every triplet is tried; above,
@@ -67,6 +71,9 @@ PoseDict = Mapping[str, Union[Pose, None]]
 ThresholdSpec = Union[str, Path, Sequence[float], np.ndarray, float]
 
 SKIP_TOP_THRESHOLDS = 2  # the official default: the two tightest thresholds do not count
+MIN_THRESHOLDS = SKIP_TOP_THRESHOLDS + 1  # fewer leave no threshold to average: the mAA would be 0 whatever the poses
+GT_ROTATION_TOL = 1e-2  # max |R R^T - I| and |det R - 1| of a ground-truth rotation (3 decimals pass)
+GT_MAX_TRANSLATION = 1e9  # largest |t| entry of a ground-truth pose (GT units; UTM metres stay below)
 TO_DEC = 3  # cameras any triplet registers for free, subtracted per threshold
 OUTLIERS = "outliers"  # the scene name of outlier images (GT) and of images called outliers (submission)
 DEFAULT_DATASET = "dataset"
@@ -126,17 +133,51 @@ def _parse_vector(text: str, expected: int, what: str, where: str) -> np.ndarray
     return values
 
 
+def _gt_pose(rot: str, trans: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The pose of a ground-truth row, strictly: ``R`` float64 [3, 3] a rotation within :data:`GT_ROTATION_TOL`,
+    ``t`` float64 [3] finite with entries at most :data:`GT_MAX_TRANSLATION`.
+
+    Raises:
+        ValueError: an empty, ``nan`` or ``inf`` field, an absurd value, or R not a rotation; the message starts with
+            ``where`` (file and line) and says what the row needs.
+    """
+    out = []
+    for text, n, what in ((rot, 9, ROTATION_COLUMN), (trans, 3, TRANSLATION_COLUMN)):
+        tokens = [tok for tok in re.split(r"[;\s]+", text.strip()) if tok]
+        try:
+            v = np.array([float(tok) for tok in tokens], dtype=np.float64)
+        except ValueError:
+            raise ValueError(f"{where}: {what} {text[:80]!r} is not a list of numbers separated by ';'") from None
+        if v.size != n or not np.all(np.isfinite(v)):
+            raise ValueError(f"{where}: {what} {text[:80]!r} is not {n} finite numbers: a ground-truth pose needs "
+                             "them on every line (empty, nan or inf mean 'not registered', which only images of the "
+                             f"scene '{OUTLIERS}' may be)")
+        out.append(v)
+    R, t = out[0].reshape(3, 3), out[1]
+    if np.abs(t).max() > GT_MAX_TRANSLATION:
+        raise ValueError(f"{where}: {TRANSLATION_COLUMN} has a value of magnitude {np.abs(t).max():.3g}, above "
+                         f"{GT_MAX_TRANSLATION:g}: not a camera position; check the file (units, separators)")
+    ok = np.abs(R).max() <= 1 + GT_ROTATION_TOL  # first: 1e308 entries would make the products below inf - inf
+    if not (ok and abs(np.linalg.det(R) - 1) <= GT_ROTATION_TOL
+            and np.abs(R @ R.T - np.eye(3)).max() <= GT_ROTATION_TOL):
+        raise ValueError(f"{where}: {ROTATION_COLUMN} is not a rotation (orthonormal rows, determinant 1, to "
+                         f"{GT_ROTATION_TOL:g}); give 9 numbers row-major, world-to-camera")
+    return R, t
+
+
 def _display_name(path: Path, label: str | None) -> str:
     return label if label is not None else str(path)
 
 
-def read_pose_table(path: str | Path, *, label: str | None = None) -> list[PoseRow]:
+def read_pose_table(path: str | Path, *, label: str | None = None, ground_truth: bool = False) -> list[PoseRow]:
     """Read any of the pose CSV layouts this product meets (see the module docstring).
 
     Args:
         path: CSV file.
         label: how messages name the file (default: its path; the app passes "the uploaded CSV" so that no server
             path reaches a user).
+        ground_truth: read strictly (:func:`_gt_pose`): every row outside the scene ``outliers`` needs a finite
+            pose with R a rotation; False (predictions): empty, ``nan`` or ``inf`` fields mean "not registered".
 
     Returns:
         The rows in file order. ``dataset``/``scene`` are None when the file lacks those columns.
@@ -144,8 +185,9 @@ def read_pose_table(path: str | Path, *, label: str | None = None) -> list[PoseR
     Raises:
         FileNotFoundError: no such file.
         ValueError: empty file, a required column missing, a malformed row (wrong number of fields or of numbers,
-            non-numeric value, empty image name, a field too large for a pose CSV) or an image listed twice in one
-            dataset; the message names the file and the 1-based line number.
+            non-numeric value, empty image name, a field too large for a pose CSV), an image listed twice in one
+            dataset, or with ``ground_truth`` a pose that is missing, not finite, absurd or not a rotation; the message
+            names the file and the 1-based line number.
     """
     path = Path(path)
     name = _display_name(path, label)
@@ -193,8 +235,11 @@ def read_pose_table(path: str | Path, *, label: str | None = None) -> list[PoseR
                 if key in seen:
                     raise ValueError(f"{where}: image {image[:80]!r} already appeared on line {seen[key]}")
                 seen[key] = line
-                R = _parse_vector(row[rot_col], 9, ROTATION_COLUMN, where)
-                t = _parse_vector(row[trans_col], 3, TRANSLATION_COLUMN, where)
+                if ground_truth and scene != OUTLIERS:
+                    R, t = _gt_pose(row[rot_col], row[trans_col], where)
+                else:
+                    R = _parse_vector(row[rot_col], 9, ROTATION_COLUMN, where)
+                    t = _parse_vector(row[trans_col], 3, TRANSLATION_COLUMN, where)
                 if R is None or t is None:
                     R = t = None
                 rows.append(PoseRow(image, None if R is None else R.reshape(3, 3), t, dataset, scene, line))
@@ -207,13 +252,14 @@ def read_pose_table(path: str | Path, *, label: str | None = None) -> list[PoseR
 
 
 def read_poses_csv(path: str | Path, *, dataset: str | None = None, scene: str | None = None,
-                   label: str | None = None) -> dict[str, Pose | None]:
+                   label: str | None = None, ground_truth: bool = False) -> dict[str, Pose | None]:
     """Read a pose CSV into ``{image_name: (R, t) or None}`` (see :func:`read_pose_table` for the layouts).
 
     Args:
         path: CSV file.
         dataset, scene: when given, keep only rows whose ``dataset`` / ``scene`` column equals it.
         label: how messages name the file.
+        ground_truth: read strictly (see :func:`read_pose_table`).
 
     Returns:
         ``R`` float64 [3, 3] (world-to-camera), ``t`` float64 [3]; None for an unregistered image.
@@ -224,7 +270,7 @@ def read_poses_csv(path: str | Path, *, dataset: str | None = None, scene: str |
     """
     out: dict[str, Pose | None] = {}
     name = _display_name(Path(path), label)
-    for r in read_pose_table(path, label=label):
+    for r in read_pose_table(path, label=label, ground_truth=ground_truth):
         if dataset is not None and r.dataset != dataset:
             continue
         if scene is not None and r.scene != scene:
@@ -237,6 +283,33 @@ def read_poses_csv(path: str | Path, *, dataset: str | None = None, scene: str |
 
 
 MAX_THRESHOLDS = 100
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xef\xbb\xbf", "utf-8-sig"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+
+
+def decode_text(data: bytes, source: str = "the file") -> str:
+    """Text of a small file from its bytes: by its byte-order mark (UTF-8, UTF-16 or UTF-32, little- or big-endian;
+    Windows Notepad saves "Unicode" as UTF-16 LE with a mark), else UTF-8. The mark is not part of the text.
+
+    Raises:
+        ValueError: the bytes are not text in those encodings (the message starts with ``source`` and says how to
+            save the file).
+    """
+    data = bytes(data)
+    for bom, enc in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom):].decode(enc.replace("-sig", ""))
+            except UnicodeDecodeError:
+                break
+    else:
+        try:
+            if b"\x00" not in data:  # UTF-16 without a mark decodes as UTF-8 with NULs: not numbers, say so here
+                return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    raise ValueError(f"{source} is not readable text (UTF-8, or UTF-16 with its byte-order mark): save it as plain "
+                     "UTF-8 text with one number per line or separated by ';'")
 
 
 def parse_threshold_text(text: str, source: str = "thresholds") -> np.ndarray:
@@ -268,6 +341,21 @@ def parse_threshold_text(text: str, source: str = "thresholds") -> np.ndarray:
     if max(values) <= 0:
         raise ValueError(f"{source}: every threshold is 0; give positive distances")
     return np.sort(np.array(values, dtype=np.float64))
+
+
+def check_threshold_count(thresholds: np.ndarray, source: str = "thresholds") -> np.ndarray:
+    """``thresholds`` (float64 [T]) when there are at least :data:`MIN_THRESHOLDS` of them.
+
+    Raises:
+        ValueError: fewer; the message starts with ``source`` and says why (the official metric skips the
+            :data:`SKIP_TOP_THRESHOLDS` tightest, so with fewer the mAA is 0 whatever the poses).
+    """
+    n = len(thresholds)
+    if n < MIN_THRESHOLDS:
+        raise ValueError(f"{source}: {n} threshold{'s' if n != 1 else ''} given, at least {MIN_THRESHOLDS} needed: "
+                         f"the official IMC 2025 mAA skips the {SKIP_TOP_THRESHOLDS} tightest, so with fewer it would "
+                         "be 0 whatever the poses (IMC scenes use 6, e.g. 0.025;0.05;0.1;0.2;0.5;1.0)")
+    return thresholds
 
 
 @dataclass
@@ -312,8 +400,9 @@ def read_thresholds(spec: ThresholdSpec | ThresholdTable) -> ThresholdTable:
 
     Raises:
         FileNotFoundError: ``spec`` is a ``Path`` that does not exist.
-        ValueError: no numbers, a non-number, a non-positive value, or a thresholds CSV whose scenes have different
-            numbers of thresholds (the official metric requires one count).
+        ValueError: no numbers, a non-number, a non-positive value, a file that is not text (:func:`decode_text`), or
+            a thresholds CSV whose scenes have different numbers of thresholds (the official metric requires one
+            count). Fewer than :data:`MIN_THRESHOLDS` is refused by :func:`score`, not here.
     """
     if isinstance(spec, ThresholdTable):
         return spec
@@ -324,7 +413,7 @@ def read_thresholds(spec: ThresholdSpec | ThresholdTable) -> ThresholdTable:
             path = Path(spec)
             if isinstance(spec, str) and not path.is_file():
                 raise ValueError(f"thresholds: {text[:80]!r} is neither a list of numbers nor an existing file")
-            content = path.read_text(encoding="utf-8-sig")
+            content = decode_text(path.read_bytes(), f"thresholds file {path}")
             first = next((ln for ln in content.splitlines() if ln.strip()), "")
             if "thresholds" in first.lower() and "scene" in first.lower():
                 return _read_threshold_csv(content, str(path))
@@ -815,9 +904,14 @@ def score(gt_rows: list[PoseRow], pred_rows: list[PoseRow], thresholds: Threshol
         :class:`Score`.
 
     Raises:
-        ValueError: no GT scene with a pose, a GT scene without thresholds, or thresholds of unequal counts.
+        ValueError: no GT scene with a pose, a GT scene without thresholds, fewer than :data:`MIN_THRESHOLDS`
+            thresholds, or thresholds of unequal counts.
     """
     table = read_thresholds(thresholds)
+    for where, th in [("thresholds", table.default)] + [(f"thresholds of {d}/{s}", v)
+                                                         for (d, s), v in table.by_scene.items()]:
+        if th is not None:  # checked before any registration
+            check_threshold_count(th, where)
     gt = _group(gt_rows, DEFAULT_DATASET, DEFAULT_SCENE)
     if not any(s != OUTLIERS for d in gt.values() for s in d):
         raise ValueError("the ground truth holds no scene (only outliers)")
@@ -922,9 +1016,12 @@ def evaluate_files(gt_csv: str | Path, pred_csv: str | Path, thresholds: Thresho
 
     Raises:
         FileNotFoundError: a file is missing.
-        ValueError: malformed CSV (file and line named), bad thresholds, or no GT scene.
+        ValueError: malformed CSV or a ground-truth pose that is missing, not finite, absurd or not a rotation (file
+            and line named; the GT is read with ``ground_truth=True``), bad or fewer than :data:`MIN_THRESHOLDS`
+            thresholds, or no GT scene.
     """
-    return score(read_pose_table(gt_csv, label=gt_label), read_pose_table(pred_csv, label=pred_label), thresholds)
+    gt = read_pose_table(gt_csv, label=gt_label, ground_truth=True)
+    return score(gt, read_pose_table(pred_csv, label=pred_label), thresholds)
 
 
 def mean_average_accuracy(gt: PoseDict, pred: PoseDict, thresholds: ThresholdSpec | ThresholdTable) -> SceneScore:
@@ -932,7 +1029,7 @@ def mean_average_accuracy(gt: PoseDict, pred: PoseDict, thresholds: ThresholdSpe
     Predicted images absent from ``gt`` are ignored; GT images missing from ``pred`` count as unregistered.
 
     Raises:
-        ValueError: empty ground truth or bad thresholds.
+        ValueError: empty ground truth, or bad or fewer than :data:`MIN_THRESHOLDS` thresholds.
     """
     if not gt:
         raise ValueError("the ground truth holds no image")

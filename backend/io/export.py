@@ -9,8 +9,10 @@
 - ``poses_imc2024.csv``: the IMC 2024 submission layout ``image_path,dataset,scene,rotation_matrix,
   translation_vector``; unregistered images carry ``nan`` values, as the Kaggle metric expects.
 - ``submission.csv``: the IMC 2025 layout ``image_id,dataset,scene,image,rotation_matrix,translation_vector``: one
-  row per input file (skipped files included, as outliers), ``image`` the file name as uploaded, ``scene`` the
-  scene or ``outliers``, ``nan`` poses for unregistered images; ``image_id`` is ``<dataset>_<image>_public``.
+  row per input photo (photos refused at validation or at upload included, as unregistered outliers; files not
+  named like photos, such as a README, are not), ``image`` the file name as saved (the upload's sanitised name;
+  a photo refused at upload gets the name it would have been saved under, made unique), ``scene`` the scene or
+  ``outliers``, ``nan`` poses for unregistered images; ``image_id`` is ``<dataset>_<image>_public``.
 - ``points.ply``: the largest scene's sparse points with colours (binary little-endian PLY: float x, y, z; uchar
   r, g, b).
 - ``sparse_txt/``: the largest scene's model as COLMAP text files; ``model.zip``: every model (binary) and the text
@@ -106,6 +108,28 @@ def write_submission_csv(path: Path, rows: list[tuple[str, str, tuple | None]], 
             f.write(f"{dataset}_{image}_public,{dataset},{scene},{image},{r},{t}\n")
 
 
+def _unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``<stem>_1.<ext>``, ``_2``... when ``taken`` (lower-cased names) holds it; adds the result."""
+    stem, dot, ext = name.rpartition(".")
+    stem, ext = (stem, f".{ext}") if dot else (name, "")
+    cand, i = name, 1
+    while cand.lower() in taken:
+        cand, i = f"{stem}_{i}{ext}", i + 1
+    taken.add(cand.lower())
+    return cand
+
+
+def upload_refused_rows(run_dir: Path, taken: set[str]) -> list[tuple[str, str, None]]:
+    """``submission.csv`` rows ``(name, "outliers", None)`` of the photos refused at upload (a zero-byte file, an SVG
+    or a GIF renamed ``.jpg``: ``refused_photos`` of ``upload.json``, see :class:`backend.io.uploads.UploadResult`),
+    each name made unique against ``taken`` (lower-cased, updated). Runs without ``upload.json``, or from before
+    the field, give none."""
+    from .uploads import read_upload_json, sanitize_name
+
+    names = read_upload_json(run_dir).get("refused_photos", [])
+    return [(_unique_name(sanitize_name(n), taken), "outliers", None) for n in names if isinstance(n, str)]
+
+
 def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
     """Binary little-endian PLY of points ``xyz`` float [N, 3] with colours ``rgb`` uint8 [N, 3]."""
     xyz = np.asarray(xyz, dtype="<f4").reshape(-1, 3)
@@ -162,7 +186,8 @@ def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> di
     """Write every export (see the module docstring); with no model, poses files with every image unregistered.
 
     Args:
-        names: the run's images (``images.json``); skipped input files are added to ``submission.csv`` as outliers.
+        names: the run's images (``images.json``); photos skipped at validation or refused at upload are added to
+            ``submission.csv`` as unregistered outliers.
         dataset, scene: names for the IMC CSVs (the scene name is used when the run holds one scene).
 
     Returns:
@@ -228,6 +253,9 @@ def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> di
         twin_row = by_source.get(twin.group(1)) if twin else None
         rows.append((s["name"], *twin_row[1:]) if twin_row else (s["name"], "outliers", None))
         skipped_photos += twin_row is None
+    refused = upload_refused_rows(run_dir, {r[0].lower() for r in rows})  # refused at upload: no image file at all
+    rows += refused
+    skipped_photos += len(refused)
     counts = {"registered_images": len(poses0), "points": int(len(xyz)), "scenes": len(scenes),
               "registered_all_scenes": len(poses_all), "outliers": len(outliers) + skipped_photos}
     try:

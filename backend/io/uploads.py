@@ -63,12 +63,16 @@ DEFAULT_LIMITS = Limits()
 @dataclass
 class UploadResult:
     """``saved``: sanitised file names written into the folder; ``skipped``: ``{"name", "reason"}`` each, with
-    the name as the user gave it (for display only); ``renamed``: original -> saved name where they differ."""
+    the name as the user gave it (for display only); ``renamed``: original -> saved name where they differ;
+    ``refused_photos``: of the skipped files named like photos (a JPEG/PNG/HEIC extension; zip members included),
+    the sanitised name each would have been saved under (:func:`sanitize_name`, not de-duplicated), in order:
+    ``submission.csv`` lists them as unregistered outliers (one row per photo sent)."""
 
     saved: list[str] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)
     total_bytes: int = 0
+    refused_photos: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,25 +81,40 @@ class UploadResult:
 Source = Union[bytes, bytearray, BinaryIO]
 
 
+_DRIVE = re.compile(r"^[A-Za-z]:$")
+
+
+def _is_path(parts: list[str]) -> bool:
+    """Whether a name split at ``/`` and ``\\`` reads as a file path (folders, then the file): every folder is
+    empty, ``.``, ``..``, a leading drive (``C:``) or a name without ``:``. A URL or a link written into a file name
+    (``[a](http://x).png``) is no path."""
+    folders = parts[:-1]
+    return bool(folders) and all(":" not in p or (i == 0 and _DRIVE.match(p)) for i, p in enumerate(folders))
+
+
 def sanitize_name(name: str, max_len: int = 100) -> str:
-    """A safe file name from an untrusted one: its last path component (``/`` and ``\\`` both separate),
+    """A safe file name from an untrusted one. A name that reads as a file path (``../x/IMG 1.jpg``,
+    ``C:\\Users\\me\\a.jpg``: :func:`_is_path`) gives its last component, so no client folder (nor its user name)
+    reaches a file name; any other ``/`` or ``\\`` is a character like the others below, so that
+    ``[link](http://evil.invalid).png`` stays readable as ``link_http_evil.invalid.png``. The name is then
     transliterated to ASCII (NFKD, combining marks dropped, and ``ø``->``o``, ``ß``->``ss``, ``æ``->``ae`` and
     the like: ``ünï cøde (1).JPG`` -> ``uni_code_1.jpg``), other characters than ASCII letters, digits, ``.``,
-    ``_``, ``-`` replaced by ``_`` (runs of them by one), no leading dots, extension lower-cased, at most
-    ``max_len`` characters (the extension is kept), never empty (``image``). Uniqueness within a folder is the
-    caller's (:func:`save_uploads` appends ``_1``, ``_2``...)."""
-    base = re.split(r"[\\/]", str(name))[-1]
+    ``_``, ``-`` replaced by ``_`` (runs of them by one; so never a separator), runs of dots by one and no leading
+    dot (so never ``..``),
+    extension lower-cased, at most ``max_len`` characters (the extension is kept), never empty (``image``).
+    Uniqueness within a folder is the caller's (:func:`save_uploads` appends ``_1``, ``_2``...)."""
+    parts = re.split(r"[\\/]", str(name))
+    base = parts[-1] if _is_path(parts) else str(name)
     base = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", base).translate(_TRANSLIT))
     base = "".join(c for c in base if not unicodedata.combining(c))
     base = "".join(c if (c.isascii() and (c.isalnum() or c in "._-")) else "_" for c in base)
-    base = base.lstrip(".")
-    base = re.sub(r"_+", "_", base)
+    base = re.sub(r"\.{2,}", ".", re.sub(r"_+", "_", base)).lstrip(".")
     stem, dot, ext = base.rpartition(".")
     if not dot:
         stem, ext = base, ""
     ext = ext[:10].lower()
-    stem = stem.strip("_-") or "image"
-    stem = stem[: max(1, max_len - len(ext) - 1)]
+    stem = stem.strip("_-.") or "image"
+    stem = stem[: max(1, max_len - len(ext) - 1)].rstrip(".") or "image"
     return f"{stem}.{ext}" if ext else stem
 
 
@@ -134,8 +153,12 @@ class _Saver:
         self.res = result
         self.used = {n.lower() for n in existing}
 
-    def skip(self, name: str, reason: str) -> None:
+    def skip(self, name: str, reason: str, photo: str | None = None) -> None:
+        """Record a refused file; ``photo``: its own name (a zip member's base name) when it was refused as a
+        photo (listed in ``refused_photos`` when the name has a photo's extension; see :class:`UploadResult`)."""
         self.res.skipped.append({"name": _display(name), "reason": reason})
+        if photo is not None and PurePosixPath(re.split(r"[\\/]", photo)[-1]).suffix.lower() in IMAGE_EXTENSIONS:
+            self.res.refused_photos.append(sanitize_name(photo))
 
     def _unique(self, name: str) -> str:
         stem, dot, ext = name.rpartition(".")
@@ -159,7 +182,7 @@ class _Saver:
         """Save image bytes under a sanitised unique name (after the checks)."""
         ok, why = self.room()
         if not ok:
-            self.skip(shown, why)
+            self.skip(shown, why, shown)
             return
         ext = PurePosixPath(re.split(r"[\\/]", shown)[-1]).suffix.lower()
         kind = _kind(data[:_HEAD])
@@ -167,20 +190,20 @@ class _Saver:
             self.skip(shown, f"unsupported file type '{ext or 'none'}' (use {_TYPES} photos, or a zip of them)")
             return
         if not data:
-            self.skip(shown, "empty file (0 bytes)")
+            self.skip(shown, "empty file (0 bytes)", shown)
             return
         if kind not in ("jpeg", "png", "heif"):
-            self.skip(shown, f"not a {_TYPES} image although named '{ext}' (the content does not match)")
+            self.skip(shown, f"not a {_TYPES} image although named '{ext}' (the content does not match)", shown)
             return
         if len(data) > self.limits.max_image_bytes:
-            self.skip(shown, f"larger than {self.limits.max_image_bytes // 2**20} MB")
+            self.skip(shown, f"larger than {self.limits.max_image_bytes // 2**20} MB", shown)
             return
         if self.res.total_bytes + len(data) > self.limits.max_total_bytes:
-            self.skip(shown, f"the photos exceed {self.limits.max_total_bytes / 2**30:g} GB in all: not saved")
+            self.skip(shown, f"the photos exceed {self.limits.max_total_bytes / 2**30:g} GB in all: not saved", shown)
             return
         too_big = header_problem(data)  # pixel count from the header only
         if too_big:
-            self.skip(shown, too_big)
+            self.skip(shown, too_big, shown)
             return
         name = self._unique(sanitize_name(shown))
         if not name.lower().endswith(tuple(IMAGE_EXTENSIONS)):
@@ -189,7 +212,7 @@ class _Saver:
         target = self.dest / name
         # defence in depth: the name has no separators, but check the resolved parent anyway
         if target.resolve().parent != self.dest.resolve():
-            self.skip(shown, "unsafe file name")
+            self.skip(shown, "unsafe file name", shown)
             return
         target.write_bytes(data)
         self.res.saved.append(name)
@@ -224,7 +247,7 @@ class _Saver:
                     self.skip(label, why)
                     continue
                 if info.flag_bits & 0x1:
-                    self.skip(label, "encrypted zip entry (zip without a password)")
+                    self.skip(label, "encrypted zip entry (zip without a password)", base)
                     continue
                 ext = PurePosixPath(base).suffix.lower()
                 if ext == ".zip":
@@ -235,21 +258,21 @@ class _Saver:
                     continue
                 ok, why = self.room()
                 if not ok:
-                    self.skip(label, why)
+                    self.skip(label, why, base)
                     continue
                 if info.file_size > self.limits.max_image_bytes:
-                    self.skip(label, f"larger than {self.limits.max_image_bytes // 2**20} MB")
+                    self.skip(label, f"larger than {self.limits.max_image_bytes // 2**20} MB", base)
                     continue
                 if info.compress_size and info.file_size / max(info.compress_size, 1) > self.limits.max_ratio:
-                    self.skip(label, "suspicious compression ratio (possible zip bomb): not extracted")
+                    self.skip(label, "suspicious compression ratio (possible zip bomb): not extracted", base)
                     continue
                 data = self._read_bounded(zf, info)
                 if data is None:
                     self.skip(label, f"larger than {self.limits.max_image_bytes // 2**20} MB when decompressed "
-                                     "(the zip header understated it)")
+                                     "(the zip header understated it)", base)
                     continue
                 if isinstance(data, str):
-                    self.skip(label, data)
+                    self.skip(label, data, base)
                     continue
                 self._save_member(label, base, data)
 
@@ -327,7 +350,7 @@ def save_uploads(files: Iterable[tuple[str, Source]], dest: Path, limits: Limits
         data = _read_all(src, limits.max_image_bytes)
         if data is None:
             if ext in IMAGE_EXTENSIONS:
-                saver.skip(shown, f"larger than {limits.max_image_bytes // 2**20} MB")
+                saver.skip(shown, f"larger than {limits.max_image_bytes // 2**20} MB", shown)
             else:
                 saver.skip(shown, f"unsupported file type '{ext or 'none'}' (use {_TYPES} photos, or a zip of them)")
             continue

@@ -15,6 +15,12 @@ directions, folded to [0, 90] degrees (an essential matrix fixes t up to sign), 
 baseline is shorter than :data:`MIN_BASELINE` (no direction to measure); the pose error is the larger of the two;
 pose AUC at 5/10/20 degrees is the area under the recall-against-error curve up to each threshold.
 
+Checks (:func:`check_pair_gt`, :func:`parse_typed_gt`, :func:`parse_intrinsics`): every source of ground truth and
+every intrinsics a user gives are checked before any matching starts: finite numbers, R a rotation (orthonormal,
+determinant 1, within :data:`ROTATION_TOL`), focal lengths positive, K's entries at most :data:`MAX_PIXELS` in
+magnitude and its last row ``0, 0, 1``, t's entries at most :data:`MAX_TRANSLATION`. The Two-view page, the CLI's
+``twoview`` and the pair readers use them; the messages say what to type instead.
+
 Match precision (:func:`epipolar_distance`, :func:`match_precision`): a match is correct when its symmetric
 epipolar distance under the ground-truth fundamental matrix is below a threshold in pixels (default
 :data:`PRECISION_PX`). The distance is ``sqrt(d0^2 + d1^2)``, ``d1`` the distance in pixels of ``x1`` from the
@@ -35,6 +41,10 @@ from .geometry import fundamental_from_pose
 PRECISION_PX = 4.0
 MIN_BASELINE = 1e-6
 AUC_THRESHOLDS = (5.0, 10.0, 20.0)
+ROTATION_TOL = 1e-2  # max |R R^T - I| and |det R - 1| of a rotation typed in or read (3 decimals pass)
+MAX_PIXELS = 1e6  # largest |entry| of K in pixels (a focal length or principal point beyond is no camera)
+MAX_TRANSLATION = 1e9  # largest |entry| of t in scene units (UTM metres stay below)
+K_EXAMPLE = "1200, 1200, 640, 480"
 
 
 @dataclass
@@ -64,6 +74,115 @@ def _floats(text: str, n: int, what: str, where: str) -> np.ndarray:
     return v
 
 
+def check_rotation(R: np.ndarray, what: str = "R") -> np.ndarray:
+    """``R`` as float64 [3, 3] when it is a rotation: finite, ``|R R^T - I| <= ROTATION_TOL`` entry-wise and
+    ``|det R - 1| <= ROTATION_TOL``.
+
+    Raises:
+        ValueError: not 9 finite numbers, or not a rotation (the message starts with ``what``).
+    """
+    R = np.asarray(R, np.float64)
+    if R.size != 9 or not np.all(np.isfinite(R)):
+        raise ValueError(f"{what} needs 9 finite numbers (a rotation matrix row-major, e.g. 1,0,0, 0,1,0, 0,0,1), "
+                         "not nan or inf")
+    R = R.reshape(3, 3)
+    ok = np.abs(R).max() <= 1 + ROTATION_TOL  # first: 1e308 entries would make the products below inf - inf
+    if not (ok and abs(np.linalg.det(R) - 1) <= ROTATION_TOL and np.abs(R @ R.T - np.eye(3)).max() <= ROTATION_TOL):
+        raise ValueError(f"{what} is not a rotation matrix (orthonormal rows, determinant 1, to {ROTATION_TOL:g}); "
+                         "check the order (row-major) and give at least 3 decimals, e.g. 1,0,0, 0,1,0, 0,0,1")
+    return R
+
+
+def check_translation(t: np.ndarray, what: str = "t") -> np.ndarray:
+    """``t`` as float64 [3] when it holds 3 finite numbers of magnitude at most :data:`MAX_TRANSLATION`.
+
+    Raises:
+        ValueError: otherwise (the message starts with ``what``).
+    """
+    t = np.asarray(t, np.float64).reshape(-1)
+    if t.size != 3 or not np.all(np.isfinite(t)) or np.abs(t).max() > MAX_TRANSLATION:
+        raise ValueError(f"{what} needs 3 finite numbers of magnitude at most {MAX_TRANSLATION:g} (the translation "
+                         "x1 = R x0 + t in any unit, e.g. 1, 0, 0), not nan or inf")
+    return t
+
+
+def check_intrinsics(K: np.ndarray, what: str = "K") -> np.ndarray:
+    """``K`` as float64 [3, 3] when it is a pinhole matrix in pixels: finite, focal lengths ``K[0, 0]``,
+    ``K[1, 1]`` > 0, every entry at most :data:`MAX_PIXELS` in magnitude, last row ``0, 0, 1``.
+
+    Raises:
+        ValueError: otherwise (the message starts with ``what`` and gives an example to type).
+    """
+    K = np.asarray(K, np.float64)
+    hint = f"give fx, fy, cx, cy in pixels, e.g. {K_EXAMPLE}"
+    if K.size != 9 or not np.all(np.isfinite(K)):
+        raise ValueError(f"{what} needs finite numbers, not nan or inf; {hint}")
+    K = K.reshape(3, 3)
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise ValueError(f"{what}: the focal lengths fx, fy must be positive (got {K[0, 0]:g}, {K[1, 1]:g}); {hint}")
+    if np.abs(K).max() > MAX_PIXELS:
+        raise ValueError(f"{what}: values above {MAX_PIXELS:g} px are not a camera's (got {np.abs(K).max():g}); "
+                         f"{hint}")
+    if np.abs(K[2] - [0, 0, 1]).max() > 1e-9:
+        raise ValueError(f"{what}: the last row of K must be 0, 0, 1; {hint}")
+    return K
+
+
+def check_pair_gt(gt: PairGT) -> PairGT:
+    """``gt`` when R is a rotation, t finite and both K (where given) pinhole matrices (the checks above); the
+    messages start with ``gt.source``.
+
+    Raises:
+        ValueError: the first problem found.
+    """
+    at = f"{gt.source}: " if gt.source else ""
+    R = check_rotation(gt.R, f"{at}R")
+    t = check_translation(gt.t, f"{at}t")
+    K0 = None if gt.K0 is None else check_intrinsics(gt.K0, f"{at}K0")
+    K1 = None if gt.K1 is None else check_intrinsics(gt.K1, f"{at}K1")
+    return PairGT(R, t, K0, K1, gt.source)
+
+
+def _typed(text: str, sizes: tuple[int, ...], what: str, example: str) -> np.ndarray:
+    try:
+        v = [float(x) for x in str(text).replace(";", ",").replace(" ", ",").split(",") if x]
+    except ValueError:
+        v = None
+    if v is None or len(v) not in sizes:
+        got = "" if v is None else f" (got {len(v)})"
+        n = " or ".join(str(k) for k in sizes)
+        raise ValueError(f"{what}: type {n} numbers separated by commas{got}, e.g. {example}")
+    return np.array(v, np.float64)
+
+
+def parse_intrinsics(text: str, what: str = "K") -> np.ndarray:
+    """Checked intrinsics float64 [3, 3] (pixels) from typed text: ``fx, fy, cx, cy`` or the 9 numbers of K
+    row-major, separated by commas, ``;`` or spaces.
+
+    Raises:
+        ValueError: not 4 or 9 numbers, or not a pinhole matrix (:func:`check_intrinsics`); the message says what
+            to type ('fx,fy,cx,cy' and an example).
+    """
+    v = _typed(text, (4, 9), f"{what} (fx,fy,cx,cy)", K_EXAMPLE)
+    K = np.array([[v[0], 0, v[2]], [0, v[1], v[3]], [0, 0, 1]], np.float64) if v.size == 4 else v.reshape(3, 3)
+    return check_intrinsics(K, what)
+
+
+def parse_typed_gt(k0: str, k1: str, r: str, t: str) -> PairGT:
+    """Checked :class:`PairGT` (source "typed in") from typed text: ``k0``, ``k1`` as :func:`parse_intrinsics`,
+    ``r`` 9 numbers row-major (``x1 = R x0 + t``), ``t`` 3 numbers.
+
+    Raises:
+        ValueError: a field that is not numbers, or fails :func:`check_pair_gt`; the message names the field and
+            says what to type.
+    """
+    R = _typed(r, (9,), "R", "1,0,0, 0,1,0, 0,0,1 (row-major)")
+    tt = _typed(t, (3,), "t", "1, 0, 0")
+    gt = check_pair_gt(PairGT(R.reshape(3, 3), tt, parse_intrinsics(k0, "K0"), parse_intrinsics(k1, "K1")))
+    gt.source = "typed in"
+    return gt
+
+
 def read_gt_csv(path: str | Path, label: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray,
                                                                                 np.ndarray | None]]:
     """Per image name: ``(R [3, 3], t [3], K [3, 3] or None)`` from an IMC pose CSV (world-to-camera).
@@ -75,7 +194,9 @@ def read_gt_csv(path: str | Path, label: str | None = None) -> dict[str, tuple[n
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a missing column or a malformed row (the message names the line and what to fix).
+        ValueError: a missing column or a malformed row: not numbers, R not a rotation, K not a pinhole matrix
+            (:func:`check_rotation`, :func:`check_translation`, :func:`check_intrinsics`); the message names the line
+            and what to fix.
     """
     path = Path(path)
     where = label or path.name
@@ -89,10 +210,13 @@ def read_gt_csv(path: str | Path, label: str | None = None) -> dict[str, tuple[n
                              "(and optionally calibration_matrix), as in the IMC pose CSV")
         for i, row in enumerate(rows, start=2):
             at = f"{where} line {i}"
-            R = _floats(row["rotation_matrix"] or "", 9, "rotation_matrix", at).reshape(3, 3)
-            t = _floats(row["translation_vector"] or "", 3, "translation_vector", at)
+            R = check_rotation(_floats(row["rotation_matrix"] or "", 9, "rotation_matrix", at), f"{at}: "
+                               "rotation_matrix")
+            t = check_translation(_floats(row["translation_vector"] or "", 3, "translation_vector", at),
+                                  f"{at}: translation_vector")
             k = (row.get("calibration_matrix") or "").strip()
-            K = _floats(k, 9, "calibration_matrix", at).reshape(3, 3) if k and k.lower() != "nan" else None
+            K = check_intrinsics(_floats(k, 9, "calibration_matrix", at), f"{at}: calibration_matrix") \
+                if k and k.lower() != "nan" else None
             out[row[name_col].strip()] = (R, t, K)
     return out
 
@@ -111,7 +235,8 @@ def read_pairs_file(path: str | Path, label: str | None = None) -> dict[tuple[st
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a line with another number of fields than 2 or 38, or fields that are not numbers.
+        ValueError: a line with another number of fields than 2 or 38, fields that are not numbers, or ground
+            truth that fails :func:`check_pair_gt` (the message names the line).
     """
     path = Path(path)
     where = label or path.name
@@ -131,8 +256,8 @@ def read_pairs_file(path: str | Path, label: str | None = None) -> dict[tuple[st
             raise ValueError(f"{where} line {i}: rotation flags other than 0 are not supported; give the images "
                              "as stored and flags 0")
         T = v[20:36].reshape(4, 4)
-        out[(parts[0], parts[1])] = PairGT(T[:3, :3], T[:3, 3], v[2:11].reshape(3, 3), v[11:20].reshape(3, 3),
-                                           f"{where} line {i}")
+        out[(parts[0], parts[1])] = check_pair_gt(PairGT(T[:3, :3], T[:3, 3], v[2:11].reshape(3, 3),
+                                                         v[11:20].reshape(3, 3), f"{where} line {i}"))
     return out
 
 
