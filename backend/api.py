@@ -17,6 +17,8 @@ Endpoints (all JSON unless a file is asked for; errors are ``{"error": "<what we
   exports ready), ``GET /v1/runs/{id}/poses.csv`` (and ``poses_imc2024.csv``, ``submission.csv``, ``points.ply``,
   ``model.zip``): reading needs the run id only. ``DELETE /v1/runs/{id}``: cancels a working run, then removes its
   folder; only with the run's ``X-Run-Owner`` (403 otherwise, and the run is untouched); a deleted run answers 410.
+  ``POST /v1/runs/{id}/resume`` (owner only): go on from the last finished stage after a failure or a cancel. When
+  the server starts, it resumes by itself the runs that its last stop (a crash, SIGKILL, a reboot) interrupted.
 - ``GET /v1/methods``: extractors, matchers, estimators, presets.
 
 Access: on a loopback address (the default, 127.0.0.1) no token is needed unless one is given; on any other
@@ -335,6 +337,21 @@ def create_app(token: str | None = None) -> FastAPI:
             raise _error(404, f"{export} is not ready (run status: {status}); poll GET /v1/runs/{run_id}")
         return FileResponse(path, media_type=EXPORTS[export], filename=f"{run_id}_{export}")
 
+    @app.post("/v1/runs/{run_id}/resume", status_code=202)
+    def resume_run(run_id: str, request: Request,
+                   x_run_owner: Annotated[str | None, Header(description="the run's owner secret")] = None) -> dict:
+        """Resume a failed, cancelled or interrupted run from its last finished stage (owner only). A server that
+        restarts resumes the runs its stop interrupted by itself."""
+        d = _run_dir(run_id)
+        try:
+            owners.require_owner(d, owner_secrets(request), "resume")
+            jobs.continue_run(d)
+        except owners.NotOwnerError as e:
+            raise _error(403, f"{e}") from None
+        except jobs.JobError as e:
+            raise _error(409, f"{e}") from None
+        return {"run_id": run_id, "status_url": f"/v1/runs/{run_id}"}
+
     @app.delete("/v1/runs/{run_id}")
     def delete_run(run_id: str, request: Request,
                    x_run_owner: Annotated[str | None, Header(description="the run's owner secret")] = None) -> dict:
@@ -365,5 +382,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, token: str | None = None) -
         print(f"API token (send 'Authorization: Bearer <token>'; shown once): {token}", flush=True)
     print(f"SfM Explorer API on http://{host}:{port} (OpenAPI page: /docs); runs in {jobs.runs_root()}",
           flush=True)
-    uvicorn.run(create_app(token), host=host, port=port, log_level="warning")
+    app = create_app(token)
+    resumed = jobs.resume_interrupted()  # runs a crash or SIGKILL of the last server left half done
+    if resumed:
+        print(f"resumed {len(resumed)} interrupted run(s): {', '.join(resumed)}", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .config import PipelineConfig, apply_overrides, get_preset
 from .owners import make_private_dir, remove_run, require_owner
-from .pipeline import STAGES, Pipeline, PipelineError, RunOptions
+from .pipeline import STAGES, Pipeline, PipelineError, RunOptions, _write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNS_ENV = "SFM_RUNS_DIR"
@@ -118,12 +118,6 @@ def build_config(preset: str = "balanced", *, retrieval_model: str | None = None
 
 
 # ---- progress.json ---------------------------------------------------------------------------------------------
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-
 
 def read_json(path: Path) -> dict:
     """A JSON file's content, {} when missing or half-written."""
@@ -325,6 +319,44 @@ def continue_run(run_dir: Path, until: str | None = None) -> Job:
     return start_run(run_dir, images_dir, cfg, until, dataset=req.get("dataset", ""), scene=req.get("scene", ""))
 
 
+def resume_interrupted(max_age_s: float = 86400.0, owned_only: bool = True) -> list[str]:
+    """Resume the runs that a server stop (a crash, SIGKILL, a reboot) left half done: status ``interrupted``
+    (no process holds their lock), started to run every stage (not paused stage by stage), touched in the last
+    ``max_age_s`` seconds, and, with ``owned_only``, started from the app or the API (they have an owner; a command
+    line run is the command line's). Called when the API server starts and by the app's first session. Finished
+    stages are reused, so the run ends as it would have without the stop. Returns the ids resumed.
+
+    Two server processes sharing the runs folder may both call it: the run's lock lets one of them start it.
+    """
+    from .owners import has_owner
+
+    root = runs_root()
+    if not root.is_dir():
+        return []
+    resumed = []
+    now = time.time()
+    for d in sorted(root.iterdir()):
+        if not (d.is_dir() and valid_run_id(d.name)) or (owned_only and not has_owner(d)):
+            continue
+        req = d / REQUEST_JSON
+        try:
+            if not req.is_file() or now - max(p.stat().st_mtime for p in d.iterdir()) > max_age_s:
+                continue
+        except (OSError, ValueError):
+            continue
+        if read_json(req).get("until") is not None:
+            continue  # stage by stage: the user goes on by hand
+        state = run_state(d)
+        if state["status"] != "interrupted" or not state.get("resumable", True):
+            continue
+        try:
+            continue_run(d)
+            resumed.append(d.name)
+        except JobError:
+            pass
+    return resumed
+
+
 def cancel(run_id: str) -> bool:
     """Ask run ``run_id`` to stop (the running stage stops at its next step; finished stages are kept).
 
@@ -489,6 +521,9 @@ def friendly_error(stage: str | None, message: str | None) -> str:
     elif stage in ("verification", "mapping") or "pycolmap" in low:
         hint = ("The earlier stages are kept. Try the 'accurate' preset, more keypoints, or per-image cameras, and "
                 "look at the Matches page for weak pairs.")
+    elif "no space left" in low or "errno 28" in low or "disk quota" in low:
+        hint = ("The server's disk is full: delete runs you no longer need (or ask the server's administrator for "
+                "space), then press Resume; the finished stages are kept.")
     elif "memory" in low:
         hint = "The server ran out of memory: try the 'fast' preset or fewer keypoints."
     else:
