@@ -42,29 +42,54 @@ STAGE_ICON = {"done": ":green[:material/check_circle:]", "running": ":blue[:mate
 # Streamlit renders markdown in st.markdown/st.error/st.warning/st.info/st.caption/st.write, and in labels, image
 # captions and progress texts. A run id from the URL, a file name, an EXIF camera name or an error message quoting
 # them must show as typed: no link, no image fetched from a URL, no colour or icon directive.
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&=^\"'@])")
-_WORD_JOINER = "\u2060"  # invisible, and no line break
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$&=^\"'@])")
+# Streamlit turns bare URLs (http://, https://, www.) and e-mail addresses into links after parsing, in the text
+# where escapes and character references are already gone; inside a code span it never does. A word (text between
+# spaces) that could become one is shown in a code span.
+_AUTOLINK_WORD = re.compile(r"(?i)://|www\.|@|mailto:|xmpp:")
+
+
+def _code_span(word: str) -> str:
+    """``word`` (no spaces, no line breaks) as an inline code span, shown exactly as typed."""
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", word)), default=0) + 1)
+    pad = " " if word.startswith("`") or word.endswith("`") else ""
+    return f"{fence}{pad}{word}{pad}{fence}"
 
 
 def md_escape(text: object, limit: int | None = None) -> str:
-    """``text`` as Streamlit markdown that displays it literally (for any text a user can influence).
+    """``text`` as Streamlit markdown that displays it literally (for any text a user can influence), with nothing
+    added that a reader would copy.
 
-    Every markdown-special ASCII character is backslash-escaped; line breaks and other control characters become
-    spaces; and since Streamlit finds bare URLs (``http://``, ``www.``), e-mail addresses and ``:icon:`` codes in
-    the text after parsing (where escapes are gone), an invisible word joiner (U+2060) is put after each ``:`` and
-    ``@`` and inside ``www.``, which breaks those patterns without changing what is seen.
+    Line breaks and other control characters become spaces. Every markdown-special ASCII character is
+    backslash-escaped, except ``:``, written as the character reference ``&#58;``: Streamlit (1.67) replaces
+    ``:material/`` in the source before parsing, so an escaped colon still turns ``:material/home:`` into an icon,
+    while a character reference is decoded only after that (and after the ``:emoji:`` and ``:red[...]`` directives
+    are looked for); the browser shows and copies a plain ``:``. A word that Streamlit would turn into a link even
+    when escaped (a bare URL, ``www.``, an e-mail address: it finds them after parsing) is put in a code span
+    instead, which shows it as typed in a code font and never links it (a code span keeps the text as typed, except
+    that Streamlit shows ``:material/`` there as ``:material_``). No invisible characters are added, so copied text
+    is the text itself.
 
     Args:
         text: anything (``str()`` is taken; None gives '').
         limit: cut to this many characters first (``...`` appended), None keeps all.
+
+    Returns:
+        Markdown text for ``st.markdown``, ``st.error``, captions and labels.
     """
     s = "" if text is None else str(text)
     if limit is not None and len(s) > limit:
         s = s[: max(0, limit - 3)] + "..."
     s = "".join(c if c.isprintable() else " " for c in s)
-    s = _MD_SPECIAL.sub(r"\\\1", s)
-    s = s.replace("\\:", "\\:" + _WORD_JOINER).replace("\\@", "\\@" + _WORD_JOINER)
-    return re.sub(r"(?i)(w)(ww\\\.)", lambda m: m.group(1) + _WORD_JOINER + m.group(2), s)
+    out = []
+    for part in re.split(r"(\s+)", s):
+        if not part or part.isspace():
+            out.append(part)
+        elif _AUTOLINK_WORD.search(part):
+            out.append(_code_span(part))
+        else:
+            out.append(_MD_SPECIAL.sub(r"\\\1", part).replace(":", "&#58;"))
+    return "".join(out)
 
 
 # ---- which run is open ----------------------------------------------------------------------------------------
@@ -148,6 +173,13 @@ def current_run() -> tuple[str, Path, dict]:
         st.stop()
     run_dir = jobs.run_dir_for(run_id)
     return run_id, run_dir, jobs.run_state(run_dir)
+
+
+@st.cache_resource(show_spinner=False)
+def resume_after_restart() -> list[str]:
+    """Once per server process (the first page view): resume the runs a stop of the last server (a crash, SIGKILL,
+    a reboot) interrupted (:func:`backend.jobs.resume_interrupted`)."""
+    return jobs.resume_interrupted()
 
 
 # ---- who owns a run ----------------------------------------------------------------------------------------------
@@ -295,11 +327,35 @@ def _counts_text(stage: str, counts: dict, upload_skipped: int = 0) -> str:
         return f"{c.get('verified_pairs', 0)} verified pairs, {c.get('inliers_total', 0):,} inliers"
     if stage == "mapping":
         mre = c.get("mean_reprojection_error")
+        n_models = c.get("models") or 0
+        if isinstance(n_models, list):
+            n_models = len(n_models)
+        if n_models > 1:  # say what each count counts (the same words as Home's metrics)
+            return (f"{c.get('registered_images', 0)} images registered in the largest of {n_models} models"
+                    + (f" ({c['all_models']} in all)" if c.get("all_models") is not None else "")
+                    + f"; largest model: {c.get('points', 0):,} points"
+                    + (f", {mre:.2f} px error" if mre is not None else ""))
         return (f"{c.get('registered_images', 0)} images registered, {c.get('points', 0):,} points"
                 + (f", {mre:.2f} px error" if mre is not None else ""))
     if stage == "exports":
         return "poses CSV, COLMAP model, PLY"
     return ""
+
+
+def _mapping_counts(run_id: str, counts: dict) -> dict:
+    """The mapping stage's counts with the registered photos as every page counts them
+    (:func:`backend.views.runview.registration`: the largest model, all models); ``counts`` as recorded when the
+    folder cannot be read."""
+    from backend.views import runview
+
+    try:
+        reg = runview.registration(jobs.run_dir_for(run_id))
+    except Exception:  # noqa: BLE001 - a model being rewritten: the recorded counts
+        return counts
+    if not reg["models"]:
+        return counts
+    return {**(counts or {}), "registered_images": reg["largest"], "models": len(reg["models"]),
+            "all_models": reg["all_models"]}
 
 
 def render_stage_table(state: dict) -> None:
@@ -315,7 +371,8 @@ def render_stage_table(state: dict) -> None:
         c1, c2, c3 = st.columns([3, 6, 2], vertical_alignment="center")
         c1.markdown(f"{STAGE_ICON.get(stt, STAGE_ICON['pending'])} **{jobs.STAGE_TITLES[s]}**")
         if stt == "done":
-            c2.markdown(md_escape(_counts_text(s, info["counts"], upload_skipped if s == "images" else 0)))
+            counts = _mapping_counts(state["run_id"], info["counts"]) if s == "mapping" else info["counts"]
+            c2.markdown(md_escape(_counts_text(s, counts, upload_skipped if s == "images" else 0)))
         elif stt == "running" and state["status"] in ("running", "queued"):
             done, total = info.get("done") or 0, info.get("total") or 0
             frac = min(1.0, done / total) if total else 0.0

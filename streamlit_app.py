@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
 import streamlit as st
@@ -166,6 +167,25 @@ def start_new_run(source: str, files, preset: str, overrides: dict, until: str |
     st.rerun()
 
 
+# the uploader's list of files is a box about two chips high (106 px) that scrolls: let it grow to about ten rows
+UPLOADER_CSS = ('<style>[class*="st-key-uploader_"] [data-testid="stFileChips"] '
+                "{max-height: 28rem !important;}</style>")
+UPLOADED_NAMES_SHOWN = 30
+
+
+def uploaded_list(files) -> None:
+    """Under the uploader: how many files are uploaded (and their size), and their names, so a long selection can
+    be checked without scrolling the uploader's box; and a taller box (:data:`UPLOADER_CSS`)."""
+    st.html(UPLOADER_CSS)
+    if not files:
+        return
+    mb = sum(f.size for f in files) / 1e6
+    names = [f.name for f in files]
+    shown = ", ".join(ui.md_escape(n, 60) for n in names[:UPLOADED_NAMES_SHOWN])
+    more = f", and {len(names) - UPLOADED_NAMES_SHOWN} more" if len(names) > UPLOADED_NAMES_SHOWN else ""
+    st.caption(f"**{len(files)} file{'s' if len(files) != 1 else ''} uploaded** ({mb:.1f} MB): {shown}{more}")
+
+
 # ---- the open run --------------------------------------------------------------------------------------------
 
 def _panel(run_id: str, was: str) -> None:
@@ -207,7 +227,7 @@ def run_section(run_id: str) -> None:
               f" · matcher **{ui.md_escape(match.get('name') or 'lightglue')}**"
               f" · mapper **{ui.md_escape(cfg.get('mapping', {}).get('mapper') or 'incremental')}**") if feats else ""
     st.caption(f"Preset **{ui.md_escape(cfg.get('preset', '?'))}**{method} · created "
-               f"{ui.md_escape(rec.get('created', ''))} · link: `?run={run_id}`")
+               f"{_timestamp(rec.get('created', ''))} · link: `?run={run_id}`")
     if (flash := st.session_state.pop("flash", None)):
         st.info(flash)
     if state["status"] in ("running", "queued"):
@@ -243,6 +263,13 @@ def run_section(run_id: str) -> None:
         delete_section(run_id)
 
 
+def _timestamp(value) -> str:
+    """``run.json``'s ``created`` (ISO 8601, written by the pipeline) as it is: a timestamp needs no escaping (no
+    markdown, link or emoji can be made of digits, '-', ':', '+', 'T'); anything else is shown as plain text."""
+    s = str(value or "")
+    return s if re.fullmatch(r"[0-9T:.+\- Z]*", s) else ui.md_escape(s, 40)
+
+
 def delete_section(run_id: str) -> None:
     """Delete this run (its owner only): cancels it if it works, then removes its folder from the server."""
     with st.expander("Delete this run"):
@@ -274,21 +301,51 @@ def _continue(run_dir, until) -> None:
 
 
 def summary_and_links(state: dict) -> None:
-    s = state["record"].get("summary", {})
     if jobs.stage_done(state, "mapping"):
-        c = st.columns(4)
-        c[0].metric("Registered images", f"{s.get('registered_images', 0)} / {s.get('images', 0)}")
-        c[1].metric("3D points", f"{s.get('points') or 0:,}")
-        mtl, mre = s.get("mean_track_length"), s.get("mean_reprojection_error")
-        c[2].metric("Mean track length", f"{mtl:.2f}" if mtl is not None else "–")
-        c[3].metric("Mean reprojection error", f"{mre:.2f} px" if mre is not None else "–")
+        registration_metrics(jobs.run_dir_for(state["run_id"]))
         ev = state["record"].get("evaluation")
         if ev and ev.get("mAA") is not None:
             st.caption(f"mAA against the scene's ground truth: **{ev['mAA']:.3f}** (details on the Evaluate page)")
-    cols = st.columns(len(ui.PAGES))
-    for col, key in zip(cols, ui.PAGES):
-        with col:
-            ui.page_link(key)
+    keys = list(ui.PAGES)
+    per_row = (len(keys) + 1) // 2  # two rows: every page name fits its column ("Reconstruction" included)
+    for start in range(0, len(keys), per_row):
+        for col, key in zip(st.columns(per_row), keys[start:start + per_row]):
+            with col:
+                ui.page_link(key)
+
+
+def registration_metrics(run_dir) -> None:
+    """Registered photos (in the largest model and, with several models, in all of them), and the largest model's
+    3D points, track length and error: the counts of :func:`backend.views.runview.registration`, which the Scenes,
+    Reconstruction and Images pages show too."""
+    from backend.views import runview
+
+    reg = runview.registration(run_dir)
+    n_models = len(reg["models"])
+    stats = {m["model"]: m for m in runview.models(run_dir)}.get(reg["largest_model"], {})
+    mtl, mre = stats.get("mean_track_length"), stats.get("mean_reprojection_error")
+    points = f"{stats.get('points') or 0:,}"
+    track = f"{mtl:.2f}" if mtl is not None else "–"
+    error = f"{mre:.2f} px" if mre is not None else "–"
+    if n_models <= 1:
+        c = st.columns(4)
+        c[0].metric("Registered images", f"{reg['largest']} / {reg['images']}",
+                    help=f"photos with a pose in the model, of the {reg['images']} photos used")
+        c[1].metric("3D points", points)
+        c[2].metric("Mean track length", track)
+        c[3].metric("Mean reprojection error", error)
+        return
+    # several models: every label says which (two rows of three, so that the labels are not cut)
+    c = st.columns(3)
+    c[0].metric("Registered, largest model", f"{reg['largest']} / {reg['images']}",
+                help=f"photos with a pose in the largest model (model {reg['largest_model']}), of the "
+                     f"{reg['images']} photos used")
+    c[1].metric(f"Registered, all {n_models} models", f"{reg['all_models']} / {reg['images']}",
+                help="photos with a pose in any model (the Scenes and Reconstruction pages show each)")
+    c[2].metric("3D points, largest model", points)
+    c = st.columns(3)
+    c[0].metric("Mean track length, largest model", track)
+    c[1].metric("Reprojection error, largest model", error, help="mean reprojection error")
 
 
 # ---- reopen ------------------------------------------------------------------------------------------------------
@@ -355,6 +412,7 @@ def home() -> None:
         if source == "upload":
             files = st.file_uploader("Photos of one scene (JPEG, PNG or HEIC), several files or one .zip",
                                      accept_multiple_files=True, key=f"uploader_{ss.get('upload_nonce', 0)}")
+            uploaded_list(files)
             st.caption(f"{uploads.DEFAULT_LIMITS.describe()}; at most "
                        f"{st.get_option('server.maxUploadSize')} MB per uploaded file. Other files are listed as "
                        "skipped with the reason, and so is a second copy of the same photo. Names are cleaned up "
@@ -397,6 +455,7 @@ def home() -> None:
 st.set_page_config(page_title="SfM Explorer", page_icon="📷", layout="wide")
 owners.private_umask()  # run folders 0700, files 0600: only the server's user reads the photos
 ui.keep_owner_cookie()  # this browser's owner secret (session, cookie)
+ui.resume_after_restart()  # once per server process
 _home = st.Page(home, title="Home", icon=":material/home:", default=True)
 _pages = {k: st.Page(f, title=t, icon=i, url_path=k) for k, (f, t, i) in ui.PAGES.items()}
 ui.NAV.update(home=_home, **_pages)

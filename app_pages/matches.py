@@ -129,6 +129,58 @@ def _compare_caption(res: dict, max_lines: int) -> str:
     return text
 
 
+# each method's share of its progress: extracting both images' features, matching the pair, verifying the matches
+STEP_SPAN = {"extraction": (0.0, 0.6), "matching": (0.6, 0.9), "verification": (0.9, 1.0)}
+
+
+def step_text(step: str, done: int, total: int, detail: str = "") -> str:
+    """What a method is doing, for the progress bar: ``compare_pair``'s ``progress(step, done, total, detail)``
+    as a sentence (plain text)."""
+    if step == "extraction":
+        return (f"extracting features, image {done + 1} of {total}" if done < total else
+                f"features of both images {'found in the cache' if detail == 'cached' else 'extracted'}")
+    if step == "matching":
+        return "matching the pair" if done < total else "matched"
+    if step == "verification":
+        return ("verifying the matches with a fundamental matrix (MAGSAC)" if done < total else
+                f"verified: {detail}" if detail else "verified")
+    return step
+
+
+def _compare(run_dir, pair: tuple[str, str], methods, resize: int, max_kp: int) -> dict:
+    """Run both methods on the pair with a progress bar (each method's steps: extraction of each image, matching,
+    verification) and a line per finished method; returns the session entry ``{"results", "drawings"}``."""
+    entry: dict = {"results": [], "drawings": {}}
+    names = [f"{f} + {m}" for f, m in methods]
+    with st.status(f"Comparing {names[0]} and {names[1]} on this pair...", expanded=True) as box:
+        bar = st.progress(0.0, text="starting")
+        for i, (f, m) in enumerate(methods):
+            def show(step, done, total, detail, i=i):
+                lo, hi = STEP_SPAN.get(step, (0.0, 1.0))
+                frac = (i + lo + (hi - lo) * (min(done, total) / total if total else 0.0)) / len(methods)
+                # the detail can hold image names: progress texts are markdown
+                bar.progress(min(1.0, frac), text=ui.md_escape(
+                    f"Method {i + 1} of {len(methods)}, {names[i]}: {step_text(step, done, total, detail)}"))
+
+            try:
+                res = compare_pair(run_dir, pair[0], pair[1], f, m, resize=resize, max_keypoints=max_kp,
+                                   progress=show)
+            except Exception as e:  # noqa: BLE001 - shown to the user, never a traceback
+                entry["results"].append({"error": _error_text(e)})
+                st.markdown(f":red[:material/error:] {ui.md_escape(names[i])}: could not match this pair")
+                continue
+            entry["results"].append(res)
+            c, sec = res["counts"], res["seconds"]
+            st.markdown(f":green[:material/check_circle:] {ui.md_escape(names[i])}: {c['matches']} matches, "
+                        f"{c['inliers']} inliers (extraction {sec['extraction']:.2f} s, matching "
+                        f"{sec['matching']:.2f} s, verification {sec['verification']:.2f} s)")
+        bar.progress(1.0, text="done")
+        failed = sum("error" in r for r in entry["results"])
+        box.update(label=f"Compared {names[0]} and {names[1]}" + (f" ({failed} failed)" if failed else ""),
+                   state="error" if failed == len(methods) else "complete", expanded=False)
+    return entry
+
+
 def _compare_section(run_id: str, run_dir, state: dict, pair: tuple[str, str], max_lines: int) -> None:
     """Two methods on the selected pair, side by side; results kept in the session per (run, pair, methods)."""
     st.subheader("Compare two methods on this pair")
@@ -141,15 +193,7 @@ def _compare_section(run_id: str, run_dir, state: dict, pair: tuple[str, str], m
     store: dict = st.session_state.setdefault("match_compare", {})
     key = (run_id, tuple(pair), methods, resize, max_kp)
     if st.button("Compare", key="cmp_go"):
-        entry = {"results": [], "drawings": {}}
-        with st.spinner(f"Matching the pair with {methods[0][0]} + {methods[0][1]} and "
-                        f"{methods[1][0]} + {methods[1][1]}..."):
-            for f, m in methods:
-                try:
-                    entry["results"].append(compare_pair(run_dir, pair[0], pair[1], f, m, resize=resize,
-                                                         max_keypoints=max_kp))
-                except Exception as e:  # noqa: BLE001 - shown to the user, never a traceback
-                    entry["results"].append({"error": _error_text(e)})
+        entry = _compare(run_dir, pair, methods, resize, max_kp)
         store.pop(key, None)
         store[key] = entry
         while len(store) > COMPARE_KEEP:

@@ -41,7 +41,7 @@ def page() -> None:
     if not ui.require_stage(state, "mapping", "The 3D model"):
         return
     models = runview.models(run_dir)
-    n_images = state["record"].get("summary", {}).get("images", 0)
+    n_images = len(runview.images_info(run_dir)["images"])
     if not models:
         st.warning("No 3D model could be built from these photos: the mapper found no good initial pair of images. "
                    "What to try: more photos with overlap taken from different positions (not only zooming or "
@@ -51,14 +51,22 @@ def page() -> None:
         return
     scene_list = [sc for sc in runview.scenes(run_dir)["scenes"] if sc.get("model") is not None]
     scene_of_model = {sc["model"]: sc["name"] for sc in scene_list}
+    reg = runview.registration(run_dir)  # the counts Home, Scenes and Images show too
+    n_reg = {m["model"]: m["registered"] for m in reg["models"]}
+    points = {m["model"]: m["points"] for m in models}
     if len(models) > 1:
         k = st.selectbox("Model", [m["model"] for m in models], key="rec_model",
                          format_func=lambda i: (f"{scene_of_model[i]}: " if i in scene_of_model else "")
-                         + f"model {i}: {models[i]['registered_images']} images, {models[i]['points']} points"
-                         + (" (largest)" if i == 0 else ""))
+                         + f"model {i}: {n_reg.get(i, 0)} photos registered, {points.get(i, 0)} points"
+                         + (" (largest)" if i == reg["largest_model"] else ""))
+        st.caption(f"Registered: {reg['largest']} / {reg['images']} photos in the largest model (model "
+                   f"{reg['largest_model']}), {reg['all_models']} / {reg['images']} in all {len(models)} models"
+                   + (f", {reg['all_scenes']} / {reg['images']} in all scenes" if scene_list
+                      and reg["all_scenes"] != reg["all_models"] else "") + ".")
         fold_text = runview.fold_note(run_dir)
         if fold_text:
-            st.info(fold_text + " The exports are of the largest model; model.zip holds every one.")
+            # (it names photos: file names are shown as plain text)
+            st.info(ui.md_escape(fold_text) + " The exports are of the largest model; model.zip holds every one.")
         elif len(scene_of_model) > 1:
             st.caption(f"The photos form {len(scene_of_model)} scenes (see the Scenes page), each with its own model "
                        "and coordinate frame. poses.csv and submission.csv hold every scene's poses; points.ply is "
@@ -73,11 +81,14 @@ def page() -> None:
     if scene is not None:  # a collection of several scenes: count against this scene's photos
         n_images = len(scene["images"])
     c = st.columns(4)
-    c[0].metric("Registered images", f"{stats['registered']} / {n_images}",
-                help=f"of the {n_images} photos of {scene['name']}" if scene is not None else None)
-    c[1].metric("3D points", f"{stats['points']:,}")
-    c[2].metric("Mean track length", f"{stats['track']:.2f}" if stats["track"] is not None else "–")
-    c[3].metric("Mean reprojection error", f"{stats['error']:.3f} px" if stats["error"] is not None else "–")
+    c[0].metric(f"Registered in model {k}" if len(models) > 1 else "Registered images",
+                f"{n_reg.get(k, stats['registered'])} / {n_images}",
+                help=f"photos with a pose in this model, of the {n_images} photos of {scene['name']}"
+                if scene is not None else f"photos with a pose in this model, of the {n_images} photos used")
+    of = f" (model {k})" if len(models) > 1 else ""  # as Home labels the largest model's
+    c[1].metric("3D points" + of, f"{stats['points']:,}")
+    c[2].metric("Mean track length" + of, f"{stats['track']:.2f}" if stats["track"] is not None else "–")
+    c[3].metric("Mean reprojection error" + of, f"{stats['error']:.2f} px" if stats["error"] is not None else "–")
     cam_text = runview.camera_summary(run_dir)
     if cam_text:
         st.caption(cam_text)

@@ -23,12 +23,18 @@ def page() -> None:
     if not info["has_scenes"]:
         st.info("This run was made before scenes were found: run it again (Home, resume) to split it.")
         return
-    n_images = len(info["scene_of"])
+    reg = runview.registration(run_dir)
+    counts = {sc["name"]: sc for sc in reg["scenes"]}
     c = st.columns(4)
     c[0].metric("Scenes", len(scenes))
     c[1].metric("Photos in scenes", sum(len(s["images"]) for s in scenes))
-    c[2].metric("Registered", sum(len(s["registered"]) for s in scenes))
+    c[2].metric("Registered, all scenes", f"{reg['all_scenes']} / {reg['images']}",
+                help="photos with a pose in the model of their scene, of the photos used (Home and Reconstruction "
+                     "count the same models)")
     c[3].metric("Outliers", len(outliers))
+    if reg["all_models"] > reg["all_scenes"]:
+        st.caption(f"{reg['all_models'] - reg['all_scenes']} more photo(s) have a pose in a model too small to be a "
+                   f"scene (registered in all models: {reg['all_models']} / {reg['images']}; Reconstruction page).")
     if info["mode"] == "single":
         st.caption("Scenes mode 'single': every photo was mapped as one scene.")
     else:
@@ -46,12 +52,14 @@ def page() -> None:
                "by the rule; dotted grey: pairs between groups that the mapper did not join.")
     _submission(run_dir, state)
     for k, sc in enumerate(scenes):
-        with st.expander(f"{sc['name']}: {len(sc['images'])} photos, {len(sc['registered'])} registered",
+        n = counts.get(sc["name"], {"registered": 0, "registered_names": []})
+        where = f" in model {sc['model']}" if sc.get("model") is not None else ""
+        with st.expander(f"{sc['name']}: {len(sc['images'])} photos, {n['registered']} registered{where}",
                          expanded=k < 3):
             st.caption(ui.md_escape(sc["why"]))
             show_all = len(sc["images"]) <= THUMBS_SHOWN or st.toggle(
                 f"Show all {len(sc['images'])} photos", key=f"scene_all_{k}")
-            _thumbs(run_dir, sc["images"] if show_all else sc["images"][:THUMBS_SHOWN], set(sc["registered"]))
+            _thumbs(run_dir, sc["images"] if show_all else sc["images"][:THUMBS_SHOWN], set(n["registered_names"]))
             _scene_downloads(run_dir, state, k, sc)
     if outliers:
         st.subheader(f"Outliers ({len(outliers)})")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -384,7 +385,7 @@ def _page(tmp_path, monkeypatch, run_id):
 
 
 def _errors(at) -> list[str]:
-    return [str(e.value).replace("\\", "").replace("\u2060", "") for e in at.error]
+    return [html.unescape(str(e.value).replace("\\", "")) for e in at.error]
 
 
 def test_evaluate_page_refuses_two_thresholds_and_a_nan_ground_truth(tmp_path, monkeypatch):

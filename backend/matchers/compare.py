@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -88,13 +89,21 @@ def _scale(image_size: np.ndarray, resize: int) -> float:
 
 
 def compare_pair(run_dir: Path, name0: str, name1: str, features: str, matcher: str, resize: int = 1024,
-                 max_keypoints: int = 2048) -> dict:
+                 max_keypoints: int = 2048,
+                 progress: Callable[[str, int, int, str], None] | None = None) -> dict:
     """Match the pair ``(name0, name1)`` of ``<run>/images`` with ``features`` + ``matcher`` and verify it.
 
     Extracts both images' features (``resize`` px long side, never upscaled; at most ``max_keypoints``; the
     method's default options) into ``<run>/compare/<features>/features.h5``, matches the pair into
     ``<run>/compare/<features>+<matcher>/matches.h5`` (both reused when unchanged, see the module doc) and verifies
     the matches with a fundamental matrix (:func:`verify_fundamental`).
+
+    Args:
+        progress: called in the calling thread as ``progress(step, done, total, detail)`` while it works: step
+            ``"extraction"`` (``done`` of ``total`` = 2 images have features; ``detail`` the image just done, or
+            "cached" for the first call, which counts the images found in the cache), then ``"matching"`` (0 or 1
+            of 1 pair; ``detail`` as "a - b: M matches"), then ``"verification"`` (0 then 1 of 1; ``detail`` "K
+            inliers" when done). Each step is announced with ``done`` = 0 before it starts. None (default): silent.
 
     Returns:
         ``{"features", "matcher", "keypoints0" float32 [N0, 2], "keypoints1" float32 [N1, 2],
@@ -126,14 +135,21 @@ def compare_pair(run_dir: Path, name0: str, name1: str, features: str, matcher: 
     match_dir.mkdir(parents=True, exist_ok=True)
     feats_path, matches_path = feat_dir / "features.h5", match_dir / "matches.h5"
 
+    def say(step: str, done: int, total: int, detail: str = "") -> None:
+        if progress is not None:
+            progress(step, int(done), int(total), str(detail))
+
     t0 = time.perf_counter()
+    say("extraction", 0, 2)
     fcounts = run_features(run_dir, [name0, name1], FeaturesConfig(name=features, resize=int(resize),
                                                                   max_keypoints=int(max_keypoints)),
-                           out_path=feats_path)
+                           progress=lambda d, t, msg: say("extraction", d, t, msg), out_path=feats_path)
     t1 = time.perf_counter()
+    say("matching", 0, 1)
     mcounts = run_matching(run_dir, [(name0, name1)], MatchingConfig(name=matcher), features_path=feats_path,
-                           out_path=matches_path)
+                           progress=lambda d, t, msg: say("matching", d, t, msg), out_path=matches_path)
     t2 = time.perf_counter()
+    say("verification", 0, 1)
     f0, f1 = read_features(feats_path, name0), read_features(feats_path, name1)
     m, scores = read_matches(matches_path, name0, name1)
     m = np.asarray(m, dtype=np.int32).reshape(-1, 2)
@@ -141,6 +157,7 @@ def compare_pair(run_dir: Path, name0: str, name1: str, features: str, matcher: 
     t3 = time.perf_counter()
     inliers = verify_fundamental(f0["keypoints"], f1["keypoints"], m, threshold)
     t4 = time.perf_counter()
+    say("verification", 1, 1, f"{int(inliers.sum())} inliers")
     return {
         "features": features,
         "matcher": matcher,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -235,8 +236,9 @@ def match_table(run_dir: Path):
 
 
 def models(run_dir: Path) -> list[dict]:
-    """The reconstructed models (largest first): ``model`` (index k of ``sparse/<k>``), ``registered_images``,
-    ``points``, ``mean_reprojection_error``, ``mean_track_length``."""
+    """The reconstructed models in ``mapping.json`` order (largest first): ``model`` (index k of ``sparse/<k>``),
+    ``registered_images``, ``points``, ``mean_reprojection_error``, ``mean_track_length``. Counts to show come
+    from :func:`registration`."""
     run_dir = Path(run_dir)
     p = run_dir / "mapping.json"
     if p.exists():
@@ -273,7 +275,8 @@ def fold_note(run_dir: Path) -> str | None:
     best = fold.get("best") or {}
     if not (fold.get("folded") and fold.get("split_kept") and best):
         return None
-    n0, n1 = len(best.get("group0", [])), len(best.get("group1", []))
+    g0, g1 = list(best.get("group0", [])), list(best.get("group1", []))
+    n0, n1 = len(g0), len(g1)
     return (f"Symmetric structure: the first model was folded. Its photos form two groups ({n0} and {n1} photos) "
             "that see the same structure from different sides, and the mapper had put one group onto the other: "
             f"{100 * best.get('conflict', 0):.0f} % of the 3D points one group alone observes land, in the other "
@@ -282,7 +285,33 @@ def fold_note(run_dir: Path) -> str | None:
             f"The {fold.get('cut_pairs', 0)} verified pairs between the two groups matched one side onto the other, "
             "so they were dropped: the larger group keeps its poses from the first model and the other was mapped "
             "on its own. The models below are the sides. No pair links them correctly, so they cannot share one "
-            "frame; photos that see both sides would join them.")
+            "frame; photos that see both sides would join them. " + _fold_sides(run_dir, g0, g1))
+
+
+def _fold_sides(run_dir: Path, g0: list[str], g1: list[str]) -> str:
+    """How the two groups of a fold ended up, in the counts of :func:`registration`: how many photos of each
+    group each model holds, the photos no model holds, and the scene the Scenes page lists them under (so the
+    groups' sizes and the scenes' sizes can be told apart)."""
+    reg = registration(run_dir)
+    parts = []
+    for m in sorted(reg["models"], key=lambda m: m["model"]):
+        held = set(m["names"])
+        a, b = len(held & set(g0)), len(held & set(g1))
+        if a or b:
+            g, n = (g0, a) if a >= b else (g1, b)
+            parts.append(f"model {m['model']} holds {n} of the {len(g)} photos of the "
+                         f"{'first' if g is g0 else 'second'} group")
+    text = ("Registered: " + "; ".join(parts) + ".") if parts else ""
+    lost = sorted(n for n in set(g0) | set(g1) if n not in reg["where"])
+    if lost:
+        scene_of = scenes(run_dir)["scene_of"]
+        homes = sorted({scene_of.get(n, "outliers") for n in lost})
+        text += (f" {len(lost)} photo{'s' if len(lost) != 1 else ''} of the groups got no pose in any model "
+                 f"({', '.join(lost[:8])}{', ...' if len(lost) > 8 else ''}); the Scenes page lists "
+                 f"{'it' if len(lost) == 1 else 'them'} under {', '.join(homes)} (a group's photos without a pose "
+                 "go with its first scene), so the scenes have "
+                 + " and ".join(str(sc["photos"]) for sc in reg["scenes"]) + " photos.")
+    return text
 
 
 def camera_summary(run_dir: Path) -> str | None:
@@ -317,6 +346,78 @@ def camera_summary(run_dir: Path) -> str | None:
     return text
 
 
+_NAMES_CACHE: dict[tuple[str, int], tuple[str, list[str]]] = {}
+
+
+def model_names(run_dir: Path, k: int) -> list[str]:
+    """Sorted names of the images registered (with a pose) in model ``sparse/<k>``, read from the model itself
+    (what the 3D view shows and the exports hold); [] when there is no such model. Kept in memory per
+    :func:`model_key`, so a changed model is read again.
+
+    Raises:
+        RuntimeError: pycolmap cannot read the model files (being rewritten, or damaged).
+    """
+    run_dir = Path(run_dir)
+    key = model_key(run_dir, k)
+    if not key:
+        return []
+    hit = _NAMES_CACHE.get((str(run_dir.resolve()), int(k)))
+    if hit is not None and hit[0] == key:
+        return list(hit[1])
+    names = sorted(im.name for im in load_model(run_dir, k).images.values() if im.has_pose)
+    if len(_NAMES_CACHE) > 64:
+        _NAMES_CACHE.clear()
+    _NAMES_CACHE[(str(run_dir.resolve()), int(k))] = (key, names)
+    return list(names)
+
+
+def registration(run_dir: Path) -> dict:
+    """Every "registered" count the app shows, from one place: the models in ``sparse/`` (what the 3D view, the
+    exports and ``model.zip`` hold), the scenes of ``mapping.json`` and the photos of ``images.json``. Home,
+    Scenes, Reconstruction and Images all read these numbers, so they agree.
+
+    Returns:
+        ``{"images": int`` (photos used, ``images.json``),
+        ``"largest": int`` (registered in the largest model: the one holding most photos, normally
+        ``sparse/0``; 0 without a model), ``"largest_model"``: its k (None without a model),
+        ``"all_models": int`` (distinct photos registered in any model),
+        ``"all_scenes": int`` (distinct photos registered in the model of a scene; photos of a model too small to
+        be a scene are not counted),
+        ``"models": [{"model": k, "registered": int, "names": [str]}]`` (largest first, ``k`` as in
+        ``sparse/<k>``, the number the pages show),
+        ``"scenes": [{"name", "model": k or None, "photos": int, "registered": int, "registered_names": [str]}]``
+        (``mapping.json``'s order, largest first; ``registered`` counts the scene's photos that its model holds),
+        ``"where": {image name: [(k, scene name or None)]}`` (the models that hold each registered photo)}``.
+        Every list is empty before the mapping stage has run.
+    """
+    run_dir = Path(run_dir)
+    try:
+        n_images = len(images_info(run_dir)["images"])
+    except (OSError, ValueError):
+        n_images = 0
+    ms = []
+    for m in models(run_dir):
+        names = model_names(run_dir, m["model"])
+        ms.append({"model": int(m["model"]), "registered": len(names), "names": names})
+    ms.sort(key=lambda m: (-m["registered"], m["model"]))
+    held = {m["model"]: set(m["names"]) for m in ms}
+    sc_out = []
+    for sc in scenes(run_dir)["scenes"]:
+        k = sc.get("model")
+        reg = sorted(n for n in sc["images"] if k is not None and n in held.get(k, ()))
+        sc_out.append({"name": sc["name"], "model": k, "photos": len(sc["images"]), "registered": len(reg),
+                       "registered_names": reg})
+    scene_of_model = {sc["model"]: sc["name"] for sc in sc_out if sc["model"] is not None}
+    where: dict[str, list] = {}
+    for m in sorted(ms, key=lambda m: m["model"]):
+        for n in m["names"]:
+            where.setdefault(n, []).append((m["model"], scene_of_model.get(m["model"])))
+    in_scenes = set().union(*(set(sc["registered_names"]) for sc in sc_out)) if sc_out else set()
+    return {"images": n_images, "largest": ms[0]["registered"] if ms else 0,
+            "largest_model": ms[0]["model"] if ms else None, "all_models": len(where),
+            "all_scenes": len(in_scenes), "models": ms, "scenes": sc_out, "where": where}
+
+
 def load_model(run_dir: Path, k: int):
     """The pycolmap Reconstruction ``sparse/<k>`` of a run.
 
@@ -341,7 +442,7 @@ def scenes(run_dir: Path) -> dict:
     split_p, map_p = run_dir / "scenes.json", run_dir / "mapping.json"
     split = json.loads(split_p.read_text()) if split_p.exists() else {}
     mapping = json.loads(map_p.read_text()) if map_p.exists() else {}
-    scenes_ = mapping.get("scenes", [])
+    scenes_ = [dict(sc, why=_why_with_model(sc)) for sc in mapping.get("scenes", [])]
     outliers = list(mapping.get("outliers", split.get("outliers", [])))
     from ..io.images import SUPPORTED_EXTENSIONS
 
@@ -355,6 +456,19 @@ def scenes(run_dir: Path) -> dict:
             "cut": {tuple(sorted(c["images"])) for c in split.get("cut_pairs", [])},
             "mode": split.get("mode"), "min_scene_size": split.get("min_scene_size"),
             "strong_inliers": split.get("strong_inliers"), "scene_of": scene_of}
+
+
+_GROUP_MODEL = re.compile(r"this is model \d+$")
+
+
+def _why_with_model(sc: dict) -> str:
+    """A scene's ``why`` (``mapping.json``) with the model it names as the pages number it: ``mapping.json`` writes
+    "this is model j" counting the models of the scene's group from 1, while every page (and ``sparse/<k>``,
+    ``model.zip``) numbers the run's models from 0."""
+    why = str(sc.get("why", ""))
+    if sc.get("model") is None:
+        return why
+    return _GROUP_MODEL.sub(f"this is model {int(sc['model'])}", why)
 
 
 def scene_files(run_dir: Path, k: int) -> dict[str, Path]:
