@@ -6,7 +6,6 @@ ground truth the pose errors and match precision (correct matches green, wrong r
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from pathlib import Path
 
@@ -18,8 +17,11 @@ from backend import jobs
 from backend.features import EXTRACTORS, extractor_class
 from backend.matchers import matchers_for
 from backend.twoview.geometry import ESTIMATORS, MIN_INLIERS
-from backend.twoview.groundtruth import PRECISION_PX, PairGT, find_pair, pair_from_poses, read_gt_csv, read_pairs_file
-from backend.twoview.pair import SIMILARITY_THRESHOLD, match_prepared, prepare_image
+from backend.twoview.groundtruth import (PRECISION_PX, PairGT, find_pair, pair_from_poses, parse_typed_gt, read_gt_csv,
+                                         read_pairs_file)
+from backend.io import sessions
+from backend.io.images import release_memory
+from backend.twoview.pair import SIMILARITY_THRESHOLD, match_prepared, prepare_image, preview_image
 from backend.views import runview, viz
 
 DEFAULTS = (("aliked-n16", "lightglue"), ("sift", "nn-ratio"))
@@ -35,12 +37,23 @@ def _models() -> dict:
 
 
 def _scratch() -> Path:
-    """This session's scratch folder for uploaded photos and ground truth (names chosen here, never a user's)."""
-    d = st.session_state.get("tv_scratch")
-    if not d or not Path(d).is_dir():
-        d = tempfile.mkdtemp(prefix="sfm-twoview-page-")
-        st.session_state["tv_scratch"] = d
-    return Path(d)
+    """This session's scratch folder for uploaded photos, their validated copies and ground truth (names chosen
+    here, never a user's): ``<runs root>/.sessions/twoview-*`` (0700), never the system temp folder. It goes when
+    the session ends (the :class:`~backend.io.sessions.SessionFolder` kept in the session state is collected with
+    it), when a new pair is uploaded (:func:`_new_scratch`), or, after a crash, when a later session's page start
+    finds it unused for hours (:func:`backend.io.sessions.remove_stale`)."""
+    f = st.session_state.get("tv_scratch")
+    if not isinstance(f, sessions.SessionFolder) or not f.alive:
+        f = st.session_state["tv_scratch"] = sessions.SessionFolder("twoview-")
+    f.touch()
+    return f.path
+
+
+def _new_scratch() -> None:
+    """Remove this session's scratch folder now (the previous pair's photos); the next use makes a new one."""
+    f = st.session_state.pop("tv_scratch", None)
+    if isinstance(f, sessions.SessionFolder):
+        f.remove()
 
 
 def _pick_method(col, i: int) -> tuple[str, str]:
@@ -50,21 +63,6 @@ def _pick_method(col, i: int) -> tuple[str, str]:
     want = DEFAULTS[i][1] if f == DEFAULTS[i][0] else extractor_class(f).default_matcher
     m = col.selectbox("Matcher", ms, index=ms.index(want) if want in ms else 0, key=f"tv_match{i}_{f}")
     return f, m
-
-
-def _numbers(text: str, n: int, what: str) -> np.ndarray:
-    try:
-        v = [float(x) for x in text.replace(";", ",").replace(" ", ",").split(",") if x]
-    except ValueError:
-        raise ValueError(f"{what}: type {n} numbers separated by commas") from None
-    if len(v) != n:
-        raise ValueError(f"{what}: type {n} numbers separated by commas (got {len(v)})")
-    return np.array(v, float)
-
-
-def _K(text: str, what: str) -> np.ndarray:
-    v = _numbers(text, 4, what)
-    return np.array([[v[0], 0, v[2]], [0, v[1], v[3]], [0, 0, 1]], float)
 
 
 def _images(run_dir) -> tuple[list, list[str]]:
@@ -94,6 +92,10 @@ def _images(run_dir) -> tuple[list, list[str]]:
     if not all(ups):
         st.caption("Add both photos.")
         return [], []
+    pair = tuple(up.file_id for up in ups)
+    if st.session_state.get("tv_pair") not in (None, pair):
+        _new_scratch()  # a new pair: the previous pair's uploads and validated copies go now, not with the session
+    st.session_state["tv_pair"] = pair
     out = []
     for i, up in enumerate(ups):
         if up.size > MAX_UPLOAD_BYTES:
@@ -147,10 +149,7 @@ def _ground_truth(run_dir, state, labels: list[str]) -> PairGT | None:
     if not all((k0, k1, r, t)):
         st.caption("Type all four, or choose another ground truth.")
         return None
-    R = _numbers(r, 9, "R").reshape(3, 3)
-    if abs(np.linalg.det(R) - 1) > 1e-3 or np.abs(R @ R.T - np.eye(3)).max() > 1e-3:
-        raise ValueError("R is not a rotation matrix (orthonormal, determinant 1); check the order (row-major)")
-    return PairGT(R, _numbers(t, 3, "t"), _K(k0, "K0"), _K(k1, "K1"), "typed in")
+    return parse_typed_gt(k0, k1, r, t)  # checked here, before any matching
 
 
 def _from_table(table: dict, labels: list[str], where: str) -> PairGT:
@@ -161,18 +160,26 @@ def _from_table(table: dict, labels: list[str], where: str) -> PairGT:
 
 
 def _run(sources, labels, methods, opts, gt) -> dict:
+    """Validate and match the pair; the entry kept in the session holds the results and small previews (at most
+    1600 px, :func:`~backend.twoview.pair.preview_image`), never the full photos, and the memory of the work is
+    handed back to the OS afterwards (a 149 MP photo used to keep the server at 3.2 GB long after)."""
     folder = _scratch() / "images"
-    ims = [prepare_image(Path(s), folder, f"image{i}.jpg", labels[i]) for i, s in enumerate(sources)]
-    results = []
-    with _LOCK:
-        for j, (f, m) in enumerate(methods):
-            try:
-                results.append(match_prepared(ims[0], ims[1], f, m, gt=gt, similarity=j == 0, models=_models(),
-                                              **opts))
-            except Exception as e:  # noqa: BLE001 - shown to the user, never a traceback
-                msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-                results.append({"error": jobs.scrub_paths(msg), "method": (f, m)})
-    return {"results": results, "images": [viz.open_rgb(im.path) for im in ims], "labels": labels}
+    try:
+        ims = [prepare_image(Path(s), folder, f"image{i}.jpg", labels[i]) for i, s in enumerate(sources)]
+        results = []
+        with _LOCK:
+            for j, (f, m) in enumerate(methods):
+                try:
+                    results.append(match_prepared(ims[0], ims[1], f, m, gt=gt, similarity=j == 0, models=_models(),
+                                                  **opts))
+                except Exception as e:  # noqa: BLE001 - shown to the user, never a traceback
+                    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                    results.append({"error": jobs.scrub_paths(msg), "method": (f, m)})
+        previews = [preview_image(im) for im in ims]
+        return {"results": results, "images": [p for p, _ in previews], "scales": [s for _, s in previews],
+                "labels": labels}
+    finally:
+        release_memory()  # decoded photos, feature maps: freed above, now returned to the OS (glibc malloc_trim)
 
 
 def _caption(r) -> str:
@@ -205,6 +212,7 @@ def _same_place(entry: dict) -> None:
 
 def _show(entry: dict, show: str, max_lines: int) -> None:
     results, (ia, ib) = entry["results"], entry["images"]
+    sa, sb = entry.get("scales") or (np.ones(2), np.ones(2))  # stored px / preview px
     cols = st.columns(len(results))
     for col, r in zip(cols, results):
         if isinstance(r, dict):
@@ -212,15 +220,13 @@ def _show(entry: dict, show: str, max_lines: int) -> None:
                       f"{ui.md_escape(r['error'])}")
             continue
         m, inl = r.matches, r.inliers
+        k0, k1 = r.keypoints0 / sa, r.keypoints1 / sb  # keypoints on the previews
         if show == "correct" and r.correct is not None:
-            img = viz.draw_matches(ia, ib, r.keypoints0, r.keypoints1, m, inliers=r.correct, height=420,
-                                   max_lines=max_lines)
+            img = viz.draw_matches(ia, ib, k0, k1, m, inliers=r.correct, height=420, max_lines=max_lines)
         elif show == "inliers":
-            img = viz.draw_matches(ia, ib, r.keypoints0, r.keypoints1, m[inl], inliers=inl[inl], height=420,
-                                   max_lines=max_lines)
+            img = viz.draw_matches(ia, ib, k0, k1, m[inl], inliers=inl[inl], height=420, max_lines=max_lines)
         else:
-            img = viz.draw_matches(ia, ib, r.keypoints0, r.keypoints1, m, inliers=inl, height=420,
-                                   max_lines=max_lines)
+            img = viz.draw_matches(ia, ib, k0, k1, m, inliers=inl, height=420, max_lines=max_lines)
         col.image(img, width="stretch", caption=_caption(r))
         d = r.to_dict()
         rows = [("Intrinsics", d["intrinsics"]), ("Two-view model", f"{d['model'] or 'none'}: {d['verdict']}"),
@@ -254,7 +260,12 @@ def page() -> None:
     st.title("Two-view")
     st.caption("Two photos: do they show the same place, and how well does a matcher register them? The same as "
                "`python -m backend twoview` and the API's POST /v1/match.")
+    sessions.remove_stale()  # scratch folders of sessions that ended without their finaliser (a killed server)
+    ui.show_bad_run()  # a bad ?run= is said here too; two uploaded photos still work
     run_id = st.session_state.get("run_id")
+    if run_id and not jobs.run_exists(run_id):  # deleted (or removed) since it was opened
+        ui.show_missing_run(run_id)
+        run_id = None
     run_dir = jobs.run_dir_for(run_id) if run_id else None
     state = jobs.run_state(run_dir) if run_dir is not None else None
     sources, labels = _images(run_dir if state and jobs.stage_done(state, "images") else None)

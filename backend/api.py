@@ -32,11 +32,11 @@ patterns and lists; no text from a request is ever used as a path.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import secrets
 import shutil
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -48,7 +48,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi_offline import FastAPIOffline
 
 from . import jobs, owners
-from .io import uploads
+from .io import sessions, uploads
+from .io.images import release_memory
 
 EXPORTS = {"poses.csv": "text/csv", "poses_imc2024.csv": "text/csv", "submission.csv": "text/csv",
            "points.ply": "application/octet-stream", "model.zip": "application/zip"}
@@ -175,6 +176,17 @@ def _run_dir(run_id: str) -> Path:
     return jobs.run_dir_for(run_id)
 
 
+@contextlib.contextmanager
+def _scratch(prefix: str):
+    """A private scratch folder under ``<runs root>/.sessions`` (:class:`backend.io.sessions.SessionFolder`),
+    removed when the block ends."""
+    folder = sessions.SessionFolder(prefix)
+    try:
+        yield folder.path
+    finally:
+        folder.remove()
+
+
 def _read_upload(f: UploadFile, limit: int, what: str) -> bytes:
     data = f.file.read(limit + 1)
     if len(data) > limit:
@@ -246,7 +258,9 @@ def create_app(token: str | None = None) -> FastAPI:
         limit = uploads.DEFAULT_LIMITS.max_image_bytes
         data = [_read_upload(image0, limit, "image0"), _read_upload(image1, limit, "image1")]
         labels = [uploads.sanitize_name(f.filename or f"image{i}") for i, f in enumerate((image0, image1))]
-        with tempfile.TemporaryDirectory(prefix="sfm-api-match-") as tmp, _MATCH_LOCK:
+        # the photos stay in a private folder under the runs root (never the system temp folder), removed on return;
+        # a server killed mid-request leaves it to remove_stale() at the next start
+        with _MATCH_LOCK, _scratch("api-match-") as tmp:
             ims = []
             for i, d in enumerate(data):
                 src = Path(tmp) / f"upload{i}"
@@ -262,6 +276,9 @@ def create_app(token: str | None = None) -> FastAPI:
                 raise _error(503, f"{e}") from None
             except ValueError as e:
                 raise _error(400, f"{e}") from None
+            finally:
+                del ims
+                release_memory()  # give the decoded photos and the matcher's buffers back to the system
         return res.to_dict()
 
     @app.post("/v1/runs", status_code=202)
@@ -383,6 +400,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, token: str | None = None) -
     print(f"SfM Explorer API on http://{host}:{port} (OpenAPI page: /docs); runs in {jobs.runs_root()}",
           flush=True)
     app = create_app(token)
+    sessions.remove_stale()  # scratch folders of requests a killed server left behind
     resumed = jobs.resume_interrupted()  # runs a crash or SIGKILL of the last server left half done
     if resumed:
         print(f"resumed {len(resumed)} interrupted run(s): {', '.join(resumed)}", flush=True)

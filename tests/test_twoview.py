@@ -4,14 +4,16 @@ truth (ScanNet sample pairs, temple), test-time rotation, bad input."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from backend.twoview.geometry import estimate_two_view, fundamental_from_pose
-from backend.twoview.groundtruth import (PairGT, epipolar_distance, match_precision, pose_auc, pose_errors,
-                                         read_pairs_file)
+from backend.twoview.groundtruth import (PairGT, epipolar_distance, match_precision, parse_intrinsics, parse_typed_gt,
+                                         pose_auc, pose_errors, read_gt_csv, read_pairs_file)
 from conftest import DATA, run_cli, scene_dir
 
 K = np.array([[800.0, 0, 320], [0, 800.0, 240], [0, 0, 1]])
@@ -156,3 +158,137 @@ def test_cli_twoview_bad_input_says_what_to_do(tmp_path):
     assert res.returncode == 2 and "has no row for" in res.stderr
     res = run_cli("twoview", str(a), str(a), "--K0", "1,2,3", "--K1", "1,2,3,4", "--no-similarity")
     assert res.returncode == 2 and "fx,fy,cx,cy" in res.stderr
+
+
+# ---------------------------------------------------------------- ground truth checked before any matching
+
+
+GOOD_K, GOOD_R, GOOD_T = "800,800,500,300", "1,0,0,0,1,0,0,0,1", "1,0,0"
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("r", ",".join(["nan"] * 9), "R needs 9 finite numbers"),
+    ("r", ",".join(["1e308"] * 9), "R is not a rotation matrix"),
+    ("r", "1,2,3,4,5,6,7,8,9", "R is not a rotation matrix"),
+    ("r", "1,0,0,0,1,0,0,0", "R: type 9 numbers"),
+    ("t", "inf,0,0", "t needs 3 finite numbers"),
+    ("t", "1e308,0,0", "t needs 3 finite numbers"),
+    ("k0", "0,0,0,0", "K0: the focal lengths fx, fy must be positive"),
+    ("k1", "-800,800,500,300", "K1: the focal lengths fx, fy must be positive"),
+    ("k0", "1e308,1e308,1e308,1e308", "K0: values above 1e+06 px"),
+    ("k1", "800,800,nan,300", "K1 needs finite numbers"),
+    ("k0", "800,800,500", "K0 (fx,fy,cx,cy): type 4 or 9 numbers"),
+])
+def test_typed_ground_truth_is_refused_with_what_to_type(field, value, says):
+    typed = {"k0": GOOD_K, "k1": GOOD_K, "r": GOOD_R, "t": GOOD_T, field: value}
+    with pytest.raises(ValueError) as e:
+        parse_typed_gt(typed["k0"], typed["k1"], typed["r"], typed["t"])
+    assert says in str(e.value)
+    assert "e.g." in str(e.value)  # an example of what to type instead
+
+
+def test_typed_ground_truth_accepts_a_pose_and_both_forms_of_K():
+    gt = parse_typed_gt("800 800 500 300", "800,0,500, 0,800,300, 0,0,1", "0.707,-0.707,0, 0.707,0.707,0, 0,0,1",
+                        "1;0;0")
+    assert gt.R.shape == (3, 3) and gt.R.dtype == np.float64 and gt.t.shape == (3,) and gt.source == "typed in"
+    np.testing.assert_array_equal(gt.K0, gt.K1)
+    assert parse_intrinsics("800,810,500,300")[1, 1] == 810
+
+
+def test_ground_truth_files_are_checked_naming_the_line(tmp_path):
+    eye = ";".join("1 0 0 0 1 0 0 0 1".split())
+    k = "800;0;320;0;800;240;0;0;1"
+    csv_ = tmp_path / "gt.csv"
+    for bad, says in ((f"b.png,{eye},0;0;1,0;0;0;0;0;0;0;0;1", "line 3: calibration_matrix: the focal lengths"),
+                      (f"b.png,{eye},0;0;1,1e308;0;0;0;1e308;0;0;0;1", "line 3: calibration_matrix: values above"),
+                      (f"b.png,1;2;3;4;5;6;7;8;9,0;0;1,{k}", "line 3: rotation_matrix is not a rotation"),
+                      (f"b.png,{eye},1e308;0;1,{k}", "line 3: translation_vector needs 3 finite")):
+        csv_.write_text(f"image_name,rotation_matrix,translation_vector,calibration_matrix\na.png,{eye},0;0;0,{k}\n"
+                        f"{bad}\n")
+        with pytest.raises(ValueError, match=re.escape(says)):
+            read_gt_csv(csv_)
+    pairs = tmp_path / "pairs.txt"
+    T = " ".join(map(str, np.eye(4).ravel()))
+    K9 = " ".join(k.split(";"))
+    pairs.write_text(f"a.png b.png 0 0 {K9} {K9} {T}\nc.png d.png 0 0 {' '.join(['0'] * 9)} {K9} {T}\n")
+    with pytest.raises(ValueError, match=r"pairs\.txt line 2: K0: the focal lengths"):
+        read_pairs_file(pairs)
+    pairs.write_text(f"a.png b.png 0 0 {K9} {K9} {T.replace('1.0', 'nan', 1)}\n")
+    with pytest.raises(ValueError, match=r"pairs\.txt line 1: R needs 9 finite numbers"):
+        read_pairs_file(pairs)
+
+
+def _twoview_args(*argv):
+    from backend.cli import build_parser
+
+    return build_parser().parse_args(["twoview", *argv])
+
+
+def test_cli_twoview_refuses_bad_intrinsics_and_ground_truth_before_matching(tmp_path, monkeypatch, capsys):
+    """The checks run before any photo is read or matched: the matcher is never called."""
+    import backend.twoview.pair as pair
+
+    def never(*a, **k):
+        raise AssertionError("matching started despite bad input")
+
+    monkeypatch.setattr(pair, "match_pair", never)
+    monkeypatch.setattr(pair, "match_prepared", never)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for p in (a, b):
+        Image.new("RGB", (64, 48)).save(p)
+    gt = tmp_path / "gt.csv"
+    gt.write_text("image_name,rotation_matrix,translation_vector,calibration_matrix\n"
+                  "a.png,1;0;0;0;1;0;0;0;1,0;0;0,0;0;0;0;0;0;0;0;1\nb.png,1;0;0;0;1;0;0;0;1,1;0;0,\n")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("a.png b.png 0 0 " + " ".join(["nan"] * 34) + "\n")
+    for argv, says in (((str(a), str(b), "--K0", "0,0,0,0", "--K1", GOOD_K), "--K0: the focal lengths"),
+                       ((str(a), str(b), "--K0", GOOD_K, "--K1", "1e308,1e308,1e308,1e308"), "--K1: values above"),
+                       ((str(a), str(b), "--gt", str(gt)), "gt.csv line 2: calibration_matrix: the focal lengths"),
+                       ((str(a), str(b), "--pairs-gt", str(pairs)), "pairs.txt line 1: R needs 9 finite")):
+        args = _twoview_args(*argv)
+        assert args.func(args) == 2
+        err = capsys.readouterr().err
+        assert says in err and "e.g." in err, err
+
+
+def _fake_run(root, run_id: str = "tvfake"):
+    """A run folder whose images stage is done, with two small photos (enough for the Two-view page's inputs)."""
+    d = root / run_id
+    (d / "images").mkdir(parents=True)
+    for n, c in (("a.jpg", (200, 30, 30)), ("b.jpg", (30, 200, 30))):
+        Image.new("RGB", (64, 48), c).save(d / "images" / n)
+    (d / "run.json").write_text(json.dumps({"status": "done", "stages": {"images": {"status": "done"}}}))
+    (d / "images.json").write_text(json.dumps({"images": [{"name": "a.jpg"}, {"name": "b.jpg"}], "skipped": []}))
+    return run_id
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("tv_r", ",".join(["nan"] * 9), "R needs 9 finite numbers"),
+    ("tv_t", "inf,0,0", "t needs 3 finite numbers"),
+    ("tv_k0", "0,0,0,0", "the focal lengths fx, fy must be positive"),
+    ("tv_k1", "1e308,1e308,1e308,1e308", "values above"),
+])
+def test_twoview_page_refuses_typed_ground_truth_as_it_is_typed(tmp_path, monkeypatch, field, value, says):
+    """The page says what is wrong with the typed ground truth as soon as it is typed, without matching (the matcher
+    is never called), and Match then works without ground truth."""
+    from streamlit.testing.v1 import AppTest
+
+    import backend.twoview.pair as pair
+
+    calls = []
+    monkeypatch.setattr(pair, "match_prepared", lambda *a, **k: calls.append("match"))
+    monkeypatch.setenv("SFM_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app_pages" / "twoview.py"),
+                           default_timeout=120)
+    at.session_state["run_id"] = _fake_run(tmp_path)
+    at.run()
+    at.radio(key="tv_gt_kind").set_value("Type K, R, t").run()
+    typed = {"tv_k0": GOOD_K, "tv_k1": GOOD_K, "tv_r": GOOD_R, "tv_t": GOOD_T, field: value}
+    for k, v in typed.items():
+        at.text_input(key=k).input(v)
+    at.run()
+    assert not at.exception, at.exception
+    errors = [str(e.value).replace("\\", "").replace("\u2060", "") for e in at.error]
+    assert any("Ground truth not used" in e and says in e and "e.g." in e for e in errors), errors
+    assert calls == []
+    assert not any("precision" in n.label.lower() for n in at.number_input)  # no ground truth, no precision box

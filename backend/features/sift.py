@@ -1,7 +1,13 @@
 """SIFT (Lowe, "Distinctive Image Features from Scale-Invariant Keypoints", IJCV 2004) in COLMAP's own
 implementation (github.com/colmap/colmap, ``pycolmap.Sift``): DoG keypoints with scale and orientation, RootSIFT
 descriptors (L1-root normalised), the same features COLMAP's ``feature_extractor`` writes. The pycolmap wheel here
-is a CPU build; a CUDA build of pycolmap runs it on the GPU (``use_gpu``)."""
+is a CPU build; a CUDA build of pycolmap runs it on the GPU (``use_gpu``).
+
+COLMAP logs through glog, whose default is a log file per severity in the system temp folder
+(``.<host>.<user>.log.INFO.<date>.<pid>``, written at the extractor's first "Creating SIFT CPU feature extractor"
+line): :meth:`SIFT._init` turns glog's log files off for the process first
+(:func:`backend.mapping.reconstruction.no_colmap_log_files`), so extraction in the app, the CLI and the API leaves
+nothing there; the lines still go to stderr."""
 
 from __future__ import annotations
 
@@ -24,6 +30,9 @@ class SIFT(Extractor):
     def _init(self):
         import pycolmap
 
+        from ..mapping.reconstruction import no_colmap_log_files
+
+        no_colmap_log_files()  # before pycolmap's first log line, which would open the file (module doc)
         c = self.conf
         opts = pycolmap.FeatureExtractionOptions()
         opts.num_threads = -1

@@ -7,16 +7,24 @@ orientation, and reads the EXIF focal length. Every usable image is written into
 (byte-identical when no conversion is needed), and ``<run>/images.json`` lists the images with their size and
 focal-length prior, and every skipped file with the reason (byte-identical duplicates are skipped too).
 
-Pixel limits (checked from the file header, before anything is decoded): an image of more than
-:data:`MAX_PIXELS` (150 MP) is refused; one of more than :data:`REDUCE_ABOVE_PIXELS` (50 MP) is decoded and
-stored at half size (JPEG: decoded at 1/2 scale by the decoder itself, so the full-size pixels never exist in
-memory; PNG/HEIF: decoded, then halved).
+Limits (checked from the file header, before anything is decoded): an image of more than :data:`MAX_PIXELS`
+(150 MP) is refused; one of more than :data:`REDUCE_ABOVE_PIXELS` (50 MP) is decoded and stored at half size (JPEG:
+decoded at 1/2 scale by the decoder itself, so the full-size pixels never exist in memory; PNG/HEIF: decoded, then
+halved); and an image whose decode would take more than :data:`MAX_DECODE_BYTES` (width x height x channels x bytes
+per sample, at the size the decoder produces) is refused with what to do (a 16-bit RGBA PNG of 149 MP is 1.2 GB of
+samples in a 1.2 MB file). Conversions (16-bit, alpha, palette, CMYK, halving) run in strips of
+:data:`STRIP_ROWS` rows, so they add at most the converted image to the decoded one, and the memory of a large
+decode is handed back to the operating system afterwards (:func:`release_memory`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import math
+import os
+import platform
 import re
 import shutil
 import warnings
@@ -25,7 +33,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from ..config import ImagesConfig
@@ -51,6 +59,17 @@ REDUCE_ABOVE_PIXELS = 50_000_000
 the features never look at more than 4096 px on the long side, and a full-size decode would cost 3 bytes per
 pixel."""
 DOWNSCALE_HINT_PX = 8000  # the long side suggested to the user for a refused image
+MAX_DECODE_BYTES = 300_000_000
+"""Largest decode accepted, in bytes of samples: width x height x channels x bytes per sample (2 for 16-bit, else
+1), read from the header, at the size the decoder produces (a JPEG above :data:`REDUCE_ABOVE_PIXELS` counts at half
+size, since it is decoded so). 300 MB is an 8-bit RGB image of 100 MP, the largest camera sensors' class: every
+JPEG under the pixel cap fits (decoded at half size above 50 MP), as do 8-bit RGB PNG/HEIC up to 100 MP, 8-bit RGBA
+up to 75 MP, 16-bit RGB up to 50 MP and any grayscale image under the pixel cap; what is refused is a PNG or HEIC
+that asks for more (the issue's 149 MP 16-bit RGBA PNG: 1.19 GB; a 144 MP RGB PNG: 432 MB). Pillow holds RGB and
+RGBA in 4 bytes per pixel (16-bit samples decoded to 8), so an accepted photo costs at most about 400 MB decoded
+plus its converted copy (at most a quarter of that when halved); the measured peaks are in bench/NOTES.md."""
+STRIP_ROWS = 256  # rows converted at a time (a 12000 px wide RGBA strip is 12 MB)
+RELEASE_ABOVE_BYTES = 32 * 2**20  # decodes larger than this hand their memory back to the OS afterwards
 # Pillow's own decompression-bomb guard (in Image.open) warns above MAX_IMAGE_PIXELS (default 89 MP) and refuses
 # above twice that, with a text about "DOS attacks" that must not reach a user. Our limit is checked from the header
 # first; Pillow's guard is moved above it (warns above 300 MP, refuses above 600 MP, both caught here) so that no
@@ -122,36 +141,60 @@ def _exif_fields(img: Image.Image) -> tuple[str, str, float | None, float | None
     return make, model, focal, f35, orientation
 
 
-def _to_rgb8(img: Image.Image, background: str) -> tuple[Image.Image, str]:
-    """Convert any PIL mode to 8-bit RGB. Returns the image and a description of the conversion."""
-    mode = img.mode
-    bg = (255, 255, 255) if background == "white" else (0, 0, 0)
-    if mode == "RGB":
-        return img, ""
-    if mode in ("I;16", "I;16B", "I;16L"):  # integer arithmetic: 4 bytes per pixel, not 8 (x / 257, rounded)
-        arr8 = ((np.asarray(img).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-        return Image.fromarray(arr8, "L").convert("RGB"), f"{mode} -> 8-bit RGB"
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}  # EXIF orientation -> the transpose that shows the image upright
+
+
+def _strip_to_rgb8(strip: Image.Image, mode: str, bg: tuple[int, int, int], scale16: float) -> Image.Image:
+    """One strip of an image in PIL ``mode`` as 8-bit RGB (transparency composited onto ``bg``)."""
+    if mode in ("I;16", "I;16B", "I;16L"):  # integer arithmetic on the strip only (x / 257, rounded)
+        arr8 = ((np.asarray(strip).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
     if mode in ("I", "F"):
-        arr = np.asarray(img).astype(np.float64)
-        scale = 255.0 / 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 1.0
-        arr8 = np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, "L").convert("RGB"), f"{mode} -> 8-bit RGB"
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-        mode = "RGBA(P)"
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, bg + (255,))
-        return Image.alpha_composite(canvas, rgba).convert("RGB"), f"{mode} composited onto {background}"
-    if img.mode == "RGBa" or img.mode == "La":
-        return img.convert("RGB"), f"{mode} -> RGB"
-    return img.convert("RGB"), f"{mode} -> RGB"
+        arr8 = np.clip(np.round(np.asarray(strip).astype(np.float64) * scale16), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if mode == "P" and "transparency" in strip.info:
+        strip = strip.convert("RGBA")
+    if strip.mode in ("RGBA", "LA", "PA"):
+        rgba = strip.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, bg + (255,)), rgba).convert("RGB")
+    return strip if strip.mode == "RGB" else strip.convert("RGB")
 
 
-def _is_16bit_png(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(26)
-    return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 25 and head[24] == 16
+def _to_rgb8(img: Image.Image, background: str, half: bool = False) -> tuple[Image.Image, str]:
+    """Convert any PIL mode to 8-bit RGB, halved (``Image.reduce(2)``, box average) when ``half``. Returns the image
+    and a description of the conversion ("" when ``img`` is returned as it is).
+
+    Works in strips of :data:`STRIP_ROWS` rows, so the memory it adds is the output image plus one strip (converting
+    the whole image at once cost up to four full-size copies: RGBA, canvas, composite, RGB)."""
+    mode = img.mode
+    if mode == "RGB" and not half:
+        return img, ""
+    bg = (255, 255, 255) if background == "white" else (0, 0, 0)
+    scale16 = 1.0
+    if mode in ("I", "F"):
+        lo, hi = img.getextrema()
+        scale16 = 255.0 / 65535.0 if hi > 255 else 1.0
+    w, h = img.size
+    out = Image.new("RGB", ((w + 1) // 2, (h + 1) // 2) if half else (w, h))
+    for y in range(0, h, STRIP_ROWS):  # STRIP_ROWS is even: the halved strips tile the halved image exactly
+        rgb = _strip_to_rgb8(img.crop((0, y, w, min(h, y + STRIP_ROWS))), mode, bg, scale16)
+        if half:
+            rgb = rgb.reduce(2)
+        out.paste(rgb, (0, y // 2 if half else y))
+        del rgb
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        desc = f"{mode} -> 8-bit RGB"
+    elif mode == "P" and "transparency" in img.info:
+        desc = f"RGBA(P) composited onto {background}"
+    elif mode in ("RGBA", "LA", "PA"):
+        desc = f"{mode} composited onto {background}"
+    elif mode == "RGB":
+        desc = ""
+    else:
+        desc = f"{mode} -> RGB"
+    return out, desc
 
 
 FRAME_35MM_DIAGONAL_MM = 43.27  # diagonal of the 36 x 24 mm frame
@@ -197,8 +240,106 @@ def _open(src) -> Image.Image:
         return Image.open(src)
 
 
+_PNG_COLOUR = {0: (1, "grayscale"), 2: (3, "RGB"), 3: (1, "palette"), 4: (2, "grayscale + alpha"), 6: (4, "RGBA")}
+
+
+@dataclass
+class DecodeSize:
+    """What decoding an image takes, from its header alone.
+
+    ``width`` x ``height``: px the decoder produces (a JPEG decoded in draft mode: the reduced size);
+    ``channels``: samples per pixel in the file (palette: 1); ``bytes_per_sample``: 2 for 16-bit (or deeper)
+    samples, else 1; ``layout``: e.g. ``"16-bit RGBA"``; ``alpha``: the image has a transparency channel.
+    """
+
+    width: int
+    height: int
+    channels: int
+    bytes_per_sample: int
+    layout: str
+    alpha: bool = False
+
+    @property
+    def bytes(self) -> int:
+        """width x height x channels x bytes per sample (the samples the decode produces at full precision)."""
+        return self.width * self.height * self.channels * self.bytes_per_sample
+
+
+def decode_size(img: Image.Image, head: bytes = b"") -> DecodeSize:
+    """:class:`DecodeSize` of an opened (not yet loaded) image.
+
+    Args:
+        img: from ``Image.open`` (header read, no pixel decoded); for a JPEG after any ``draft`` call.
+        head: the file's first 32 bytes; a PNG's bit depth and colour type are read from its IHDR there
+            (Pillow's mode hides them: a 16-bit RGBA PNG opens as ``RGBA``). Without it a PNG counts as 8-bit.
+    """
+    w, h = img.size
+    if img.format == "PNG" and len(head) >= 26 and head[12:16] == b"IHDR":
+        bits, ctype = head[24], head[25]
+        channels, name = _PNG_COLOUR.get(ctype, (len(img.getbands()), img.mode))
+        return DecodeSize(w, h, channels, 2 if bits > 8 else 1, f"{bits}-bit {name}", alpha=ctype in (4, 6))
+    bands = img.getbands()
+    bits = int(img.info.get("bit_depth", 8) or 8) if img.format == "HEIF" else 8
+    return DecodeSize(w, h, len(bands), 2 if bits > 8 else 1, f"{bits}-bit {img.mode}", alpha="A" in bands)
+
+
+def _fit_long_side(size: DecodeSize, bytes_per_pixel: int) -> int:
+    """The long side (px, rounded down to 100) at which ``size``'s image fits :data:`MAX_DECODE_BYTES` with
+    ``bytes_per_pixel``."""
+    s = math.sqrt(MAX_DECODE_BYTES / (size.width * size.height * bytes_per_pixel))
+    return max(100, int(max(size.width, size.height) * min(s, 1.0)) // 100 * 100)
+
+
+def decode_limit_problem(size: DecodeSize) -> str:
+    """The reason shown to the user when decoding ``size`` would take more than :data:`MAX_DECODE_BYTES`, else ''.
+
+    The reason says what to do: save the image as 8-bit (and without transparency) when that is enough, or
+    downscale it to a long side that fits (both are given when a 16-bit or transparent image needs both)."""
+    if size.bytes <= MAX_DECODE_BYTES:
+        return ""
+    long_side = max(size.width, size.height)
+    fixes = []
+    if size.bytes_per_sample > 1 or size.alpha:
+        colour = 1 if size.layout.endswith(("grayscale", "grayscale + alpha", " L", " LA")) else 3
+        kind = ("8-bit grayscale" if colour == 1 else "8-bit RGB") + (" without transparency" if size.alpha else "")
+        fit8 = _fit_long_side(size, colour)
+        fixes.append(f"save it as {kind}" if fit8 >= long_side else
+                     f"save it as {kind} at up to {fit8} px on the long side")
+    fixes.append(f"downscale it to {_fit_long_side(size, size.channels * size.bytes_per_sample)} px on the long "
+                 "side")
+    return (f"image is {size.width}x{size.height} px, {size.layout}: decoding it takes "
+            f"{size.bytes / 1e6:.0f} MB, above the {MAX_DECODE_BYTES // 10**6} MB limit per photo: "
+            f"{' or '.join(fixes)}, and add it again")
+
+
+def _reduced_by_decoder(img: Image.Image) -> bool:
+    """Ask a JPEG (or MPO) above :data:`REDUCE_ABOVE_PIXELS` to decode at half size (draft mode: DCT scaling, the
+    full-size pixels never exist in memory). Returns whether the decoder will produce the reduced size."""
+    w0, h0 = img.size
+    if w0 * h0 > REDUCE_ABOVE_PIXELS and isinstance(img, JpegImageFile):
+        img.draft("RGB", (w0 // 2, h0 // 2))
+        return img.size != (w0, h0)
+    return False
+
+
+def _read_head(src, n: int = 32) -> bytes:
+    """The first ``n`` bytes of ``src`` (bytes, a binary file object rewound afterwards, or a path)."""
+    if isinstance(src, (bytes, bytearray)):
+        return bytes(src[:n])
+    if hasattr(src, "read"):
+        pos = src.tell()
+        try:
+            return src.read(n)
+        finally:
+            src.seek(pos)
+    with open(src, "rb") as f:
+        return f.read(n)
+
+
 def header_problem(src: Union[bytes, BinaryIO, Path]) -> str:
-    """Why an image would be refused from its header alone (more than :data:`MAX_PIXELS`), else ''.
+    """Why an image would be refused from its header alone, else '': more than :data:`MAX_PIXELS`
+    (:func:`pixel_limit_problem`), or a decode of more than :data:`MAX_DECODE_BYTES` (:func:`decode_limit_problem`;
+    a large JPEG counts at the half size it is decoded at).
 
     Reads only the header (no pixel is decoded). A file whose header cannot be read gives '' here: the images
     stage reports it with its reason.
@@ -212,8 +353,13 @@ def header_problem(src: Union[bytes, BinaryIO, Path]) -> str:
     f = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src
     pos = f.tell() if hasattr(f, "tell") else None
     try:
+        head = _read_head(f)
         with _open(f) as img:
-            return pixel_limit_problem(*img.size)
+            too_big = pixel_limit_problem(*img.size)
+            if too_big:
+                return too_big
+            _reduced_by_decoder(img)
+            return decode_limit_problem(decode_size(img, head))
     except Image.DecompressionBombError as e:
         return _bomb_reason(e)
     except Exception:  # noqa: BLE001 - not readable as an image: the images stage says why
@@ -235,10 +381,12 @@ def stored_name(path: Path) -> str:
 def validate_image(path: Path, out_dir: Path, cfg: ImagesConfig, out_name: str | None = None) -> ImageInfo:
     """Read one image, write its validated copy into ``out_dir`` and return its :class:`ImageInfo`.
 
-    The size is checked from the header first (more than :data:`MAX_PIXELS`: refused, nothing decoded). JPEG
-    (and MPO: its first frame) is copied byte for byte when nothing has to change; an image above
-    :data:`REDUCE_ABOVE_PIXELS` is decoded at half size (JPEG: by the decoder, so peak memory is that of the
-    half-size image) and re-encoded; HEIC/HEIF is decoded (its orientation applied) and written as JPEG.
+    The size is checked from the header first (more than :data:`MAX_PIXELS`, or a decode of more than
+    :data:`MAX_DECODE_BYTES`: refused, nothing decoded). JPEG (and MPO: its first frame) is copied byte for byte
+    when nothing has to change; an image above :data:`REDUCE_ABOVE_PIXELS` is decoded at half size (JPEG: by the
+    decoder, so peak memory is that of the half-size image; PNG/HEIF: decoded, then halved strip by strip) and
+    re-encoded; HEIC/HEIF is decoded (its orientation applied) and written as JPEG. After a decode of more than
+    :data:`RELEASE_ABOVE_BYTES` the freed memory is handed back to the OS (:func:`release_memory`).
 
     Args:
         path: source image.
@@ -247,14 +395,26 @@ def validate_image(path: Path, out_dir: Path, cfg: ImagesConfig, out_name: str |
         out_name: the file name in ``out_dir`` (default :func:`stored_name`).
 
     Raises:
-        ValueError: the file is empty, not an image, of an unsupported format, above the pixel limit, too small,
-            or truncated/corrupt (the message is the reason shown to the user).
+        ValueError: the file is empty, not an image, of an unsupported format, above the pixel limit or the decode
+            limit (:data:`MAX_DECODE_BYTES`), too small, or truncated/corrupt (the message is the reason shown to
+            the user, with what to do).
     """
-    path = Path(path)
+    large: list[bool] = []
+    try:
+        return _validate_image(Path(path), out_dir, cfg, out_name, large)
+    finally:
+        if large:  # the decoded pixels are freed by now: give the pages back to the OS
+            release_memory()
+
+
+def _validate_image(path: Path, out_dir: Path, cfg: ImagesConfig, out_name: str | None,
+                    large: list[bool]) -> ImageInfo:
+    """:func:`validate_image`'s work; appends True to ``large`` once a decode above
+    :data:`RELEASE_ABOVE_BYTES` starts."""
     if path.stat().st_size == 0:
         raise ValueError("empty file (0 bytes)")
     name = out_name or stored_name(path)
-    reduced = False
+    head = _read_head(path)
     try:
         with _open(path) as img:
             fmt = img.format
@@ -264,18 +424,23 @@ def validate_image(path: Path, out_dir: Path, cfg: ImagesConfig, out_name: str |
                 raise ValueError(too_big)
             if fmt not in ("JPEG", "MPO", "PNG", "HEIF"):
                 raise ValueError(f"unsupported image format {fmt} (use {SUPPORTED_TEXT})")
-            if w0 * h0 > REDUCE_ABOVE_PIXELS and isinstance(img, JpegImageFile):
-                img.draft("RGB", (w0 // 2, h0 // 2))  # DCT scaling: the decoder writes the half-size image only
-                reduced = img.size != (w0, h0)
+            reduced = _reduced_by_decoder(img)
+            size = decode_size(img, head)
+            too_big = decode_limit_problem(size)
+            if too_big:  # PNG and HEIF cannot be decoded reduced: refused before any pixel is decoded
+                raise ValueError(too_big)
+            if size.bytes > RELEASE_ABOVE_BYTES:
+                large.append(True)
             img.load()  # decode fully: truncated or corrupt data fails here
             make, model, focal, f35, orientation = _exif_fields(img)
-            sixteen = fmt == "PNG" and _is_16bit_png(path)
-            oriented = ImageOps.exif_transpose(img) if orientation != 1 else img
-            rgb, conversion = _to_rgb8(oriented, cfg.background)
+            sixteen = fmt == "PNG" and size.bytes_per_sample == 2
+            half = w0 * h0 > REDUCE_ABOVE_PIXELS and not reduced
+            rgb, conversion = _to_rgb8(img, cfg.background, half=half)  # strip by strip
+            reduced = reduced or half
             if sixteen and not conversion:
                 conversion = "16-bit -> 8-bit RGB"
-            if w0 * h0 > REDUCE_ABOVE_PIXELS and not reduced:
-                rgb, reduced = rgb.reduce(2), True
+            if orientation in _TRANSPOSE:  # on the converted (and halved) copy: one transpose, of the smaller image
+                rgb = rgb.transpose(_TRANSPOSE[orientation])
     except UnidentifiedImageError:
         hint = "" if HEIF_SUPPORTED or path.suffix.lower() not in HEIF_EXTENSIONS else \
             " (HEIC needs the pillow-heif package on the server)"
@@ -288,7 +453,7 @@ def validate_image(path: Path, out_dir: Path, cfg: ImagesConfig, out_name: str |
     notes = []
     if fmt == "HEIF":
         notes.append("HEIF -> JPEG")
-    if orientation != 1:
+    if orientation in _TRANSPOSE:
         notes.append(f"EXIF orientation {orientation} applied")
     if reduced:
         notes.append(f"{w0}x{h0} px ({w0 * h0 / 1e6:.0f} MP) stored at half size (above "
@@ -318,6 +483,42 @@ def validate_image(path: Path, out_dir: Path, cfg: ImagesConfig, out_name: str |
         conversion=conversion,
         source=str(path),
     )
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (None elsewhere: musl, macOS, Windows), looked up once."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        try:
+            if platform.system() == "Linux" and os.confstr("CS_GNU_LIBC_VERSION"):
+                _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+                _MALLOC_TRIM.argtypes, _MALLOC_TRIM.restype = [ctypes.c_size_t], ctypes.c_int
+        except (OSError, ValueError, AttributeError):  # not glibc: nothing to trim
+            _MALLOC_TRIM = False
+    return _MALLOC_TRIM or None
+
+
+_MALLOC_TRIM = None
+
+
+def release_memory() -> bool:
+    """Collect garbage, then hand the C heap's free pages back to the operating system (glibc ``malloc_trim(0)``).
+
+    Why: a decoded photo is freed to the C allocator, which keeps the pages for reuse (Pillow allocates in 16 MB
+    blocks, and after the first large free glibc serves such blocks from its heaps instead of fresh mappings), so
+    a server that decoded a large photo kept its peak resident size for good (the Two-view page: 3.2 GB ten minutes
+    later). Costs a few ms to a few tens of ms (one full ``gc.collect``); call it after large work, not per call.
+
+    Returns:
+        True when ``malloc_trim`` ran (glibc), False where only the garbage collection could run.
+    """
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def list_candidates(images_dir: Path) -> tuple[list[Path], list[SkippedFile]]:

@@ -42,6 +42,7 @@ SIMILARITY_THRESHOLD = 61.0
 DEFAULT_RESIZE = 1024
 DEFAULT_MAX_KEYPOINTS = 2048
 THRESHOLD_PX = 1.0  # RANSAC threshold in pixels of the image the extractor saw (scaled to stored pixels)
+PREVIEW_MAX_SIDE = 1600  # long side of the images a page keeps for drawing (drawn 420-600 px high)
 
 
 @dataclass
@@ -138,6 +139,28 @@ def prepare_image(src: Path, work_dir: Path, out_name: str, label: str | None = 
     info = validate_image(Path(src), work_dir, ImagesConfig(), out_name=out_name)
     return PairImage(work_dir / info.name, label or Path(src).name, info.width, info.height,
                      float(info.focal_px), info.focal_source)
+
+
+def preview_image(im: PairImage, max_side: int = PREVIEW_MAX_SIDE):
+    """A small copy of a validated image for drawing matches, so that a page keeps kilobytes, not the full photo.
+
+    Args:
+        im: from :func:`prepare_image`.
+        max_side: long side in px of the preview (never upscaled); a JPEG is decoded reduced (draft mode).
+
+    Returns:
+        ``(preview, scale)``: ``preview`` a PIL RGB image; ``scale`` float64 [2] = stored px / preview px per axis
+        (x, y), so a keypoint ``kp`` float [N, 2] in stored-image pixels is at ``kp / scale`` on the preview.
+
+    Raises:
+        OSError: the validated copy cannot be read.
+    """
+    from PIL import Image
+
+    from ..io.images import load_rgb
+
+    arr, sx, sy = load_rgb(im.path, max_side)
+    return Image.fromarray(arr), np.array([sx, sy], np.float64)
 
 
 def _extract(model, features: str, path: Path, resize: int, max_keypoints: int, turns: int = 0) -> dict:
