@@ -109,5 +109,13 @@ def test_two_people_one_server(server, tmp_path):
         # a fresh visitor with the old link is told the same
         _home(bob, base, f"?run={run_id}")
         bob.get_by_text(DELETED).first.wait_for()
+        # an empty or unreadable ?run= is said in words (not as '****'), on Home and on the Two-view page
+        for query in ("?run=", "?run=%00"):
+            for page_path in ("", "twoview"):
+                bob.goto(f"{base}/{page_path}{query}")
+                bob.get_by_text("empty or unreadable run id").first.wait_for()
+        bob.goto(f"{base}/twoview?run=no-such-run")
+        bob.get_by_text("There is no run with the id").first.wait_for()
+        _shot(bob, "5_twoview_bad_run_id")
         alice_ctx.close()
         bob_ctx.close()
