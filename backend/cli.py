@@ -65,6 +65,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    "xfeat | sift | orb | akaze (default: the preset's)")
     p.add_argument("--matcher", help="lightglue (ALIKED, DISK) | lighterglue (XFeat) | nn-ratio (any) | adalam (any); default: the "
                    "preset's, or the features' own when the preset's cannot match them")
+    p.add_argument("--matcher-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the matcher's default_conf, e.g. cpu_attention=kornia (repeatable)")
     p.add_argument("--border", type=int, help="features: drop keypoints within this many px of the image edge")
     p.add_argument("--camera-mode", choices=["per_image", "shared", "auto"], help="one camera per image or shared")
     p.add_argument("--mapper", choices=MAPPERS,
@@ -100,7 +102,39 @@ def config_from_args(args: argparse.Namespace):
     """The :class:`PipelineConfig` of a preset with the command-line overrides applied."""
     from .config import OVERRIDES, apply_overrides, get_preset
 
-    return apply_overrides(get_preset(args.preset), **{name: getattr(args, name, None) for name in OVERRIDES})
+    cfg = apply_overrides(get_preset(args.preset), **{name: getattr(args, name, None) for name in OVERRIDES})
+    extra = _key_values(getattr(args, "matcher_option", None) or [], "--matcher-option")
+    if extra:
+        from .matchers import matcher_class
+
+        known = matcher_class(cfg.matching.name).default_conf
+        unknown = sorted(set(extra) - set(known))
+        if unknown:
+            raise ValueError(f"--matcher-option: {cfg.matching.name} has no option {', '.join(unknown)}; its options: "
+                             f"{', '.join(known)}")
+        cfg.matching.options.update(extra)
+    return cfg
+
+
+def _key_values(items: list[str], flag: str) -> dict:
+    """``["k=v", ...]`` as a dict, each value a number where it reads as one (``-1``, ``0.9``), else the text.
+
+    Raises:
+        ValueError: an item without ``=`` (the message names ``flag``).
+    """
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{flag} {item!r}: give KEY=VALUE, e.g. cpu_attention=kornia")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        out[key.strip()] = value
+    return out
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:

@@ -172,6 +172,13 @@ def run_config(scene: str, config: str, out: Path, images: Path | None = None, t
         row["matcher"] = cfg.get("matching", {}).get("name")
         row["seconds_per_image"] = st.get("features", {}).get("counts", {}).get("seconds_per_image")
         row["seconds_per_pair"] = st.get("matching", {}).get("counts", {}).get("seconds_per_pair")
+        if (run_dir / "run.json").exists():
+            from bench.profile import profile_run
+
+            try:  # where the time went: per pair (verified or not, LightGlue's depth and width), per mapping pass
+                row["profile"] = profile_run(run_dir)
+            except (OSError, KeyError, ValueError) as e:
+                row["profile"] = {"error": str(e)}
     if (run_dir / "poses.csv").exists() and (scene_dir(scene) / "gt.csv").exists():
         ev = evaluate(scene, run_dir / "poses.csv")
         row["mAA"] = round(ev["mAA"], 4)  # the official IMC 2025 mAA

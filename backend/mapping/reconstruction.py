@@ -223,15 +223,25 @@ def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label
     models = pycolmap.incremental_mapping(
         db or run_dir / DATABASE, _inputs(run_dir) / "images", tmp, opts, next_image_callback=next_image
     )
-    if time.perf_counter() - t0 >= bound:
+    seconds = time.perf_counter() - t0
+    if seconds >= bound:
         TIME_BOUND_HIT.append({"label": label.strip(" ()") or "mapping", "bound_seconds": bound})
         report("mapping", min(registered[0], n_images), n_images, f"stopped at the time bound ({bound} s)")
+    kept = sum(m.num_reg_images() for m in models.values())
+    PASSES.append({"label": label.strip(" ()") or "mapping", "seconds": round(seconds, 2), "bound_seconds": bound,
+                   "images": n_images, "models": len(models), "registered": int(kept),
+                   "registrations": registered[0], "registrations_thrown_away": max(0, registered[0] - int(kept))})
     shutil.rmtree(tmp, ignore_errors=True)
     return models
 
 
 TIME_BOUND_HIT: list[dict] = []
 """The incremental mapping calls of this process that stopped at their time bound (read into mapping.json)."""
+PASSES: list[dict] = []
+"""Every incremental mapping call of this process (mapping.json ``passes``, the profile ``python -m bench``
+reports): ``label``, wall ``seconds``, ``bound_seconds`` (its time bound), ``images``, ``models`` kept,
+``registered`` (images in them), ``registrations`` (images registered during the call, models thrown away
+included) and ``registrations_thrown_away``."""
 
 
 def mapping_time_bound(cfg: MappingConfig, n_images: int) -> int:
@@ -724,7 +734,8 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
         })
     dropped = [d for key, ds in deregistered.items() for d in ds if key not in dict(order)]
     return {"models": summary, "cameras": camera_info, "deregistered_outside_models": dropped, "fold": fold,
-            "time_bound_seconds": mapping_time_bound(cfg, n_images), "stopped_at_time_bound": list(TIME_BOUND_HIT)}
+            "time_bound_seconds": mapping_time_bound(cfg, n_images), "stopped_at_time_bound": list(TIME_BOUND_HIT),
+            "passes": list(PASSES)}
 
 
 def _group_database(run_dir: Path, gdir: Path, members: list[str], images: dict, cfg: MappingConfig) -> int:
@@ -860,7 +871,7 @@ def map_scenes(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: 
         result = {"models": model_summaries, "cameras": first.get("cameras", {}), "fold": first.get("fold"),
                   "deregistered_outside_models": [d for _, r in per_group for d in r["deregistered_outside_models"]],
                   "time_bound_seconds": first.get("time_bound_seconds"),
-                  "stopped_at_time_bound": list(TIME_BOUND_HIT),
+                  "stopped_at_time_bound": list(TIME_BOUND_HIT), "passes": list(PASSES),
                   "groups": [{"group": g, "images": len(sp.groups[g]), "cameras": r.get("cameras"),
                               "fold": r.get("fold"), "models": [m["registered_images"] for m in r["models"]]}
                              for g, (_, r) in enumerate(per_group)]}

@@ -5,11 +5,14 @@ authors (Potje et al., CVPR 2024; github.com/verlab/accelerated_features: 6 laye
 from __future__ import annotations
 
 from .base import Matcher
-from .lightglue import load_lightglue_state, run_lightglue
+from .lightglue import load_lightglue_state, run_lightglue, set_cpu_attention
 
 
 class LighterGlue(Matcher):
-    default_conf = {"depth_confidence": -1.0, "width_confidence": 0.95, "filter_threshold": 0.1}
+    """LighterGlue with kornia's model; ``cpu_attention`` and :attr:`last_stats` as :class:`.lightglue.LightGlue`'s."""
+
+    default_conf = {"depth_confidence": -1.0, "width_confidence": 0.95, "filter_threshold": 0.1,
+                    "cpu_attention": "sdpa"}
     features = {"xfeat": "xfeat-lighterglue"}
     uses_gpu = True
     licence = "Apache-2.0 (code and weights)"
@@ -26,7 +29,9 @@ class LighterGlue(Matcher):
         model = KorniaLightGlue(None, input_dim=64, descriptor_dim=96, n_layers=6, num_heads=1,
                                 depth_confidence=c["depth_confidence"], width_confidence=c["width_confidence"],
                                 filter_threshold=c["filter_threshold"], mp=self.device.type == "cuda")
-        self.model = load_lightglue_state(model, "xfeat-lighterglue", prefix="matcher.").eval().to(self.device)
+        model = load_lightglue_state(model, "xfeat-lighterglue", prefix="matcher.").eval().to(self.device)
+        self.model = set_cpu_attention(model, c["cpu_attention"], self.device)
+        self.last_stats: dict = {}
 
     def match(self, f0, f1):
-        return run_lightglue(self.model, f0, f1, self.device)
+        return run_lightglue(self.model, f0, f1, self.device, self.last_stats)

@@ -6,6 +6,9 @@
 - ``matches``: int32 [M, 2], indices into the keypoints of image0 and image1 in ``features.h5``;
 - ``scores``: float16 [M], the matcher's confidence in [0, 1] (LightGlue's probability; 1 - ratio for nn-ratio);
 - attribute ``matcher`` (the registry name);
+- attributes ``seconds`` (the matcher's time on this pair, s; absent for pairs matched on Ray workers) and, for
+  LightGlue and LighterGlue, ``layers`` (transformer layers run before adaptive depth stopped) and ``pruned``
+  (share of keypoints dropped by adaptive width): the profile ``python -m bench`` reports;
 - attribute ``key`` (written last): :func:`match_key` of both images' feature keys (``features.h5``), the
   matcher, its options and its weights. A pair is recomputed unless its entry carries the key it would get now,
   so matches always index the current keypoints (see :mod:`backend.io.h5cache`).
@@ -56,8 +59,9 @@ def match_key(feature_key0: str, feature_key1: str, cfg: MatchingConfig, extract
 
 def _match_local(feats_path: Path, todo: list[tuple[str, str]], cfg: MatchingConfig, extractor: str,
                  cancel: threading.Event | None, device):
-    """Yield ``((name0, name1), matches int32 [M, 2], scores float32 [M], seconds)`` for each pair of ``todo`` in
-    order, matching in this process."""
+    """Yield ``((name0, name1), matches int32 [M, 2], scores float32 [M], seconds, stats)`` for each pair of
+    ``todo`` in order, matching in this process; ``stats``: the matcher's ``last_stats`` for the pair ({} when it
+    keeps none)."""
     if not todo:
         return
     model = load_matcher(cfg.name, extractor, device, **method_options(cfg))
@@ -79,7 +83,7 @@ def _match_local(feats_path: Path, todo: list[tuple[str, str]], cfg: MatchingCon
             raise InterruptedError("cancelled")
         t0 = time.perf_counter()
         m, s = model.match(feats(n0), feats(n1))
-        yield (n0, n1), m, s, time.perf_counter() - t0
+        yield (n0, n1), m, s, time.perf_counter() - t0, dict(getattr(model, "last_stats", None) or {})
 
 
 def run_matching(
@@ -128,17 +132,17 @@ def run_matching(
     if progress:
         progress(done, len(pairs), "cached")
     seconds = 0.0
-    buffer: list[tuple[str, str, np.ndarray, np.ndarray]] = []
+    buffer: list[tuple[str, str, np.ndarray, np.ndarray, dict]] = []
     last_flush = time.monotonic()
 
     def flush():
         # the file is opened only to write, so that readers (the app) can open it between writes
         if not buffer:
             return
-        with writing(path, [pair_key(a, b) for a, b, _, _ in buffer]) as f:
-            for a, b, m, s in buffer:
+        with writing(path, [pair_key(a, b) for a, b, _, _, _ in buffer]) as f:
+            for a, b, m, s, attrs in buffer:
                 write_entry(f, pair_key(a, b), {"matches": m, "scores": s.astype(np.float16)},
-                            {"matcher": cfg.name}, keys[(a, b)])
+                            {"matcher": cfg.name, **attrs}, keys[(a, b)])
         buffer.clear()
 
     if executor is not None and todo:
@@ -146,9 +150,10 @@ def run_matching(
     else:
         results = _match_local(feats_path, todo, cfg, extractor, cancel, device)
     try:
-        for (n0, n1), m, s, secs in results:
+        for (n0, n1), m, s, secs, *more in results:  # (Ray's workers send no per-pair stats)
             seconds += secs
-            buffer.append((n0, n1, m, s))
+            attrs = {"seconds": float(secs), **(more[0] if more else {})} if executor is None else {}
+            buffer.append((n0, n1, m, s, attrs))
             done += 1
             if time.monotonic() - last_flush > 5.0:
                 flush()
