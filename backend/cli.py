@@ -298,6 +298,21 @@ def cmd_twoview(args) -> int:
     return 0
 
 
+def cmd_export_onnx(args) -> int:
+    from .io.weights import MissingWeightsError
+    from .onnx_export import NOT_EXPORTED, export_matcher
+
+    try:
+        path = export_matcher(args.features, args.matcher, Path(args.out_dir))
+    except (ValueError, MissingWeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} and {path.parent / 'manifest.json'} (run it with onnxruntime: "
+          "backend.onnx_export.OnnxMatcher)")
+    print(f"the extractor {args.features} is not exported: {NOT_EXPORTED.get(args.features, 'no network')}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .api import serve
 
@@ -363,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-similarity", action="store_true", help="skip the global-descriptor similarity")
     t.add_argument("--json", action="store_true", help="print the result as JSON")
     t.set_defaults(func=cmd_twoview)
+    x = sub.add_parser("export-onnx", help="export a learned matcher (LightGlue, LighterGlue) with our weights to ONNX")
+    x.add_argument("out_dir", help="folder for <matcher>-<features>.onnx and manifest.json")
+    x.add_argument("--features", default="aliked-n16", choices=list(EXTRACTORS))
+    x.add_argument("--matcher", default="lightglue", choices=["lightglue", "lighterglue"])
+    x.set_defaults(func=cmd_export_onnx)
     v = sub.add_parser("serve", help="the HTTP API (FastAPI; OpenAPI page at /docs)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default localhost only)")
     v.add_argument("--port", type=int, default=8000)
