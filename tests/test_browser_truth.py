@@ -132,7 +132,9 @@ def test_every_page_shows_the_same_registered_counts(server, browser):
     assert {k for k, r in table.items() if r[col] == "yes"} == set(m0) | set(m1)
     assert all(table[x][col] == "no" for x in lost)
     assert all(table[x][head.index("model")] == "1" and table[x][head.index("scene")] == "scene1" for x in m1)
-    # the thumbnails say it too
+    # the thumbnails say it too (read once the page's last section is drawn: every thumbnail is above it)
+    page.get_by_role("heading", name="Skipped files").wait_for()
+    text = page.locator('[data-testid="stMain"]').inner_text()
     assert text.count("registered: model 0 (scene0)") == len(m0) and text.count("not registered") == len(lost)
     _shot(page, "4_images_registered_column")
     page.close()
