@@ -67,6 +67,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    "preset's, or the features' own when the preset's cannot match them")
     p.add_argument("--matcher-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the matcher's default_conf, e.g. cpu_attention=kornia (repeatable)")
+    p.add_argument("--mapping-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a field of the mapping config (backend/config.py, MappingConfig), e.g. "
+                        "ba_global_ratio=1.4 (repeatable)")
     p.add_argument("--border", type=int, help="features: drop keypoints within this many px of the image edge")
     p.add_argument("--camera-mode", choices=["per_image", "shared", "auto"], help="one camera per image or shared")
     p.add_argument("--mapper", choices=MAPPERS,
@@ -113,6 +116,26 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError(f"--matcher-option: {cfg.matching.name} has no option {', '.join(unknown)}; its options: "
                              f"{', '.join(known)}")
         cfg.matching.options.update(extra)
+    mapping = _key_values(getattr(args, "mapping_option", None) or [], "--mapping-option")
+    if mapping:
+        import dataclasses
+
+        fields = {f.name: f for f in dataclasses.fields(cfg.mapping)}
+        unknown = sorted(set(mapping) - set(fields))
+        if unknown:
+            raise ValueError(f"--mapping-option: the mapping config has no field {', '.join(unknown)}; its fields: "
+                             f"{', '.join(fields)}")
+        for key, value in mapping.items():
+            current = getattr(cfg.mapping, key)
+            if isinstance(current, bool):
+                if str(value).lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"--mapping-option {key}={value}: give true or false")
+                value = str(value).lower() in ("true", "1")
+            elif isinstance(current, (int, float)) and not isinstance(value, (int, float)):
+                raise ValueError(f"--mapping-option {key}={value}: give a number")
+            elif isinstance(current, str):
+                value = str(value)
+            setattr(cfg.mapping, key, type(current)(value) if isinstance(current, float) else value)
     return cfg
 
 

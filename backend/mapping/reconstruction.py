@@ -197,10 +197,14 @@ def _fresh_tmp(run_dir: Path) -> Path:
 
 def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "",
                  db: Path | None = None) -> dict:
-    """Incremental mapping of ``database.db`` (or ``db``): {index: pycolmap.Reconstruction}."""
+    """Incremental mapping of ``database.db`` (or ``db``): {index: pycolmap.Reconstruction}.
+
+    The time bound (:func:`mapping_time_bound`) is a stall guard, not a deadline: every registration moves COLMAP's
+    ``max_runtime_seconds`` to "now + bound", so the call stops only after ``bound`` seconds without a new
+    registration, or at the ceiling (:func:`mapping_time_ceiling`). A slow mapper that is still registering photos
+    keeps them (issue 25: a 172 s deadline had cut 19 of 43 photos of an internet collection)."""
     import pycolmap
 
-    tmp = _fresh_tmp(run_dir)
     opts = pycolmap.IncrementalPipelineOptions()
     opts.min_model_size = cfg.min_model_size
     opts.multiple_models = True
@@ -209,29 +213,46 @@ def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label
     opts.ba_refine_focal_length = cfg.refine_focal_length
     opts.ba_refine_extra_params = cfg.refine_extra_params
     bound = mapping_time_bound(cfg, n_images)
+    ceiling = mapping_time_ceiling(cfg, n_images)
     opts.max_runtime_seconds = bound  # COLMAP stops registering and returns the models so far
     opts.ba_global_frames_ratio = opts.ba_global_points_ratio = cfg.ba_global_ratio
+    opts.ba_global_max_refinements = cfg.ba_global_max_refinements
     opts.mapper.ba_global_ignore_redundant_points3D = cfg.ba_ignore_redundant_points
+    opts.image_path = str(_inputs(run_dir) / "images")
+    database = pycolmap.Database.open(db or run_dir / DATABASE)
+    manager = pycolmap.ReconstructionManager()
+    pipeline = pycolmap.IncrementalPipeline(opts, database, manager)
     registered = [0]
+    t0 = time.perf_counter()
 
-    def next_image():
-        registered[0] += 1
+    def on_registration(first: bool = False):
+        registered[0] += 1 + first
+        # COLMAP measures max_runtime_seconds from the start of run(): move the bound to bound s from now
+        pipeline.options.max_runtime_seconds = int(min(ceiling, time.perf_counter() - t0 + bound))
         report("mapping", min(registered[0], n_images), n_images, f"registering image {registered[0]}")
 
+    pipeline.add_callback(pycolmap.IncrementalPipelineCallback.INITIAL_IMAGE_PAIR_REG_CALLBACK,
+                          lambda: on_registration(True))
+    pipeline.add_callback(pycolmap.IncrementalPipelineCallback.NEXT_IMAGE_REG_CALLBACK, on_registration)
     report("mapping", 0, n_images, f"incremental mapping{label}")
-    t0 = time.perf_counter()
-    models = pycolmap.incremental_mapping(
-        db or run_dir / DATABASE, _inputs(run_dir) / "images", tmp, opts, next_image_callback=next_image
-    )
+    try:
+        pipeline.run()
+    finally:
+        database.close()
+    models = {i: manager.get(i) for i in range(manager.size())}
     seconds = time.perf_counter() - t0
-    if seconds >= bound:
-        TIME_BOUND_HIT.append({"label": label.strip(" ()") or "mapping", "bound_seconds": bound})
-        report("mapping", min(registered[0], n_images), n_images, f"stopped at the time bound ({bound} s)")
+    stopped = pipeline.check_reached_max_runtime()
+    if stopped:
+        TIME_BOUND_HIT.append({"label": label.strip(" ()") or "mapping", "bound_seconds": bound,
+                               "ceiling_seconds": ceiling, "seconds": round(seconds, 2)})
+        report("mapping", min(registered[0], n_images), n_images,
+               f"stopped: no new registration for {bound} s" if seconds < ceiling else
+               f"stopped at the ceiling ({ceiling} s)")
     kept = sum(m.num_reg_images() for m in models.values())
     PASSES.append({"label": label.strip(" ()") or "mapping", "seconds": round(seconds, 2), "bound_seconds": bound,
+                   "ceiling_seconds": ceiling, "stopped_by_bound": bool(stopped),
                    "images": n_images, "models": len(models), "registered": int(kept),
                    "registrations": registered[0], "registrations_thrown_away": max(0, registered[0] - int(kept))})
-    shutil.rmtree(tmp, ignore_errors=True)
     return models
 
 
@@ -239,19 +260,26 @@ TIME_BOUND_HIT: list[dict] = []
 """The incremental mapping calls of this process that stopped at their time bound (read into mapping.json)."""
 PASSES: list[dict] = []
 """Every incremental mapping call of this process (mapping.json ``passes``, the profile ``python -m bench``
-reports): ``label``, wall ``seconds``, ``bound_seconds`` (its time bound), ``images``, ``models`` kept,
-``registered`` (images in them), ``registrations`` (images registered during the call, models thrown away
-included) and ``registrations_thrown_away``."""
+reports): ``label``, wall ``seconds``, ``bound_seconds`` (the stall bound), ``ceiling_seconds``,
+``stopped_by_bound``, ``images``, ``models`` kept, ``registered`` (images in them), ``registrations`` (image
+registrations during the call: the two of each initial pair, and images registered again after COLMAP's filtering
+took them out or in models thrown away) and ``registrations_thrown_away`` (registrations minus registered)."""
 
 
 def mapping_time_bound(cfg: MappingConfig, n_images: int) -> int:
-    """Seconds (whole, >= 1) one incremental mapping call may take: ``cfg.max_runtime_seconds`` when > 0, else
-    max(``cfg.min_runtime_seconds``, ``cfg.max_seconds_per_image`` x ``n_images``). At the bound COLMAP stops
-    registering images and returns the models it has (measured: church, a 1 s bound, 7 of 16 registered in 1.0 s
-    against 16 in 4.7 s unbounded)."""
+    """Seconds (whole, >= 1) an incremental mapping call may go without registering an image:
+    ``cfg.max_runtime_seconds`` when > 0, else max(``cfg.min_runtime_seconds``, ``cfg.max_seconds_per_image`` x
+    ``n_images``). Then COLMAP stops registering images and returns the models it has (measured: church, a 1 s
+    bound, 7 of 16 registered in 1.0 s against 16 in 4.7 s unbounded)."""
     if cfg.max_runtime_seconds > 0:
         return max(1, int(round(cfg.max_runtime_seconds)))
     return max(1, int(round(max(cfg.min_runtime_seconds, cfg.max_seconds_per_image * n_images))))
+
+
+def mapping_time_ceiling(cfg: MappingConfig, n_images: int) -> int:
+    """Seconds (whole) after which an incremental mapping call stops even while it is still registering images:
+    max(:func:`mapping_time_bound`, ``cfg.ceiling_seconds_per_image`` x ``n_images``)."""
+    return max(mapping_time_bound(cfg, n_images), int(round(cfg.ceiling_seconds_per_image * n_images)))
 
 
 def _global(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "",

@@ -260,8 +260,14 @@ def time_bound_note(run_dir: Path) -> str | None:
     hit = m.get("stopped_at_time_bound") or []
     if not hit:
         return None
-    return (f"Mapping stopped at its time bound ({hit[0]['bound_seconds']} s per mapping pass: the larger of 60 s "
-            "and 4 s per image) and kept the images registered by then. Images left out had weak links to the "
+    h = hit[0]
+    if h.get("ceiling_seconds") and h.get("seconds", 0) >= h["ceiling_seconds"]:
+        why = (f"at its ceiling ({h['ceiling_seconds']} s per mapping pass, 60 s per image), still registering "
+               "images")
+    else:
+        why = (f"after {h['bound_seconds']} s without registering a new image (the larger of 60 s and 4 s per "
+               "image)")
+    return (f"Mapping stopped {why} and kept the images registered by then. Images left out had weak links to the "
             "model; more pairs per image or the accurate preset may place them.")
 
 
