@@ -140,7 +140,8 @@ def run_config(scene: str, config: str, out: Path, images: Path | None = None, t
             resize, _, kp = budget.partition("x")
             cmd += ["--resize", resize, "--max-keypoints", kp]
     code, wall, peak, err = run_tree(cmd, timeout)
-    row = {"scene": scene, "config": config, "exit_code": code, "wall_seconds": round(wall, 2),
+    row = {"scene": scene, "config": config, "measured": time.strftime("%Y-%m-%d"), "exit_code": code,
+           "wall_seconds": round(wall, 2),
            "peak_rss_mb": round(peak, 1), "n_images": len(list(images.iterdir()))}
     row["timed_out"] = wall >= timeout
     if row["timed_out"]:

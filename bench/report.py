@@ -295,8 +295,13 @@ def _tables(results: dict, level: str = "##") -> list[str]:
     configs = list(dict.fromkeys(r["config"] for r in rows if "/" not in r["config"]))
     lines = []
     m = results.get("machine", {})
-    lines.append(machine_line(m) + " All configurations ran in one `python -m bench` process tree, one after "
-                 "another.")
+    dates = {r.get("measured", "") for r in rows}
+    lines.append(machine_line(m) + (" All configurations ran in one `python -m bench` process tree, one after "
+                 "another." if len(dates) <= 1 else " Each configuration runs as its own subprocess, one after "
+                 "another; rows come from more than one `python -m bench` run: the \"run\" column gives the run's date "
+                 "(\"earlier\": before runs were dated), and a ratio or comparison of times holds between rows of one run "
+                 "(the machine's speed varies between runs: COLMAP-SIFT took 1.4-1.8x longer on 2026-12-07 than in "
+                 "the earlier run)."))
     lines.append("")
     lines.append("mAA is the official IMC 2025 metric (two tightest thresholds skipped, three free cameras "
                  "subtracted, every triplet); \"acc. all th.\" is the accuracy over all thresholds (registered "
@@ -308,8 +313,8 @@ def _tables(results: dict, level: str = "##") -> list[str]:
         lines.append("")
     def table(scene_list):
         lines.append("| scene | config | registered | mAA | acc. all th. | total s | features s | matching s | mapping s "
-                     "| peak MB | pairs |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                     "| peak MB | pairs | run |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for s in scene_list:
             for c in configs:
                 r = _by(rows, s, c)
@@ -328,7 +333,8 @@ def _tables(results: dict, level: str = "##") -> list[str]:
                 acc = "-" if r.get("timed_out") or acc is None else f"{acc:.3f}"
                 lines.append(f"| {s} | {c} | {reg} | {maa} | {acc} | "
                              f"{total} | {st.get('features', 0) or 0:.1f} | {st.get('matching', 0) or 0:.1f} | "
-                             f"{mapping:.1f} | {r['peak_rss_mb']:.0f} | {r.get('pairs') or ''} |")
+                             f"{mapping:.1f} | {r['peak_rss_mb']:.0f} | {r.get('pairs') or ''} | "
+                             f"{r.get('measured', 'earlier')} |")
 
     real = [s for s in scenes if "@" not in s]
     variants = [s for s in scenes if "@" in s]
@@ -377,7 +383,12 @@ def _tables(results: dict, level: str = "##") -> list[str]:
             def diff(p):
                 return f"{r['mAA'] - p['mAA']:+.3f}" if p and not p.get("timed_out") else "-"
 
-            lines.append(f"| {s} | {c} | {ratio(naive)} | {ratio(sift)} | {diff(naive)} | {diff(sift)} |")
+            def same_run(p):
+                return "" if not p or p.get("measured") == r.get("measured") else " *"
+
+            lines.append(f"| {s} | {c} | {ratio(naive)}{same_run(naive)} | {ratio(sift)}{same_run(sift)} | "
+                         f"{diff(naive)} | {diff(sift)} |")
+    lines += ["", "\\* the two rows come from different `python -m bench` runs (see the \"run\" column)."]
     lines += _dev_targets(rows, variants, configs)
     lines += ["", "## Targets", "", "| scene | target mAA | balanced | best of ours | COLMAP-SIFT | met |",
               "|---|---:|---:|---:|---:|---|"]
