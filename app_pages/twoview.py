@@ -16,6 +16,7 @@ import app_common as ui
 from backend import jobs
 from backend.features import EXTRACTORS, extractor_class
 from backend.matchers import matchers_for
+from backend.onnx_export import ONNX_MATCHERS, RUNTIMES
 from backend.twoview.geometry import ESTIMATORS, MIN_INLIERS
 from backend.twoview.groundtruth import (PRECISION_PX, PairGT, find_pair, pair_from_poses, parse_typed_gt, read_gt_csv,
                                          read_pairs_file)
@@ -56,13 +57,20 @@ def _new_scratch() -> None:
         f.remove()
 
 
-def _pick_method(col, i: int) -> tuple[str, str]:
+def _pick_method(col, i: int) -> tuple[str, str, str]:
+    """``(features, matcher, runtime)`` picked in column ``col``; the runtime choice shows for learned matchers."""
     feats = list(EXTRACTORS)
     f = col.selectbox("Features", feats, index=feats.index(DEFAULTS[i][0]), key=f"tv_feat{i}")
     ms = matchers_for(f)
     want = DEFAULTS[i][1] if f == DEFAULTS[i][0] else extractor_class(f).default_matcher
     m = col.selectbox("Matcher", ms, index=ms.index(want) if want in ms else 0, key=f"tv_match{i}_{f}")
-    return f, m
+    rt = "torch"
+    if m in ONNX_MATCHERS:
+        rt = col.radio("Matcher runtime", list(RUNTIMES), horizontal=True, key=f"tv_rt{i}",
+                       format_func={"torch": "PyTorch", "onnx": "ONNX Runtime"}.get,
+                       help="ONNX Runtime runs the matcher exported to ONNX with our weights (exported on first use, "
+                            "up to 2 minutes), all layers on the CPU; the features always come from PyTorch")
+    return f, m, rt
 
 
 def _images(run_dir) -> tuple[list, list[str]]:
@@ -168,10 +176,10 @@ def _run(sources, labels, methods, opts, gt) -> dict:
         ims = [prepare_image(Path(s), folder, f"image{i}.jpg", labels[i]) for i, s in enumerate(sources)]
         results = []
         with _LOCK:
-            for j, (f, m) in enumerate(methods):
+            for j, (f, m, rt) in enumerate(methods):
                 try:
                     results.append(match_prepared(ims[0], ims[1], f, m, gt=gt, similarity=j == 0, models=_models(),
-                                                  **opts))
+                                                  runtime=rt, **opts))
                 except Exception as e:  # noqa: BLE001 - shown to the user, never a traceback
                     msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
                     results.append({"error": jobs.scrub_paths(msg), "method": (f, m)})
@@ -186,7 +194,8 @@ def _caption(r) -> str:
     """Method names escaped (registry names, but shown as text); the numbers and model names are ours."""
     d = r.to_dict()
     s = d["seconds"]
-    return (f"{ui.md_escape(d['features'])} + {ui.md_escape(d['matcher'])}: {d['matches']} matches, {d['inliers']} "
+    rt = " on ONNX Runtime" if d["runtime"] == "onnx" else ""
+    return (f"{ui.md_escape(d['features'])} + {ui.md_escape(d['matcher'])}{rt}: {d['matches']} matches, {d['inliers']} "
             f"inliers ({d['inlier_ratio']:.0%}), model {d['model'] or 'none'} ({d['verdict']}); extraction "
             f"{s['extraction']:.2f} s, matching {s['matching']:.2f} s, verification {s['verification']:.2f} s")
 
@@ -295,7 +304,8 @@ def page() -> None:
     key = (tuple(labels), tuple(methods), tuple(sorted(opts.items())), gt is not None,
            tuple(str(s) for s in sources))
     if st.button("Match", type="primary", key="tv_go", disabled=not sources):
-        with st.spinner("Matching " + " and ".join(f"{f} + {m}" for f, m in methods) + "..."):
+        names = " and ".join(f"{f} + {m}" + (" (ONNX Runtime)" if rt == "onnx" else "") for f, m, rt in methods)
+        with st.spinner(f"Matching {names}..."):
             try:
                 entry = _run(sources, labels, methods, opts, gt)
             except ValueError as e:

@@ -4,7 +4,8 @@ Endpoints (all JSON unless a file is asked for; errors are ``{"error": "<what we
 "status": <code>}``):
 
 - ``POST /v1/match``: multipart ``image0``, ``image1`` (JPEG, PNG or HEIC) and optional form fields
-  ``features``, ``matcher``, ``tta``, ``estimator``, ``resize``, ``max_keypoints`` -> the two-view result of
+  ``features``, ``matcher``, ``tta``, ``estimator``, ``resize``, ``max_keypoints``, ``runtime`` (``torch`` or
+  ``onnx``: the matcher on ONNX Runtime) -> the two-view result of
   :meth:`backend.twoview.pair.PairResult.to_dict` (``matches``, ``inliers``, ``model``, ``verdict``,
   ``similarity_percent``, ``geometry``, ``seconds`` ...). One match at a time (models stay loaded between calls).
 - ``POST /v1/runs``: multipart ``files`` (photos and/or zips of photos, the app's upload limits and checks) and
@@ -39,7 +40,7 @@ import shutil
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -250,7 +251,10 @@ def create_app(token: str | None = None) -> FastAPI:
               tta: Annotated[bool, Form()] = False, estimator: Annotated[str, Form()] = "poselib",
               resize: Annotated[int, Form(ge=64, le=4096)] = 1024,
               max_keypoints: Annotated[int, Form(ge=16, le=16384)] = 2048,
-              similarity: Annotated[bool, Form()] = True) -> dict:
+              similarity: Annotated[bool, Form()] = True,
+              runtime: Annotated[Literal["torch", "onnx"], Form(
+                  description="the matcher's runtime: torch, or onnx (LightGlue / LighterGlue exported to ONNX and run "
+                              "by ONNX Runtime on the CPU, all layers; exported on first use)")] = "torch") -> dict:
         """Match two photos and verify their two-view geometry (see ``python -m backend twoview``)."""
         from .io.weights import MissingWeightsError
         from .twoview.pair import match_prepared, prepare_image
@@ -271,8 +275,9 @@ def create_app(token: str | None = None) -> FastAPI:
                     raise _error(400, f"image{i} ({labels[i]}) is not a usable photo: {e}") from None
             try:
                 res = match_prepared(ims[0], ims[1], features, matcher, resize=resize, max_keypoints=max_keypoints,
-                                     tta=tta, estimator=estimator, similarity=similarity, models=_MODELS)
-            except MissingWeightsError as e:
+                                     tta=tta, estimator=estimator, similarity=similarity, models=_MODELS,
+                                     runtime=runtime)
+            except (MissingWeightsError, RuntimeError) as e:
                 raise _error(503, f"{e}") from None
             except ValueError as e:
                 raise _error(400, f"{e}") from None

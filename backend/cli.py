@@ -119,23 +119,39 @@ def config_from_args(args: argparse.Namespace):
     mapping = _key_values(getattr(args, "mapping_option", None) or [], "--mapping-option")
     if mapping:
         import dataclasses
+        import math
+
+        from .config import DISAMBIGUATE_MODES, MAPPERS
 
         fields = {f.name: f for f in dataclasses.fields(cfg.mapping)}
         unknown = sorted(set(mapping) - set(fields))
         if unknown:
             raise ValueError(f"--mapping-option: the mapping config has no field {', '.join(unknown)}; its fields: "
                              f"{', '.join(fields)}")
+        choices = {"camera_mode": ("per_image", "shared", "auto"), "mapper": MAPPERS,
+                   "disambiguate": DISAMBIGUATE_MODES, "final_ba_principal_point": ("all", "shared")}
         for key, value in mapping.items():
             current = getattr(cfg.mapping, key)
+            text = str(value)
             if isinstance(current, bool):
-                if str(value).lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(f"--mapping-option {key}={value}: give true or false")
-                value = str(value).lower() in ("true", "1")
-            elif isinstance(current, (int, float)) and not isinstance(value, (int, float)):
-                raise ValueError(f"--mapping-option {key}={value}: give a number")
-            elif isinstance(current, str):
-                value = str(value)
-            setattr(cfg.mapping, key, type(current)(value) if isinstance(current, float) else value)
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"--mapping-option {key}={text}: give true or false")
+                value = text.lower() in ("true", "1")
+            elif isinstance(current, (int, float)):
+                try:
+                    number = float(text)
+                except ValueError:
+                    raise ValueError(f"--mapping-option {key}={text}: give a number") from None
+                if not math.isfinite(number):
+                    raise ValueError(f"--mapping-option {key}={text}: give a finite number")
+                if isinstance(current, int) and not number.is_integer():
+                    raise ValueError(f"--mapping-option {key}={text}: give a whole number")
+                value = int(number) if isinstance(current, int) else number
+            else:
+                if key in choices and text not in choices[key]:
+                    raise ValueError(f"--mapping-option {key}={text}: choose one of {', '.join(choices[key])}")
+                value = text
+            setattr(cfg.mapping, key, value)
     return cfg
 
 
@@ -260,7 +276,8 @@ def _parse_K(text: str | None, what: str):
 
 
 def _twoview_summary(d: dict) -> str:
-    lines = [f"{d['image0']} - {d['image1']}: {d['features']} + {d['matcher']}",
+    lines = [f"{d['image0']} - {d['image1']}: {d['features']} + {d['matcher']}"
+             + (" (matcher on ONNX Runtime)" if d.get("runtime") == "onnx" else ""),
              f"  keypoints {d['keypoints0']} / {d['keypoints1']}, matches {d['matches']}, "
              f"inliers {d['inliers']} ({d['inlier_ratio']:.0%}), model {d['model'] or '-'} ({d['verdict']})",
              f"  same place: {'yes' if d['same_place'] else 'no'} (>= {d['min_inliers']} inliers)"
@@ -309,8 +326,8 @@ def cmd_twoview(args) -> int:
                 raise ValueError(f"{Path(args.pairs_gt).name} has no line for the pair {p0.name} {p1.name}")
         res = match_pair(p0, p1, args.features, args.matcher, resize=args.resize, max_keypoints=args.max_keypoints,
                          tta=args.tta, estimator=args.estimator, threshold_px=args.threshold, K0=K0, K1=K1, gt=gt,
-                         precision_px=args.precision_px, similarity=not args.no_similarity)
-    except MissingWeightsError as e:
+                         precision_px=args.precision_px, similarity=not args.no_similarity, runtime=args.runtime)
+    except (MissingWeightsError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as e:
@@ -337,8 +354,14 @@ def cmd_export_onnx(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from . import jobs
     from .api import serve
 
+    try:  # a server setting that every run would refuse is refused at start
+        jobs.server_mapping_threads()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return serve(host=args.host, port=args.port, token=args.token)
 
 
@@ -399,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision-px", type=float, default=PRECISION_PX,
                    help="symmetric epipolar distance (px) under which a match counts as correct")
     t.add_argument("--no-similarity", action="store_true", help="skip the global-descriptor similarity")
+    t.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                   help="the matcher's runtime: onnx runs LightGlue / LighterGlue exported to ONNX (on first use, "
+                        "into weights/onnx/) by ONNX Runtime on the CPU, all layers")
     t.add_argument("--json", action="store_true", help="print the result as JSON")
     t.set_defaults(func=cmd_twoview)
     x = sub.add_parser("export-onnx", help="export a learned matcher (LightGlue, LighterGlue) with our weights to ONNX")

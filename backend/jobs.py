@@ -114,7 +114,28 @@ def build_config(preset: str = "balanced", *, retrieval_model: str | None = None
     return apply_overrides(get_preset(preset), retrieval_model=retrieval_model, num_neighbors=num_neighbors,
                            resize=resize, max_keypoints=max_keypoints, features=features, matcher=matcher,
                            camera_mode=camera_mode, min_matches=min_matches, mapper=mapper, upright=upright,
-                           disambiguate=disambiguate, scenes=scenes, min_scene_size=min_scene_size)
+                           disambiguate=disambiguate, scenes=scenes, min_scene_size=min_scene_size,
+                           mapping_threads=server_mapping_threads())
+
+
+MAPPING_THREADS_ENV = "SFM_MAPPING_THREADS"
+
+
+def server_mapping_threads() -> int | None:
+    """The server's ``$SFM_MAPPING_THREADS``: threads of mapping for every run the app and the API start (unset:
+    the preset's, all cores). ``1`` gives every run of the same photos the same model (README, ``--mapping-threads``)
+    and keeps one run from taking every core of a shared server.
+
+    Raises:
+        ValueError: the variable is set but not a whole number of at least 1 (the message says what to set).
+    """
+    v = os.environ.get(MAPPING_THREADS_ENV, "").strip()
+    if not v:
+        return None
+    if not v.isdigit() or int(v) < 1:
+        raise ValueError(f"{MAPPING_THREADS_ENV}={v!r} is not a whole number of at least 1: set it to the threads "
+                         "each run's mapping may use (1 for reproducible models), or unset it for all cores")
+    return int(v)
 
 
 # ---- progress.json ---------------------------------------------------------------------------------------------

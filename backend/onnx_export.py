@@ -166,3 +166,60 @@ class OnnxMatcher:
         m0, s0 = self.session.run(None, feed)
         i = np.nonzero(m0[0] >= 0)[0]
         return np.stack([i, m0[0][i]], 1).astype(np.int32), s0[0][i].astype(np.float32)
+
+
+ONNX_MATCHERS = ("lightglue", "lighterglue")
+RUNTIMES = ("torch", "onnx")
+
+
+def onnx_matcher(features: str, matcher: str, threads: int = 0) -> OnnxMatcher:
+    """An :class:`OnnxMatcher` for ``matcher`` on ``features``' descriptors, exported on first use (issue 25:
+    ``runtime: onnx`` in ``POST /v1/match`` and the Two-view page).
+
+    The file lives in ``<weights>/onnx/<matcher>-<features>/`` (beside the weights it comes from, never the system
+    temp folder) and is exported again only when the manifest's weight checksums no longer match the weights. The
+    first call exports it (10 s for LighterGlue, up to 2 min for LightGlue on 2 CPU cores); concurrent first calls
+    each export into a private folder and the last rename wins, so a reader never sees half a file.
+
+    Raises:
+        ValueError: the matcher has no network (only LightGlue and LighterGlue run on ONNX Runtime), or the
+            combination cannot work.
+        RuntimeError: ``onnxruntime`` is not installed.
+        MissingWeightsError: the matcher's weights are missing.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from .io.weights import weight_path, weights_dir
+    from .matchers import check_combination, matcher_class
+
+    check_combination(features, matcher)
+    if matcher not in ONNX_MATCHERS:
+        raise ValueError(f"the ONNX runtime runs {' and '.join(ONNX_MATCHERS)} only; {matcher} has no network to "
+                         "export: choose runtime torch, or one of those matchers")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise RuntimeError("onnxruntime is not installed: run bash setup/install.sh, or choose runtime torch") \
+            from None
+    final = weights_dir() / "onnx" / f"{matcher}-{features}"
+    path = final / f"{matcher}-{features}.onnx"
+    want = {w: _sha256(weight_path(w)) for w in matcher_class(matcher).weight_names({}, features)}
+    try:
+        have = json.loads((final / "manifest.json").read_text()).get("weights")
+    except (OSError, ValueError):
+        have = None
+    if have != want or not path.is_file():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{matcher}-{features}-", dir=final.parent))
+        try:
+            export_matcher(features, matcher, tmp)
+            old = final.parent / f".old-{tmp.name}"
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return OnnxMatcher(path, threads)

@@ -25,6 +25,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SFM_DATA_DIR", REPO.parent / "shared" / "data"))
 OURS = ["fast", "balanced", "accurate"]
+RUN_ID = time.strftime("%Y-%m-%d %H:%M")  # this `python -m bench` run (the report's "run" column): when it started
 PEERS = ["naive", "colmap-sift"]
 
 
@@ -140,7 +141,7 @@ def run_config(scene: str, config: str, out: Path, images: Path | None = None, t
             resize, _, kp = budget.partition("x")
             cmd += ["--resize", resize, "--max-keypoints", kp]
     code, wall, peak, err = run_tree(cmd, timeout)
-    row = {"scene": scene, "config": config, "measured": time.strftime("%Y-%m-%d"), "exit_code": code,
+    row = {"scene": scene, "config": config, "measured": RUN_ID, "exit_code": code,
            "wall_seconds": round(wall, 2),
            "peak_rss_mb": round(peak, 1), "n_images": len(list(images.iterdir()))}
     row["timed_out"] = wall >= timeout

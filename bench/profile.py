@@ -7,8 +7,9 @@
   verification later kept (a two-view geometry with at least ``min_matches`` inliers in ``two_view.h5``) and pairs
   it did not, and for LightGlue / LighterGlue the layers run before adaptive depth stopped and the share of keypoints
   pruned by adaptive width;
-- mapping (``mapping.json``): seconds per registered image, each incremental pass (seconds, its time bound and the
-  margin to it, models kept, images registered, registrations thrown away with discarded models).
+- mapping (``mapping.json``): seconds per registered image, each incremental pass (seconds, its stall bound, its
+  ceiling and the margin to the ceiling (before the stall guard: to the deadline), whether the bound stopped it,
+  models kept, images registered, registrations thrown away).
 
 :func:`profile_run` gives the same as a dict; ``python -m bench`` stores it in each row (``profile``).
 """
@@ -90,7 +91,8 @@ def mapping_profile(run_dir: Path) -> dict:
     mj = json.loads((run_dir / "mapping.json").read_text()) if (run_dir / "mapping.json").exists() else {}
     seconds = (rec.get("stages", {}).get("mapping") or {}).get("seconds")
     registered = sum(m.get("registered_images", 0) for m in mj.get("models", []))
-    passes = [{**p, "margin_seconds": round(p["bound_seconds"] - p["seconds"], 1)} for p in mj.get("passes", [])]
+    passes = [{**p, "margin_seconds": round(p.get("ceiling_seconds", p["bound_seconds"]) - p["seconds"], 1)}
+              for p in mj.get("passes", [])]
     return {"seconds": seconds, "registered": registered,
             "seconds_per_registered": round(seconds / registered, 2) if seconds and registered else None,
             "time_bound_seconds": mj.get("time_bound_seconds"), "stopped_at_time_bound": mj.get("stopped_at_time_bound"),
@@ -125,9 +127,11 @@ def markdown(name: str, prof: dict) -> str:
                  f"registered image; time bound {mp['time_bound_seconds']} s, stopped at it: "
                  f"{mp['stopped_at_time_bound'] or 'no'}")
     for p in mp["passes"]:
-        lines.append(f"  - pass {p['label']}: {p['seconds']} s of {p['bound_seconds']} s (margin "
-                     f"{p['margin_seconds']} s), {p['models']} model(s), {p['registered']} registered, "
-                     f"{p['registrations_thrown_away']} registrations thrown away")
+        limit = (f"stall bound {p['bound_seconds']} s, ceiling {p['ceiling_seconds']} s (margin "
+                 f"{p['margin_seconds']} s), stopped by the bound: {'yes' if p.get('stopped_by_bound') else 'no'}"
+                 if "ceiling_seconds" in p else f"deadline {p['bound_seconds']} s (margin {p['margin_seconds']} s)")
+        lines.append(f"  - pass {p['label']}: {p['seconds']} s; {limit}; {p['models']} model(s), "
+                     f"{p['registered']} registered, {p['registrations_thrown_away']} registrations thrown away")
     return "\n".join(lines)
 
 

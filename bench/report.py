@@ -300,8 +300,7 @@ def _tables(results: dict, level: str = "##") -> list[str]:
                  "another." if len(dates) <= 1 else " Each configuration runs as its own subprocess, one after "
                  "another; rows come from more than one `python -m bench` run: the \"run\" column gives the run's date "
                  "(\"earlier\": before runs were dated), and a ratio or comparison of times holds between rows of one run "
-                 "(the machine's speed varies between runs: COLMAP-SIFT took 1.4-1.8x longer on 2026-12-07 than in "
-                 "the earlier run)."))
+                 "(the machine's speed varies between runs)."))
     lines.append("")
     lines.append("mAA is the official IMC 2025 metric (two tightest thresholds skipped, three free cameras "
                  "subtracted, every triplet); \"acc. all th.\" is the accuracy over all thresholds (registered "
@@ -364,6 +363,7 @@ def _tables(results: dict, level: str = "##") -> list[str]:
     lines += ["", "## Ratios of ours to the peers (wall time; lower is faster) and mAA differences", "",
               "| scene | ours | time / naive | time / COLMAP-SIFT | mAA - naive | mAA - COLMAP-SIFT |",
               "|---|---|---:|---:|---:|---:|"]
+    starred: list[int] = []
     for s in scenes:
         naive, sift = _by(rows, s, "naive"), _by(rows, s, "colmap-sift")
         for c in [c for c in configs if c not in ("naive", "colmap-sift")]:
@@ -384,11 +384,15 @@ def _tables(results: dict, level: str = "##") -> list[str]:
                 return f"{r['mAA'] - p['mAA']:+.3f}" if p and not p.get("timed_out") else "-"
 
             def same_run(p):
-                return "" if not p or p.get("measured") == r.get("measured") else " *"
+                if not p or not p["wall_seconds"] or p.get("measured") == r.get("measured"):
+                    return ""
+                starred.append(1)
+                return " *"
 
             lines.append(f"| {s} | {c} | {ratio(naive)}{same_run(naive)} | {ratio(sift)}{same_run(sift)} | "
                          f"{diff(naive)} | {diff(sift)} |")
-    lines += ["", "\\* the two rows come from different `python -m bench` runs (see the \"run\" column)."]
+    if starred:
+        lines += ["", "\\* the two rows come from different `python -m bench` runs (see the \"run\" column)."]
     lines += _dev_targets(rows, variants, configs)
     lines += ["", "## Targets", "", "| scene | target mAA | balanced | best of ours | COLMAP-SIFT | met |",
               "|---|---:|---:|---:|---:|---|"]

@@ -119,6 +119,30 @@ def test_match_two_photos_and_errors_are_json_with_what_to_do(api):
     assert status == 422 and "image1" in json.loads(body)["error"]
 
 
+def test_match_on_onnx_runtime_gives_the_torch_result(api):
+    """``runtime=onnx``: LighterGlue exported to ONNX (on first use) and run by ONNX Runtime registers the pair as the
+    torch matcher does (the ONNX graph runs all layers, torch stops early: close, not equal, counts); a matcher with
+    no network is refused with what to choose instead, before any work."""
+    base, _ = api
+    d = scene_dir("temple_ring_middlebury")
+    a, b = sorted((d / "images").iterdir())[:2]
+    files = [("image0", a.name, a.read_bytes()), ("image1", b.name, b.read_bytes())]
+    out = {}
+    for rt in ("torch", "onnx"):
+        status, body, _ = call("POST", f"{base}/v1/match", {"features": "xfeat", "matcher": "lighterglue",
+                                                           "runtime": rt, "similarity": "false"}, files)
+        assert status == 200, body
+        out[rt] = json.loads(body)
+        assert out[rt]["runtime"] == rt and out[rt]["same_place"], out[rt]
+    assert 0.8 * out["torch"]["inliers"] <= out["onnx"]["inliers"] <= 1.25 * out["torch"]["inliers"], out
+    assert out["onnx"]["model"] == out["torch"]["model"]
+    status, body, _ = call("POST", f"{base}/v1/match", {"features": "sift", "matcher": "nn-ratio",
+                                                       "runtime": "onnx"}, files)
+    assert status == 400 and "choose runtime torch" in json.loads(body)["error"], body
+    status, body, _ = call("POST", f"{base}/v1/match", {"runtime": "tensorrt"}, files)
+    assert status == 422 and "runtime" in json.loads(body)["error"], body
+
+
 def test_run_from_upload_to_scored_poses_then_delete(api, tmp_path):
     base, runs = api
     d = scene_dir("temple_ring_middlebury")

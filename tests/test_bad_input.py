@@ -156,3 +156,23 @@ def test_a_run_leaves_no_files_in_the_temp_folder(tmp_path):
         f"copy_of_the_first.jpg: identical to {names[0]} (the same photo twice: only {names[0]} is used)"]
     rows = (out / "poses.csv").read_text().splitlines()[1:]
     assert sorted(r.split(",")[0] for r in rows) == sorted(names)  # the HEIC is stored (and posed) as .jpg
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_mapping_threads_setting_is_refused_at_server_start(value, monkeypatch):
+    """``$SFM_MAPPING_THREADS`` that every run would refuse stops ``serve`` before it listens, saying what to set;
+    a good one reaches the runs' config."""
+    import subprocess
+    import sys
+
+    from backend import jobs
+    from conftest import REPO
+
+    env = {**__import__("os").environ, "SFM_MAPPING_THREADS": value}
+    r = subprocess.run([sys.executable, "-m", "backend", "serve", "--port", "1"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "SFM_MAPPING_THREADS" in r.stderr and "at least 1" in r.stderr, r.stderr
+    monkeypatch.setenv("SFM_MAPPING_THREADS", "1")
+    assert jobs.build_config("balanced").mapping.num_threads == 1
+    monkeypatch.delenv("SFM_MAPPING_THREADS")
+    assert jobs.build_config("balanced").mapping.num_threads == -1

@@ -33,12 +33,12 @@ PHOTOS = ["05534141_6340060522.jpg", "05791347_12791964625.jpg", "05866831_34274
 class Server:
     """``python -m backend serve`` on a free port, that a test can kill with SIGKILL and start again."""
 
-    def __init__(self, runs: Path, log: Path):
-        self.runs, self.log, self.port, self.proc = runs, log, free_port(), None
+    def __init__(self, runs: Path, log: Path, env: dict[str, str] | None = None):
+        self.runs, self.log, self.port, self.proc, self.env = runs, log, free_port(), None, env or {}
         self.base = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "Server":
-        env = dict(os.environ, SFM_RUNS_DIR=str(self.runs), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, SFM_RUNS_DIR=str(self.runs), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--port", str(self.port)], cwd=REPO,
                                      env=env, stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -112,7 +112,7 @@ def _relative_rotation_gap_deg(a: dict[str, np.ndarray], b: dict[str, np.ndarray
 def test_sigkill_mid_run_then_restart_resumes_to_the_same_result(tmp_path):
     photos = [scene_dir("temple_ring_middlebury") / "images" / n
               for n in sorted(os.listdir(scene_dir("temple_ring_middlebury") / "images"))[:8]]
-    server = Server(tmp_path / "runs", tmp_path / "api.log").start()
+    server = Server(tmp_path / "runs", tmp_path / "api.log", {"SFM_MAPPING_THREADS": "1"}).start()
     try:
         # the reference: the same photos and preset, never stopped (balanced: long enough to be stopped midway)
         ref = _post_run(server.base, photos, "balanced")
@@ -147,10 +147,11 @@ def test_sigkill_mid_run_then_restart_resumes_to_the_same_result(tmp_path):
             np.testing.assert_array_equal(runview.matches(d_ref, n0, n1)[0], runview.matches(d_run, n0, n1)[0])
             ia, ib = runview.inliers(d_ref, n0, n1)[0], runview.inliers(d_run, n0, n1)[0]
             assert (ia is None) == (ib is None) and (ia is None or np.array_equal(ia, ib)), (n0, n1)
-        # mapping with all cores sums in a varying order (README: --mapping-threads), so the poses agree closely
+        # the server maps with one thread ($SFM_MAPPING_THREADS=1): the same model (with all cores two runs of these
+        # 8 photos differed by up to 4.4 degrees in one relative rotation)
         a, b = _poses(server.base, ref["run_id"]), _poses(server.base, run["run_id"])
         assert set(a) == set(b) and len(a) >= 7, (sorted(a), sorted(b))  # the same photos registered
-        assert _relative_rotation_gap_deg(a, b) < 2.0
+        assert _relative_rotation_gap_deg(a, b) < 0.01
         assert ref_state["summary"]["registered_images"] == state["summary"]["registered_images"]
     finally:
         server.stop()

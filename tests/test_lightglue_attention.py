@@ -85,3 +85,33 @@ def test_matcher_options_from_the_command_line_are_checked(tmp_path):
                         "--matcher-option", "cpu_attentio=kornia"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "lightglue has no option cpu_attentio" in r.stderr and "cpu_attention" in r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    ("ba_global_ratoi=1.4", "the mapping config has no field ba_global_ratoi"),
+    ("min_model_size=2.5", "min_model_size=2.5: give a whole number"),
+    ("ba_global_ratio=nan", "give a finite number"),
+    ("ba_ignore_redundant_points=yes", "give true or false"),
+    ("mapper=glob", "choose one of incremental, global, hierarchical"),
+])
+def test_mapping_options_from_the_command_line_are_checked(tmp_path, option, message):
+    """``--mapping-option`` names a field of ``MappingConfig`` and gives it a value of its type (a whole number for
+    an integer field, one of the choices for a named mode); anything else is refused before any work, with what to
+    give instead. A valid one reaches the config."""
+    import argparse
+    import subprocess
+    import sys
+
+    from backend.cli import config_from_args
+
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "backend", "reconstruct", str(CHURCH), "--out", str(out),
+                        "--mapping-option", option], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+    assert not out.exists()
+    args = argparse.Namespace(preset="balanced", matcher_option=[],
+                              mapping_option=["min_model_size=4", "ba_global_ratio=1.4",
+                                              "ba_ignore_redundant_points=true", "mapper=global"])
+    m = config_from_args(args).mapping
+    assert (m.min_model_size, m.ba_global_ratio, m.ba_ignore_redundant_points, m.mapper) == (4, 1.4, True, "global")
+    assert isinstance(m.min_model_size, int) and isinstance(m.ba_global_ratio, float)

@@ -292,3 +292,36 @@ def test_twoview_page_refuses_typed_ground_truth_as_it_is_typed(tmp_path, monkey
     assert any("Ground truth not used" in e and says in e and "e.g." in e for e in errors), errors
     assert calls == []
     assert not any("precision" in n.label.lower() for n in at.number_input)  # no ground truth, no precision box
+
+
+@pytest.mark.scenes
+def test_twoview_page_matches_on_onnx_runtime(tmp_path, monkeypatch):
+    """The Two-view page offers the matcher's runtime for learned matchers only; with ONNX Runtime picked, Match verifies
+    two temple photos and the result says which runtime matched them."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("SFM_RUNS_DIR", str(tmp_path))
+    d = tmp_path / "tvonnx"
+    (d / "images").mkdir(parents=True)
+    names = sorted(p.name for p in (scene_dir("temple_ring_middlebury") / "images").iterdir())[:2]
+    for n in names:
+        shutil.copy(scene_dir("temple_ring_middlebury") / "images" / n, d / "images" / n)
+    (d / "run.json").write_text(json.dumps({"status": "done", "stages": {"images": {"status": "done"}}}))
+    (d / "images.json").write_text(json.dumps({"images": [{"name": n} for n in names], "skipped": []}))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app_pages" / "twoview.py"),
+                           default_timeout=600)
+    at.session_state["run_id"] = "tvonnx"
+    at.run()
+    at.checkbox(key="tv_two").uncheck().run()
+    at.selectbox(key="tv_feat0").set_value("sift").run()
+    assert not any(r.key == "tv_rt0" for r in at.radio)  # no runtime to choose for SIFT's nearest neighbours ...
+    at.selectbox(key="tv_feat0").set_value("xfeat").run()
+    at.radio(key="tv_rt0").set_value("onnx").run()  # ... one for XFeat + LighterGlue
+    at.button(key="tv_go").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    shown = re.findall(r'caption: "([^"]*)"', " ".join(str(e.proto) for e in at.main))  # the matches picture's
+    got = [c for c in shown if c.startswith("xfeat + lighterglue on ONNX Runtime:")]
+    assert got and int(re.search(r"(\d+) inliers", got[0]).group(1)) >= 100, shown

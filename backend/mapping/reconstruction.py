@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import queue
 import shutil
@@ -219,35 +220,44 @@ def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label
     opts.ba_global_max_refinements = cfg.ba_global_max_refinements
     opts.mapper.ba_global_ignore_redundant_points3D = cfg.ba_ignore_redundant_points
     opts.image_path = str(_inputs(run_dir) / "images")
-    database = pycolmap.Database.open(db or run_dir / DATABASE)
-    manager = pycolmap.ReconstructionManager()
-    pipeline = pycolmap.IncrementalPipeline(opts, database, manager)
+    db_path = Path(db or run_dir / DATABASE)
+    if not db_path.is_file():  # Database.open would create an empty one and map nothing, silently
+        raise MappingError(f"no COLMAP database at {db_path}: run the verification stage first")
     registered = [0]
-    t0 = time.perf_counter()
-
-    def on_registration(first: bool = False):
-        registered[0] += 1 + first
-        # COLMAP measures max_runtime_seconds from the start of run(): move the bound to bound s from now
-        pipeline.options.max_runtime_seconds = int(min(ceiling, time.perf_counter() - t0 + bound))
-        report("mapping", min(registered[0], n_images), n_images, f"registering image {registered[0]}")
-
-    pipeline.add_callback(pycolmap.IncrementalPipelineCallback.INITIAL_IMAGE_PAIR_REG_CALLBACK,
-                          lambda: on_registration(True))
-    pipeline.add_callback(pycolmap.IncrementalPipelineCallback.NEXT_IMAGE_REG_CALLBACK, on_registration)
-    report("mapping", 0, n_images, f"incremental mapping{label}")
+    database = pycolmap.Database.open(db_path)
     try:
+        manager = pycolmap.ReconstructionManager()
+        pipeline = pycolmap.IncrementalPipeline(opts, database, manager)
+
+        def on_registration(first: bool = False):
+            registered[0] += 1 + first
+            # COLMAP measures max_runtime_seconds from the start of run(): move the bound to bound s from now
+            # (rounded up: the stall window is never shorter than the bound)
+            pipeline.options.max_runtime_seconds = int(min(ceiling, math.ceil(time.perf_counter() - t0 + bound)))
+            report("mapping", min(registered[0], n_images), n_images, f"registering image {registered[0]}")
+
+        pipeline.add_callback(pycolmap.IncrementalPipelineCallback.INITIAL_IMAGE_PAIR_REG_CALLBACK,
+                              lambda: on_registration(True))
+        pipeline.add_callback(pycolmap.IncrementalPipelineCallback.NEXT_IMAGE_REG_CALLBACK, on_registration)
+        report("mapping", 0, n_images, f"incremental mapping{label}")
+        t0 = time.perf_counter()
         pipeline.run()
+        seconds = time.perf_counter() - t0
+        # COLMAP checks the bound only between steps; a call whose last step (the final global bundle adjustment)
+        # ran past it also reads as stopped. With every image registered nothing was left out: not a stop.
+        models = {i: manager.get(i) for i in range(manager.size())}
+        placed = set().union(*(set(m.reg_image_ids()) for m in models.values())) if models else set()
+        stopped = pipeline.check_reached_max_runtime() and len(placed) < n_images
+        at_ceiling = stopped and pipeline.options.max_runtime_seconds >= ceiling
     finally:
         database.close()
-    models = {i: manager.get(i) for i in range(manager.size())}
-    seconds = time.perf_counter() - t0
-    stopped = pipeline.check_reached_max_runtime()
     if stopped:
         TIME_BOUND_HIT.append({"label": label.strip(" ()") or "mapping", "bound_seconds": bound,
-                               "ceiling_seconds": ceiling, "seconds": round(seconds, 2)})
+                               "ceiling_seconds": ceiling, "at_ceiling": bool(at_ceiling),
+                               "seconds": round(seconds, 2)})
         report("mapping", min(registered[0], n_images), n_images,
-               f"stopped: no new registration for {bound} s" if seconds < ceiling else
-               f"stopped at the ceiling ({ceiling} s)")
+               f"stopped at the ceiling ({ceiling} s)" if at_ceiling else
+               f"stopped: no new registration for {bound} s")
     kept = sum(m.num_reg_images() for m in models.values())
     PASSES.append({"label": label.strip(" ()") or "mapping", "seconds": round(seconds, 2), "bound_seconds": bound,
                    "ceiling_seconds": ceiling, "stopped_by_bound": bool(stopped),

@@ -89,6 +89,7 @@ class PairResult:
     correct: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     extracted_images: int = 0  # extractions computed by this call (not taken from ``feature_cache``)
+    runtime: str = "torch"  # the matcher's: "torch" or "onnx" (ONNX Runtime, all layers)
 
     @property
     def inliers(self) -> np.ndarray:
@@ -103,12 +104,13 @@ class PairResult:
         """The JSON of ``python -m backend twoview --json`` and ``POST /v1/match``: ``matches`` and ``inliers``
         (counts), ``model`` (``E``, ``F``, ``H`` or ``""``), ``verdict``, ``same_place``, ``similarity_percent``,
         ``keypoints0``/``keypoints1`` (counts), ``geometry`` (:meth:`TwoViewGeometry.to_dict`), ``intrinsics``
-        (where K came from), ``tta``, ``seconds`` per step, and with ground truth ``rotation_error_deg``,
+        (where K came from), ``tta``, ``seconds`` per step, ``runtime`` (the matcher's: ``torch`` or ``onnx``), and with
+        ground truth ``rotation_error_deg``,
         ``translation_error_deg``, ``match_precision``, ``precision_threshold_px``."""
         g = self.geometry
         out = {
             "image0": self.image0.name, "image1": self.image1.name,
-            "features": self.features, "matcher": self.matcher,
+            "features": self.features, "matcher": self.matcher, "runtime": self.runtime,
             "keypoints0": int(len(self.keypoints0)), "keypoints1": int(len(self.keypoints1)),
             "matches": int(len(self.matches)), "inliers": int(g.inliers.sum()),
             "inlier_ratio": round(g.inlier_ratio, 4), "model": g.model, "verdict": g.verdict,
@@ -209,7 +211,7 @@ def match_prepared(im0: PairImage, im1: PairImage, features: str = "aliked-n16",
                    estimator: str = "poselib", threshold_px: float = THRESHOLD_PX,
                    K0: np.ndarray | None = None, K1: np.ndarray | None = None, gt: PairGT | None = None,
                    precision_px: float = PRECISION_PX, similarity: bool = True, models: dict | None = None,
-                   feature_cache: dict | None = None) -> PairResult:
+                   feature_cache: dict | None = None, runtime: str = "torch") -> PairResult:
     """Match two validated images (:func:`prepare_image`) and verify them (module doc for the steps).
 
     Args:
@@ -227,9 +229,15 @@ def match_prepared(im0: PairImage, im1: PairImage, features: str = "aliked-n16",
         feature_cache: a dict reused across calls to keep each image's features (keyed by method, sizes, the
             validated copy's path and the turn; for benchmarks that match one image in many pairs). Cached
             extractions add no time to ``seconds["extraction"]``.
+        runtime: ``"torch"`` (the matcher as the pipeline runs it, on CUDA when present) or ``"onnx"``: LightGlue /
+            LighterGlue exported to ONNX (:func:`backend.onnx_export.onnx_matcher`, exported on first use) and run
+            by ONNX Runtime on the CPU, all layers (no adaptive depth or width, so slightly more matches). The
+            features always come from torch (the extractors are not exported: :mod:`backend.onnx_export`).
 
     Raises:
-        ValueError: unknown features, matcher, estimator, a combination that cannot work, only one of K0 / K1.
+        ValueError: unknown features, matcher, estimator, runtime, a combination that cannot work, only one of
+            K0 / K1, or runtime ``"onnx"`` with a matcher that has no network.
+        RuntimeError: runtime ``"onnx"`` without onnxruntime installed.
         MissingWeightsError: the method's weights are missing or fail their check.
     """
     from ..features import load_extractor
@@ -240,6 +248,10 @@ def match_prepared(im0: PairImage, im1: PairImage, features: str = "aliked-n16",
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     if (K0 is None) != (K1 is None):
         raise ValueError("give the intrinsics of both images or of neither")
+    from ..onnx_export import RUNTIMES, onnx_matcher
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     check_combination(features, matcher)
     models = {} if models is None else models
     device = get_device()
@@ -249,9 +261,10 @@ def match_prepared(im0: PairImage, im1: PairImage, features: str = "aliked-n16",
     if ext is None:
         ext = models[("features", features, resize, max_keypoints)] = load_extractor(
             features, device, max_keypoints=max_keypoints)
-    mat = models.get(("matcher", matcher, features))
+    mat = models.get(("matcher", matcher, features, runtime))
     if mat is None:
-        mat = models[("matcher", matcher, features)] = load_matcher(matcher, features, device)
+        mat = models[("matcher", matcher, features, runtime)] = (
+            onnx_matcher(features, matcher) if runtime == "onnx" else load_matcher(matcher, features, device))
     seconds["load_models"] = time.perf_counter() - t
 
     intrinsics = "none (fundamental matrix)"
@@ -299,7 +312,7 @@ def match_prepared(im0: PairImage, im1: PairImage, features: str = "aliked-n16",
                     "note": f"image 1 extracted turned by {90 * k} degrees clockwise won" if k else
                     "image 1 as it is won"}
     res = PairResult(features, matcher, im0, im1, f0["keypoints"], f1["keypoints"], m, s, g, intrinsics, seconds,
-                     tta=tta_info, extracted_images=extracted[0])
+                     tta=tta_info, extracted_images=extracted[0], runtime=runtime)
     if similarity:
         t = time.perf_counter()
         res.similarity_percent, res.similarity_model = similarity_percent(im0.path, im1.path)

@@ -261,7 +261,10 @@ def time_bound_note(run_dir: Path) -> str | None:
     if not hit:
         return None
     h = hit[0]
-    if h.get("ceiling_seconds") and h.get("seconds", 0) >= h["ceiling_seconds"]:
+    if "ceiling_seconds" not in h:  # a run from before the stall guard: the bound was a deadline
+        why = (f"at its time bound ({h['bound_seconds']} s per mapping pass: the larger of 60 s and 4 s per "
+               "image)")
+    elif h.get("at_ceiling"):
         why = (f"at its ceiling ({h['ceiling_seconds']} s per mapping pass, 60 s per image), still registering "
                "images")
     else:
