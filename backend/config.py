@@ -118,6 +118,9 @@ class MappingConfig:
     ba_global_ratio: float = 1.1
     # global bundle adjustments (with retriangulation) per global refinement step at most (COLMAP: 5)
     ba_global_max_refinements: int = 5
+    # COLMAP 4's structure-less registration: an image that the 2D-3D pose cannot register is tried again from its
+    # 2D-2D correspondences to registered images (7 s a try on church's last photo, which failed both times)
+    structure_less_fallback: bool = True
     ba_ignore_redundant_points: bool = False  # COLMAP's option to leave well-constrained points out of global BA
     final_ba_iterations: int = 100  # solver iterations of the last global bundle adjustment (Ceres' default)
     # the last global bundle adjustment refines the principal point of "all" cameras (narrow ones held), or only
@@ -196,7 +199,8 @@ class PipelineConfig:
 
 _HASH_NEW_DEFAULTS = {("retrieval", "sequential"): "off", ("retrieval", "sequential_overlap"): 5,
                       ("mapping", "leaf_max_images"): 500, ("mapping", "final_ba_principal_point"): "shared",
-                      ("mapping", "ceiling_seconds_per_image"): 60.0, ("mapping", "ba_global_max_refinements"): 5}
+                      ("mapping", "ceiling_seconds_per_image"): 60.0, ("mapping", "ba_global_max_refinements"): 5,
+                      ("mapping", "structure_less_fallback"): True}
 
 
 def _upgrade(section: str, values: dict[str, Any]) -> dict[str, Any]:

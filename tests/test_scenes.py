@@ -268,6 +268,25 @@ def test_mapping_time_bound_stops_a_stall_and_keeps_slow_progress(reconstruct, t
     assert 2 <= size < full
 
 
+def test_shared_camera_pass_stops_early_where_the_focal_lengths_disagree(reconstruct):
+    """Church's photos share one camera by their metadata, but not by their pixels: the shared-camera pass stops as
+    soon as the photos' own focal lengths differ by more than 1.3x (at about 10 of 15 photos; the full pass spent
+    15 s more before its end check threw it away), and one camera per image maps every photo. Temple's turntable
+    shares its camera for real: that pass runs to the end and is kept."""
+    run, _, res = reconstruct("church_imc2024")
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((run / "mapping.json").read_text())
+    cams, passes = m["cameras"], m["passes"]
+    assert "focal lengths differ" in cams["shared_pass_stopped_early"] and not cams["metadata_groups_confirmed"]
+    assert passes[0]["stopped_early"] and not passes[0]["stopped_by_bound"], passes
+    assert passes[0]["registered"] < passes[1]["registered"] and passes[1]["registered"] >= 15, passes
+    run, _, res = reconstruct("temple_ring_middlebury")
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((run / "mapping.json").read_text())
+    assert m["cameras"]["metadata_groups_confirmed"] and m["cameras"]["shared_groups"], m["cameras"]
+    assert "shared_pass_stopped_early" not in m["cameras"] and "stopped_early" not in m["passes"][0]
+
+
 def test_church_fold_is_split_into_two_correct_models(reconstruct):
     """Church's tower shows one clock face on two opposite sides: the mapper folds one side onto the other (7 of its
     15 cameras more than 3 units off). The fold check (backend/mapping/disambiguation.py) finds the two groups and

@@ -197,8 +197,12 @@ def _fresh_tmp(run_dir: Path) -> Path:
 
 
 def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "",
-                 db: Path | None = None) -> dict:
+                 db: Path | None = None, early_stop=None) -> dict:
     """Incremental mapping of ``database.db`` (or ``db``): {index: pycolmap.Reconstruction}.
+
+    ``early_stop(reconstruction) -> str | None``: looked at after registrations 6, 7, 8, 10, 12, 15, ... (x1.25, so
+    its cost stays small on large collections) with the model being built; a reason string stops the call there
+    (the pass is then recorded with ``stopped_early``, never as a time-bound stop).
 
     The time bound (:func:`mapping_time_bound`) is a stall guard, not a deadline: every registration moves COLMAP's
     ``max_runtime_seconds`` to "now + bound", so the call stops only after ``bound`` seconds without a new
@@ -218,12 +222,14 @@ def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label
     opts.max_runtime_seconds = bound  # COLMAP stops registering and returns the models so far
     opts.ba_global_frames_ratio = opts.ba_global_points_ratio = cfg.ba_global_ratio
     opts.ba_global_max_refinements = cfg.ba_global_max_refinements
+    opts.structure_less_registration_fallback = cfg.structure_less_fallback
     opts.mapper.ba_global_ignore_redundant_points3D = cfg.ba_ignore_redundant_points
     opts.image_path = str(_inputs(run_dir) / "images")
     db_path = Path(db or run_dir / DATABASE)
     if not db_path.is_file():  # Database.open would create an empty one and map nothing, silently
         raise MappingError(f"no COLMAP database at {db_path}: run the verification stage first")
     registered = [0]
+    early = {"next": 6, "reason": None}
     database = pycolmap.Database.open(db_path)
     try:
         manager = pycolmap.ReconstructionManager()
@@ -231,6 +237,15 @@ def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label
 
         def on_registration(first: bool = False):
             registered[0] += 1 + first
+            if early["reason"] is not None:
+                return
+            if early_stop is not None and manager.size() and registered[0] >= early["next"]:
+                early["next"] = max(early["next"] + 1, int(early["next"] * 1.25))
+                early["reason"] = early_stop(manager.get(manager.size() - 1))
+                if early["reason"] is not None:
+                    pipeline.options.max_runtime_seconds = 1  # COLMAP stops at its next check
+                    report("mapping", min(registered[0], n_images), n_images, f"stopped early: {early['reason']}")
+                    return
             # COLMAP measures max_runtime_seconds from the start of run(): move the bound to bound s from now
             # (rounded up: the stall window is never shorter than the bound)
             pipeline.options.max_runtime_seconds = int(min(ceiling, math.ceil(time.perf_counter() - t0 + bound)))
@@ -247,7 +262,7 @@ def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label
         # ran past it also reads as stopped. With every image registered nothing was left out: not a stop.
         models = {i: manager.get(i) for i in range(manager.size())}
         placed = set().union(*(set(m.reg_image_ids()) for m in models.values())) if models else set()
-        stopped = pipeline.check_reached_max_runtime() and len(placed) < n_images
+        stopped = early["reason"] is None and pipeline.check_reached_max_runtime() and len(placed) < n_images
         at_ceiling = stopped and pipeline.options.max_runtime_seconds >= ceiling
     finally:
         database.close()
@@ -262,7 +277,8 @@ def _incremental(run_dir: Path, n_images: int, cfg: MappingConfig, report, label
     PASSES.append({"label": label.strip(" ()") or "mapping", "seconds": round(seconds, 2), "bound_seconds": bound,
                    "ceiling_seconds": ceiling, "stopped_by_bound": bool(stopped),
                    "images": n_images, "models": len(models), "registered": int(kept),
-                   "registrations": registered[0], "registrations_thrown_away": max(0, registered[0] - int(kept))})
+                   "registrations": registered[0], "registrations_thrown_away": max(0, registered[0] - int(kept)),
+                   **({"stopped_early": early["reason"]} if early["reason"] else {})})
     return models
 
 
@@ -352,14 +368,14 @@ def _hierarchical(run_dir: Path, n_images: int, cfg: MappingConfig, report, labe
 
 
 def _mapper(run_dir: Path, n_images: int, cfg: MappingConfig, report, label: str = "",
-            db: Path | None = None) -> dict:
+            db: Path | None = None, early_stop=None) -> dict:
     """The mapper that ``cfg.mapper`` names: :func:`_incremental`, :func:`_global` or :func:`_hierarchical`, on
-    ``database.db`` or ``db``."""
+    ``database.db`` or ``db`` (``early_stop``: see :func:`_incremental`; the other mappers run to the end)."""
     if cfg.mapper == "global":
         return _global(run_dir, n_images, cfg, report, label, db)
     if cfg.mapper == "hierarchical":
         return _hierarchical(run_dir, n_images, cfg, report, label, db)
-    return _incremental(run_dir, n_images, cfg, report, label, db)
+    return _incremental(run_dir, n_images, cfg, report, label, db, early_stop)
 
 
 def _copy_database(src: Path, dst: Path) -> None:
@@ -499,10 +515,28 @@ def check_shared_groups(rec, groups: list[dict], max_spread: float = 1.15,
     A wide and a tele lens forced into one camera fail one of the two tests; a scene that splits into several models
     fails only the second.
     """
+    mostly = True
+    for g, focals in zip(groups, _group_focals(rec, groups)):
+        if len(focals) < 3 or max(focals) / min(focals) > max_spread:
+            return False, False
+        if len(focals) < min_registered * len(g["names"]):
+            mostly = False
+    return True, mostly
+
+
+EARLY_SPREAD = 1.3
+"""The focal-length spread (max / min) within a metadata group at which the shared-camera pass stops early
+(:func:`_map`); the end check (:func:`check_shared_groups`) asks for at most 1.15 of the finished model."""
+
+
+def _group_focals(rec, groups: list[dict]) -> list[list[float]]:
+    """Per group, the focal lengths (px) its registered images estimate on their own from their 2D-3D
+    correspondences (at least 20; ``pycolmap.estimate_and_refine_absolute_pose`` with focal refinement, starting
+    from the shared camera)."""
     import pycolmap
 
     name_to_image = {im.name: im for im in rec.images.values()}
-    mostly = True
+    out = []
     for g in groups:
         focals = []
         for n in g["names"]:
@@ -524,11 +558,15 @@ def check_shared_groups(rec, groups: list[dict], max_spread: float = 1.15,
                 np.array([a for a, _ in pts], np.float64), np.array([b for _, b in pts], np.float64), cam, est, ref)
             if r is not None:
                 focals.append(cam.mean_focal_length())
-        if len(focals) < 3 or max(focals) / min(focals) > max_spread:
-            return False, False
-        if len(focals) < min_registered * len(g["names"]):
-            mostly = False
-    return True, mostly
+        out.append(focals)
+    return out
+
+
+def shared_group_spread(rec, groups: list[dict], min_images: int = 5) -> float | None:
+    """The largest focal-length spread (max / min of :func:`_group_focals`) over the groups with at least
+    ``min_images`` estimates, or None when no group has that many yet."""
+    spreads = [max(f) / min(f) for f in _group_focals(rec, groups) if len(f) >= min_images]
+    return max(spreads) if spreads else None
 
 
 def rescue_runaway_focals(rec, images: dict, focal_range: tuple[float, float] | None = None,
@@ -676,9 +714,25 @@ def _map(run_dir: Path, names: list[str], images: dict, pairs: list, cfg: Mappin
         meta = metadata_camera_groups(images, names)
         if meta:
             use_cameras(meta)  # the verification stage normally built it so already
-            models = _mapper(run_dir, n_images, cfg, report, " (shared cameras from metadata)")
+            early: list[str] = []
+
+            def wrong_cameras(rec) -> str | None:
+                """Stop the shared pass as soon as the model being built shows the focal lengths far apart (church:
+                1.36x at the 9th of 15 photos, against 1.01x on temple's true shared camera; the full pass then spent
+                15 s more before the end check threw it away)."""
+                spread = shared_group_spread(rec, meta)
+                if spread is not None and spread > EARLY_SPREAD:
+                    early.append(f"the photos' own focal lengths differ by {spread:.2f}x (> {EARLY_SPREAD}x) at "
+                                 f"{rec.num_reg_images()} registered")
+                    return early[-1]
+                return None
+
+            models = _mapper(run_dir, n_images, cfg, report, " (shared cameras from metadata)",
+                             early_stop=wrong_cameras)
             best = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
-            agree, mostly = check_shared_groups(best, meta) if best is not None else (False, False)
+            agree, mostly = check_shared_groups(best, meta) if best is not None and not early else (False, False)
+            if early:
+                camera_info["shared_pass_stopped_early"] = early[0]
             if agree and not mostly:
                 # focal lengths agree, but many images are missing from the largest model (the scene may have split):
                 # keep the shared pass unless one camera per image registers more
