@@ -28,7 +28,7 @@ class ALIKED(Extractor):
         return [conf.get("model_name", cls.default_conf["model_name"])]
 
     def _init(self):
-        from kornia.feature import ALIKED as KorniaALIKED
+        KorniaALIKED = _aliked_class()
 
         c = self.conf
         if c["model_name"] not in DIMS:
@@ -54,3 +54,37 @@ class ALIKED(Extractor):
             "scores": feats.keypoint_scores.float().cpu().numpy(),
             "descriptors": feats.descriptors.float().cpu().numpy(),
         }
+
+
+def _aliked_class():
+    """kornia's ``ALIKED`` with the dense feature map L2-normalised as ``x * rsqrt(max(sum(x^2), eps^2))`` over the
+    channels, in place, instead of ``F.normalize`` (the same values within 2e-7, eps 1e-12 as there; on a
+    (1, 128, 768, 1024) map 0.29 s against 0.60-0.67 s on 2 CPU cores; church's extraction 2.44 -> 1.79 s per photo
+    before the in-place step, with the same keypoints). The rest of
+    ``extract_dense_map`` is kornia 0.9's own."""
+    from kornia.feature import ALIKED as KorniaALIKED
+    from kornia.feature.aliked.aliked import InputPadder
+
+    class FastNormALIKED(KorniaALIKED):
+        def extract_dense_map(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """``(feature_map float [B, dim, H, W] L2-normalised over dim, score_map float [B, 1, H, W])`` as
+            kornia's."""
+            padder = InputPadder(image.shape[-2], image.shape[-1], 2**5)
+            image = padder.pad(image)
+            x1 = self.block1(image)
+            x2 = self.block2(self.pool2(x1))
+            x3 = self.block3(self.pool4(x2))
+            x4 = self.block4(self.pool4(x3))
+            x1 = self.gate(self.conv1(x1))
+            x2 = self.gate(self.conv2(x2))
+            x3 = self.gate(self.conv3(x3))
+            x4 = self.gate(self.conv4(x4))
+            x1234 = torch.cat([x1, self.upsample2(x2), self.upsample8(x3), self.upsample32(x4)], dim=1)
+            score_map = torch.sigmoid(self.score_head(x1234))
+            x = x1234.float()  # fp16 under CUDA autocast: sum the squares in fp32, as F.normalize's norm does
+            inv = torch.rsqrt((x * x).sum(1, keepdim=True).clamp_min(1e-24))
+            # in place outside autograd (x1234 is not read again): no second map of H x W x 128 floats to allocate
+            feature_map = (x * inv if torch.is_grad_enabled() else x.mul_(inv)).to(x1234.dtype)
+            return padder.unpad(feature_map), padder.unpad(score_map)
+
+    return FastNormALIKED
