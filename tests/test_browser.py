@@ -129,7 +129,7 @@ def test_upload_run_explore_download(server, browser, tmp_path):
             assert page.get_by_text(re.compile(r"sift \+ nn-ratio: \d+ matches, \d+ inliers")).count() >= 1
             _settle(page)
         if key == "twoview":  # two photos of the run, ALIKED + LightGlue beside SIFT + ratio test
-            page.get_by_role("button", name="Match").click()
+            page.get_by_role("button", name="Match", exact=True).click()  # not "Help for Matcher runtime"
             page.get_by_text("Same place?").wait_for(timeout=300_000)
             for method in ("aliked-n16 + lightglue", "sift + nn-ratio"):
                 page.locator('[data-testid="stImageCaption"]').filter(has_text=method).wait_for(timeout=300_000)
