@@ -257,6 +257,7 @@ def create_app(token: str | None = None) -> FastAPI:
                               "by ONNX Runtime on the CPU, all layers; exported on first use)")] = "torch") -> dict:
         """Match two photos and verify their two-view geometry (see ``python -m backend twoview``)."""
         from .io.weights import MissingWeightsError
+        from .onnx_export import OnnxRuntimeMissing
         from .twoview.pair import match_prepared, prepare_image
 
         limit = uploads.DEFAULT_LIMITS.max_image_bytes
@@ -277,7 +278,7 @@ def create_app(token: str | None = None) -> FastAPI:
                 res = match_prepared(ims[0], ims[1], features, matcher, resize=resize, max_keypoints=max_keypoints,
                                      tta=tta, estimator=estimator, similarity=similarity, models=_MODELS,
                                      runtime=runtime)
-            except (MissingWeightsError, RuntimeError) as e:
+            except (MissingWeightsError, OnnxRuntimeMissing) as e:
                 raise _error(503, f"{e}") from None
             except ValueError as e:
                 raise _error(400, f"{e}") from None

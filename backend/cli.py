@@ -121,15 +121,15 @@ def config_from_args(args: argparse.Namespace):
         import dataclasses
         import math
 
-        from .config import DISAMBIGUATE_MODES, MAPPERS
+        from .config import _CHOICES
 
         fields = {f.name: f for f in dataclasses.fields(cfg.mapping)}
         unknown = sorted(set(mapping) - set(fields))
         if unknown:
             raise ValueError(f"--mapping-option: the mapping config has no field {', '.join(unknown)}; its fields: "
                              f"{', '.join(fields)}")
-        choices = {"camera_mode": ("per_image", "shared", "auto"), "mapper": MAPPERS,
-                   "disambiguate": DISAMBIGUATE_MODES, "final_ba_principal_point": ("all", "shared")}
+        choices = {**{k: _CHOICES[k] for k in ("camera_mode", "mapper", "disambiguate")},
+                   "final_ba_principal_point": ("all", "shared")}
         for key, value in mapping.items():
             current = getattr(cfg.mapping, key)
             text = str(value)
@@ -300,6 +300,7 @@ def _twoview_summary(d: dict) -> str:
 
 def cmd_twoview(args) -> int:
     from .io.weights import MissingWeightsError
+    from .onnx_export import OnnxRuntimeMissing
     from .twoview.groundtruth import find_pair, pair_from_poses, read_gt_csv, read_pairs_file
     from .twoview.pair import match_pair
 
@@ -327,7 +328,7 @@ def cmd_twoview(args) -> int:
         res = match_pair(p0, p1, args.features, args.matcher, resize=args.resize, max_keypoints=args.max_keypoints,
                          tta=args.tta, estimator=args.estimator, threshold_px=args.threshold, K0=K0, K1=K1, gt=gt,
                          precision_px=args.precision_px, similarity=not args.no_similarity, runtime=args.runtime)
-    except (MissingWeightsError, RuntimeError) as e:
+    except (MissingWeightsError, OnnxRuntimeMissing) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as e:

@@ -169,6 +169,12 @@ class OnnxMatcher:
 
 
 ONNX_MATCHERS = ("lightglue", "lighterglue")
+
+
+class OnnxRuntimeMissing(RuntimeError):
+    """``runtime: onnx`` asked for where ``onnxruntime`` is not installed."""
+
+
 RUNTIMES = ("torch", "onnx")
 
 
@@ -184,14 +190,14 @@ def onnx_matcher(features: str, matcher: str, threads: int = 0) -> OnnxMatcher:
     Raises:
         ValueError: the matcher has no network (only LightGlue and LighterGlue run on ONNX Runtime), or the
             combination cannot work.
-        RuntimeError: ``onnxruntime`` is not installed.
+        OnnxRuntimeMissing: ``onnxruntime`` is not installed.
         MissingWeightsError: the matcher's weights are missing.
     """
     import os
     import shutil
     import tempfile
 
-    from .io.weights import weight_path, weights_dir
+    from .io.weights import checksums, weight_path, weights_dir
     from .matchers import check_combination, matcher_class
 
     check_combination(features, matcher)
@@ -201,11 +207,14 @@ def onnx_matcher(features: str, matcher: str, threads: int = 0) -> OnnxMatcher:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise RuntimeError("onnxruntime is not installed: run bash setup/install.sh, or choose runtime torch") \
+        raise OnnxRuntimeMissing("onnxruntime is not installed: run bash setup/setup.sh, or choose runtime torch") \
             from None
     final = weights_dir() / "onnx" / f"{matcher}-{features}"
     path = final / f"{matcher}-{features}.onnx"
-    want = {w: _sha256(weight_path(w)) for w in matcher_class(matcher).weight_names({}, features)}
+    names = matcher_class(matcher).weight_names({}, features)
+    for w in names:
+        weight_path(w)  # present and matching the manifest (MissingWeightsError otherwise)
+    want = checksums(names)  # the manifest's sha256, which export_matcher's manifest records after that check
     try:
         have = json.loads((final / "manifest.json").read_text()).get("weights")
     except (OSError, ValueError):

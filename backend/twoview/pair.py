@@ -237,7 +237,7 @@ def match_prepared(im0: PairImage, im1: PairImage, features: str = "aliked-n16",
     Raises:
         ValueError: unknown features, matcher, estimator, runtime, a combination that cannot work, only one of
             K0 / K1, or runtime ``"onnx"`` with a matcher that has no network.
-        RuntimeError: runtime ``"onnx"`` without onnxruntime installed.
+        OnnxRuntimeMissing: runtime ``"onnx"`` without onnxruntime installed.
         MissingWeightsError: the method's weights are missing or fail their check.
     """
     from ..features import load_extractor
