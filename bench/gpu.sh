@@ -4,7 +4,9 @@
 #   bash bench/gpu.sh pack            here: wheels + weights + scenes into .gpu/p1 ... .gpu/pN (<= 44 MB each)
 #   bash bench/gpu.sh store N         there: keep piece N in /tmp/gpu (one call per piece: a call carries 64 MiB)
 #   bash bench/gpu.sh smoke           there: unpack what has arrived, install the wheels, one fast run on reichstag
-#   bash bench/gpu.sh bench           there: unpack everything, run python -m bench, copy results.json to $OUT
+#   bash bench/gpu.sh bench           there: unpack everything, LightGlue's pairs per second (python -m
+#                                     bench.matcher_rate), then python -m bench; results_gpu.json and
+#                                     matcher_rate_gpu.json to $OUT
 #
 # On a machine with a network and CUDA, none of this is needed: `bash setup/setup.sh --torch torch==2.13.0+cu128`
 # then `python -m bench`.
@@ -64,6 +66,8 @@ bench)
     unpack && env_there
     b() { python3 -m bench --out /tmp/bout --timeout 240 --naive-timeout 240 "$@" || true
           cp /tmp/bout/results.json "$OUT/results_gpu.json" || true; }
+    # LightGlue's pairs per second at 2048 keypoints, pair by pair against batched (issue 25): about a minute
+    python3 -m bench.matcher_rate --pairs 96 --batch-sizes 8,16,32 --out "$OUT/matcher_rate_gpu.json" || true
     b --scenes $SCENES --configs fast,colmap-sift,balanced
     b --scenes $SCENES --configs naive,accurate
     b --scenes temple_ring_middlebury,reichstag_imc2020 \

@@ -78,6 +78,15 @@ class Matcher:
         """
         raise NotImplementedError
 
+    batch_size: int = 1
+
+    def match_batch(self, pairs: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Match several pairs, ``[(f0, f1), ...]`` as :meth:`match` takes them, into one ``(matches, scores)`` per
+        pair, in order. The matching stage hands a matcher :attr:`batch_size` pairs at a time; this default matches
+        them one by one (a model that batches, as LightGlue on a GPU, overrides it)."""
+        return [self.match(f0, f1) for f0, f1 in pairs]
+
 
 def no_matches() -> tuple[np.ndarray, np.ndarray]:
     """``(int32 [0, 2], float32 [0])``."""

@@ -5,14 +5,15 @@ authors (Potje et al., CVPR 2024; github.com/verlab/accelerated_features: 6 laye
 from __future__ import annotations
 
 from .base import Matcher
-from .lightglue import load_lightglue_state, run_lightglue, set_cpu_attention
+from .lightglue import check_batch_size, load_lightglue_state, run_lightglue, run_lightglue_batch, set_cpu_attention
 
 
 class LighterGlue(Matcher):
-    """LighterGlue with kornia's model; ``cpu_attention`` and :attr:`last_stats` as :class:`.lightglue.LightGlue`'s."""
+    """LighterGlue with kornia's model; ``cpu_attention``, ``batch_size`` and :attr:`last_stats` as
+    :class:`.lightglue.LightGlue`'s."""
 
     default_conf = {"depth_confidence": -1.0, "width_confidence": 0.95, "filter_threshold": 0.1,
-                    "cpu_attention": "sdpa"}
+                    "cpu_attention": "sdpa", "batch_size": 1}
     features = {"xfeat": "xfeat-lighterglue"}
     uses_gpu = True
     licence = "Apache-2.0 (code and weights)"
@@ -30,8 +31,15 @@ class LighterGlue(Matcher):
                                 depth_confidence=c["depth_confidence"], width_confidence=c["width_confidence"],
                                 filter_threshold=c["filter_threshold"], mp=self.device.type == "cuda")
         model = load_lightglue_state(model, "xfeat-lighterglue", prefix="matcher.").eval().to(self.device)
+        self.batch_size = check_batch_size(c)
         self.model = set_cpu_attention(model, c["cpu_attention"], self.device)
         self.last_stats: dict = {}
 
     def match(self, f0, f1):
         return run_lightglue(self.model, f0, f1, self.device, self.last_stats)
+
+    def match_batch(self, pairs):
+        if self.batch_size == 1:
+            return super().match_batch(pairs)
+        self.last_stats = {"layers": self.model.conf.n_layers, "pruned": 0.0}
+        return run_lightglue_batch(self.model, pairs, self.device)

@@ -1,6 +1,7 @@
 """LightGlue (Lindenberger, Sarlin & Pollefeys, "LightGlue: Local Feature Matching at Light Speed", ICCV 2023;
 github.com/cvg/LightGlue) through ``kornia.feature.LightGlue`` with the official weights for ALIKED and for DISK,
-with adaptive depth (early stopping) and width (point pruning)."""
+with adaptive depth (early stopping) and width (point pruning) one pair at a time, or a batch of pairs at full depth
+and width (``batch_size`` > 1, for a GPU: :func:`run_lightglue_batch`)."""
 
 from __future__ import annotations
 
@@ -121,14 +122,99 @@ def run_lightglue(model: torch.nn.Module, f0: dict, f1: dict, device: torch.devi
             out["scores"][0].float().cpu().numpy().astype(np.float32))
 
 
+def check_batch_size(conf: dict) -> int:
+    """``conf["batch_size"]`` as a positive int. Raises ValueError otherwise."""
+    bs = conf["batch_size"]
+    if isinstance(bs, bool) or not isinstance(bs, int) or not 1 <= bs <= 256:
+        raise ValueError(f"batch_size must be an integer from 1 to 256, not {bs!r}")
+    return bs
+
+
+def _padded_side(feats: list[dict], device: torch.device, dtype: torch.dtype):
+    """Stack one side of a batch: keypoints normalised as kornia's ``normalize_keypoints`` (by the image's
+    ``(W, H)``, into [-1, 1]) float [B, L, 2], descriptors [B, L, D] and a validity mask bool [B, L] (False on the
+    zero padding up to the longest image, L)."""
+    from kornia.feature.lightglue import normalize_keypoints
+
+    length = max(len(f["keypoints"]) for f in feats)
+    dim = feats[0]["descriptors"].shape[1]
+    kpts = torch.zeros(len(feats), length, 2, device=device)
+    desc = torch.zeros(len(feats), length, dim, device=device, dtype=dtype)
+    valid = torch.zeros(len(feats), length, dtype=torch.bool, device=device)
+    for i, f in enumerate(feats):
+        c = len(f["keypoints"])
+        size = torch.as_tensor(f["image_size"], device=device, dtype=torch.float32)[None]
+        kpts[i, :c] = normalize_keypoints(torch.from_numpy(f["keypoints"]).to(device)[None], size)[0]
+        desc[i, :c] = torch.from_numpy(f["descriptors"]).to(device=device, dtype=dtype)
+        valid[i, :c] = True
+    return kpts, desc, valid
+
+
+@torch.inference_mode()
+def run_lightglue_batch(model: torch.nn.Module, pairs: list[tuple[dict, dict]],
+                        device: torch.device) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Match a batch of pairs in one pass of a kornia ``LightGlue`` ``model``, at full depth and width.
+
+    Each side is zero-padded to its longest image, and attention masks keep padded points out of every softmax, so
+    each pair gets the matches it gets alone with ``depth_confidence = width_confidence = -1`` (all layers, no point
+    pruning), up to float rounding. Adaptive depth and width are left out here on purpose: they decide per pair and
+    per layer on the host, which would stop the device at every layer (cvg/LightGlue batches the same way). A batch
+    with no padding runs without masks (flash attention on CUDA, half precision with the model's ``mp``).
+
+    Args:
+        pairs: ``[(f0, f1), ...]``, features as :meth:`backend.matchers.base.Matcher.match` takes them
+            (``keypoints`` float32 [N, 2] pixels, ``descriptors`` float32 [N, D], ``image_size`` (W, H)).
+
+    Returns:
+        per pair, ``(matches int32 [M, 2], scores float32 [M])`` (empty for a pair with an image without keypoints).
+    """
+    from kornia.feature.lightglue import filter_matches, sigmoid_log_double_softmax
+
+    out = [no_matches() for _ in pairs]
+    live = [k for k, (a, b) in enumerate(pairs) if len(a["keypoints"]) and len(b["keypoints"])]
+    if not live:
+        return out
+    half = device.type != "cpu" and model.conf.mp
+    dtype = torch.float16 if half else torch.float32
+    kp0, d0, v0 = _padded_side([pairs[k][0] for k in live], device, dtype)
+    kp1, d1, v1 = _padded_side([pairs[k][1] for k in live], device, dtype)
+    padded = not (bool(v0.all()) and bool(v1.all()))
+    m0 = m1 = m01 = None
+    if padded:  # [B, 1, L, L']: broadcast over the heads
+        m0, m1 = (v[:, None, :, None] & v[:, None, None, :] for v in (v0, v1))
+        m01 = v0[:, None, :, None] & v1[:, None, None, :]
+    with torch.autocast(enabled=model.conf.mp, device_type=device.type):
+        d0, d1 = model.input_proj(d0), model.input_proj(d1)
+        pe_dtype = model.posenc.Wr.weight.dtype
+        e0, e1 = model.posenc(kp0.to(pe_dtype)), model.posenc(kp1.to(pe_dtype))
+        for layer in model.transformers:
+            d0, d1 = layer.self_attn(d0, e0, m0), layer.self_attn(d1, e1, m1)
+            d0, d1 = layer.cross_attn(d0, d1, m01)
+        la = model.log_assignment[-1]
+        md0, md1 = la.final_proj(d0), la.final_proj(d1)
+        scale = md0.shape[-1] ** 0.25
+        sim = torch.einsum("bmd,bnd->bmn", md0 / scale, md1 / scale)
+        z0, z1 = la.matchability(d0), la.matchability(d1)
+        for i, k in enumerate(live):
+            a, b = len(pairs[k][0]["keypoints"]), len(pairs[k][1]["keypoints"])
+            scores = sigmoid_log_double_softmax(sim[i:i + 1, :a, :b], z0[i:i + 1, :a], z1[i:i + 1, :b])
+            mt0, _, ms0, _ = filter_matches(scores, model.conf.filter_threshold)
+            keep = mt0[0] > -1
+            idx0 = torch.where(keep)[0]
+            out[k] = (torch.stack([idx0, mt0[0][keep]], -1).cpu().numpy().astype(np.int32),
+                      ms0[0][keep].float().cpu().numpy().astype(np.float32))
+    return out
+
+
 class LightGlue(Matcher):
     """LightGlue with kornia's model. ``cpu_attention``: ``"sdpa"`` (cross-attention through
     :func:`use_sdpa_cross_attention` on the CPU) or ``"kornia"`` (kornia's einsum path, as before); CUDA always
     takes kornia's own fused path. After each :meth:`match`, :attr:`last_stats` holds the pair's adaptive depth and
-    width (:func:`run_lightglue`)."""
+    width (:func:`run_lightglue`). ``batch_size`` > 1: the matching stage hands :meth:`match_batch` that many pairs
+    at a time, matched at full depth and width (:func:`run_lightglue_batch`; meant for a GPU)."""
 
     default_conf = {"depth_confidence": 0.95, "width_confidence": 0.99, "filter_threshold": 0.1,
-                    "cpu_attention": "sdpa"}
+                    "cpu_attention": "sdpa", "batch_size": 1}
     features = {"aliked-n16": "aliked-lightglue", "aliked-n16rot": "aliked-lightglue",
                 "aliked-n32": "aliked-lightglue", "disk": "disk-lightglue"}
     uses_gpu = True
@@ -147,8 +233,15 @@ class LightGlue(Matcher):
                                 width_confidence=c["width_confidence"], filter_threshold=c["filter_threshold"],
                                 mp=self.device.type == "cuda")
         model = load_lightglue_state(model, self.features[self.extractor]).eval().to(self.device)
+        self.batch_size = check_batch_size(c)
         self.model = set_cpu_attention(model, c["cpu_attention"], self.device)
         self.last_stats: dict = {}
 
     def match(self, f0, f1):
         return run_lightglue(self.model, f0, f1, self.device, self.last_stats)
+
+    def match_batch(self, pairs):
+        if self.batch_size == 1:
+            return super().match_batch(pairs)
+        self.last_stats = {"layers": self.model.conf.n_layers, "pruned": 0.0}
+        return run_lightglue_batch(self.model, pairs, self.device)

@@ -9,6 +9,8 @@
 - attributes ``seconds`` (the matcher's time on this pair, s; absent for pairs matched on Ray workers) and, for
   LightGlue and LighterGlue, ``layers`` (transformer layers run before adaptive depth stopped) and ``pruned``
   (share of keypoints dropped by adaptive width): the profile ``python -m bench`` reports;
+- (with a matcher's ``batch_size`` > 1, ``seconds`` is the batch's time divided by its pairs, ``layers`` the
+  model's full depth and ``pruned`` 0: a batch runs every layer on every point);
 - attribute ``key`` (written last): :func:`match_key` of both images' feature keys (``features.h5``), the
   matcher, its options and its weights. A pair is recomputed unless its entry carries the key it would get now,
   so matches always index the current keypoints (see :mod:`backend.io.h5cache`).
@@ -61,7 +63,8 @@ def _match_local(feats_path: Path, todo: list[tuple[str, str]], cfg: MatchingCon
                  cancel: threading.Event | None, device):
     """Yield ``((name0, name1), matches int32 [M, 2], scores float32 [M], seconds, stats)`` for each pair of
     ``todo`` in order, matching in this process; ``stats``: the matcher's ``last_stats`` for the pair ({} when it
-    keeps none)."""
+    keeps none). A matcher whose ``batch_size`` is above 1 gets that many pairs at a time
+    (:meth:`~backend.matchers.base.Matcher.match_batch`); each pair of a batch is given the batch's mean time."""
     if not todo:
         return
     model = load_matcher(cfg.name, extractor, device, **method_options(cfg))
@@ -78,12 +81,20 @@ def _match_local(feats_path: Path, todo: list[tuple[str, str]], cfg: MatchingCon
                 cache.popitem(last=False)
         return cache[name]
 
-    for n0, n1 in todo:
+    step = max(1, int(getattr(model, "batch_size", 1)))
+    for start in range(0, len(todo), step):
         if cancel is not None and cancel.is_set():
             raise InterruptedError("cancelled")
+        chunk = todo[start:start + step]
         t0 = time.perf_counter()
-        m, s = model.match(feats(n0), feats(n1))
-        yield (n0, n1), m, s, time.perf_counter() - t0, dict(getattr(model, "last_stats", None) or {})
+        if step == 1:
+            results = [model.match(feats(chunk[0][0]), feats(chunk[0][1]))]
+        else:
+            results = model.match_batch([(feats(n0), feats(n1)) for n0, n1 in chunk])
+        secs = (time.perf_counter() - t0) / len(chunk)  # a batch's time, shared evenly by its pairs
+        stats = dict(getattr(model, "last_stats", None) or {})
+        for (n0, n1), (m, s) in zip(chunk, results):
+            yield (n0, n1), m, s, secs, stats
 
 
 def run_matching(
