@@ -154,10 +154,14 @@ def find_fold(rec, radius: float = RADIUS, min_excess: float = MIN_EXCESS, min_g
             pts = sample[i]
             uv, inside = _project(rec, ids[j], xyz[pts])
             pts, uv = pts[inside], uv[inside]
+            unseen = ~V[pts, j]  # only points j does not observe can count (see _Projections)
+            pts, uv = pts[unseen], uv[unseen]
             if not len(obs_xy[j]) or not len(pts):
                 continue
             cam = rec.cameras[rec.images[ids[j]].camera_id]
             src, dst = _within(uv, obs_xy[j], radius * max(cam.width, cam.height))
+            other = ~V[obs_pid[j][dst], i]  # and only landing on points i does not observe
+            src, dst = src[other], dst[other]
             e = len(pi)
             pi.append(i)
             pj.append(j)
@@ -210,13 +214,22 @@ class _Projections:
     observation of 3D point ``ndst[m]`` in the pair's second image."""
 
     def __init__(self, pi, pj, pts, pair, nsrc, ndst, V):
-        self.pi, self.pj, self.pts, self.pair, self.nsrc, self.ndst, self.V = pi, pj, pts, pair, nsrc, ndst, V
+        j_of, i_of = pj[pair], pi[pair]
+        # Only a projected point that j does not observe, landing on a point that i does not observe, can count:
+        # across a split, a point j observes is not unique to i's group (and one i observes not to j's); inside a
+        # group the test asks for exactly these. So the rest is dropped once here, and :meth:`score`, called for
+        # every candidate split and every refinement step, does the same counts on the smaller arrays.
+        missing = ~V[pts, j_of]
+        keep = missing[nsrc] & ~V[ndst, i_of[nsrc]]
+        sel = np.flatnonzero(missing)
+        remap = np.full(len(pts), -1, dtype=np.int64)
+        remap[sel] = np.arange(len(sel))
+        self.pi, self.pj, self.pts, self.pair = pi, pj, pts[sel], pair[sel]
+        self.nsrc, self.ndst, self.V = remap[nsrc[keep]], ndst[keep], V
         self.Vf = V.astype(np.float32)
         self.n_obs = self.Vf.sum(1)
-        j_of, i_of = pj[pair], pi[pair]
-        # split-independent: inside a group, a point of i that j does not observe, landing on one j sees and i not
-        self.missing = ~V[pts, j_of]
-        self.other = ~V[ndst, i_of[nsrc]]
+        # inside a group every kept neighbour counts, whatever the split: a point lands on one or not
+        self.lands = np.bincount(self.nsrc, minlength=len(self.pts)) > 0
 
     def score(self, g1: np.ndarray, names: list[str]) -> SplitScore:
         """Conflict of the split ``g1`` (bool [N], True = group 0)."""
@@ -230,9 +243,8 @@ class _Projections:
         theirs_cross = np.where(gi0[self.nsrc], uniq1[self.ndst], uniq0[self.ndst])
         hit_c = np.zeros(len(self.pts), dtype=bool)
         hit_c[self.nsrc[mine_cross[self.nsrc] & theirs_cross]] = True
-        mine_within = ~cross & self.missing
-        hit_w = np.zeros(len(self.pts), dtype=bool)
-        hit_w[self.nsrc[mine_within[self.nsrc] & self.other]] = True
+        mine_within = ~cross  # (every point kept is one the other photo does not observe, see __init__)
+        hit_w = mine_within & self.lands
         expected, conflicting = int(mine_cross.sum()), int(hit_c.sum())
         w_exp, w_hit = int(mine_within.sum()), int(hit_w.sum())
         pairs = {(min(a, b), max(a, b)) for a, b, c in zip(self.pi.tolist(), self.pj.tolist(), cross_e.tolist()) if c}
