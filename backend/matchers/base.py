@@ -22,12 +22,16 @@ class Matcher:
             features; ``None`` when the matcher works on any features of :attr:`descriptor_kinds`.
         descriptor_kinds: the descriptor kinds accepted when :attr:`features` is ``None``.
         licence, reference: for the README's method table.
+
+    Instance attribute ``batch_size``: pairs the matching stage hands :meth:`match_batch` at a time (1 unless the
+    method batches, as LightGlue with its ``batch_size`` option).
     """
 
     default_conf: ClassVar[dict[str, Any]] = {}
     features: ClassVar[dict[str, str] | None] = None
     descriptor_kinds: ClassVar[tuple[str, ...]] = ("float", "binary")
     uses_gpu: ClassVar[bool] = False
+    batch_size: int = 1
     licence: ClassVar[str] = ""
     reference: ClassVar[str] = ""
 
@@ -77,8 +81,6 @@ class Matcher:
             most once per side, and a confidence in [0, 1] (higher is better).
         """
         raise NotImplementedError
-
-    batch_size: int = 1
 
     def match_batch(self, pairs: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
                     ) -> list[tuple[np.ndarray, np.ndarray]]:
