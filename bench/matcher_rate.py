@@ -36,19 +36,11 @@ CHURCH = REPO / "samples" / "church_imc2024" / "images"
 def _features(keypoints: int, device: torch.device) -> list[dict]:
     from backend.config import FeaturesConfig
     from backend.features import load_extractor
-    from backend.features.extract import features_of, method_options
-    from backend.io.images import load_rgb
+    from backend.features.extract import extract_for_matching, method_options
 
     cfg = FeaturesConfig(name="aliked-n16", resize=1024, max_keypoints=keypoints)
     model = load_extractor("aliked-n16", device, **method_options(cfg))
-    out = []
-    for p in sorted(CHURCH.iterdir()):
-        img, sx, sy = load_rgb(p, cfg.resize)
-        data, attrs = features_of(model, cfg, img, sx, sy)
-        data["descriptors"] = data["descriptors"].astype(np.float32)
-        data["image_size"] = np.asarray(attrs["image_size"])
-        out.append(data)
-    return out
+    return [extract_for_matching(model, cfg, p) for p in sorted(CHURCH.iterdir())]
 
 
 def _agree(a, b, threshold: float, tol: float = 1e-3) -> tuple[bool, float]:

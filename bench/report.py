@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -151,8 +152,6 @@ def write_report(results: dict, out: Path, md_path: Path) -> None:
 def _matcher_rate(out: Path) -> list[str]:
     """LightGlue's pairs per second, pair by pair against batched (``python -m bench.matcher_rate``; the GPU
     bench's ``matcher_rate_gpu.json`` too), empty when neither has run."""
-    import json
-
     lines = []
     for name in ("matcher_rate.json", "matcher_rate_gpu.json"):
         path = out / name

@@ -14,8 +14,7 @@ import torch
 
 from backend.config import FeaturesConfig
 from backend.features import load_extractor
-from backend.features.extract import features_of, method_options
-from backend.io.images import load_rgb
+from backend.features.extract import extract_for_matching, method_options
 from backend.matchers import load_matcher
 from conftest import REPO, scene_dir
 
@@ -27,14 +26,7 @@ CHURCH = REPO / "samples" / "church_imc2024" / "images"
 def _features(paths, extractor: str) -> list[dict]:
     cfg = FeaturesConfig(name=extractor, resize=1024, max_keypoints=2048)
     model = load_extractor(extractor, CPU, **method_options(cfg))
-    out = []
-    for p in paths:
-        img, sx, sy = load_rgb(p, cfg.resize)
-        data, attrs = features_of(model, cfg, img, sx, sy)
-        data["descriptors"] = data["descriptors"].astype(np.float32)
-        data["image_size"] = np.asarray(attrs["image_size"])
-        out.append(data)
-    return out
+    return [extract_for_matching(model, cfg, p) for p in paths]
 
 
 def _same_matches(a, b, threshold: float) -> None:

@@ -261,6 +261,24 @@ def read_keypoint_counts(path: Path, names: list[str]) -> dict[str, int]:
         return {n: int(f[n]["keypoints"].shape[0]) for n in names}
 
 
+def extract_for_matching(model: Extractor, cfg: FeaturesConfig, path: Path) -> dict[str, np.ndarray]:
+    """One photo's features straight from the extractor, in the form :func:`read_features` gives (``descriptors``
+    float32 for kind ``float``, ``image_size`` int [2] as (W, H)): what a matcher takes, without a ``features.h5``
+    (benchmarks and tests of matchers). Same arrays as the stage (:func:`features_of`, no upright turn).
+
+    Raises:
+        OSError: the photo cannot be read.
+    """
+    from ..io.images import load_rgb
+
+    img, sx, sy = load_rgb(path, cfg.resize)
+    data, attrs = features_of(model, cfg, img, sx, sy)
+    if data["descriptors"].dtype != np.uint8:
+        data["descriptors"] = data["descriptors"].astype(np.float32)
+    data["image_size"] = np.asarray(attrs["image_size"])
+    return data
+
+
 def read_features(path: Path, name: str) -> dict[str, np.ndarray]:
     """One image's features from ``features.h5``: ``keypoints`` float32 [N, 2], ``scores`` float32 [N],
     ``descriptors`` [N, D] (float32 for kind ``float``, uint8 packed bits for ``binary``), ``image_size`` int [2]

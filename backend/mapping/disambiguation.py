@@ -214,18 +214,11 @@ class _Projections:
     observation of 3D point ``ndst[m]`` in the pair's second image."""
 
     def __init__(self, pi, pj, pts, pair, nsrc, ndst, V):
-        j_of, i_of = pj[pair], pi[pair]
-        # Only a projected point that j does not observe, landing on a point that i does not observe, can count:
-        # across a split, a point j observes is not unique to i's group (and one i observes not to j's); inside a
-        # group the test asks for exactly these. So the rest is dropped once here, and :meth:`score`, called for
-        # every candidate split and every refinement step, does the same counts on the smaller arrays.
-        missing = ~V[pts, j_of]
-        keep = missing[nsrc] & ~V[ndst, i_of[nsrc]]
-        sel = np.flatnonzero(missing)
-        remap = np.full(len(pts), -1, dtype=np.int64)
-        remap[sel] = np.arange(len(sel))
-        self.pi, self.pj, self.pts, self.pair = pi, pj, pts[sel], pair[sel]
-        self.nsrc, self.ndst, self.V = remap[nsrc[keep]], ndst[keep], V
+        # :func:`find_fold` keeps only the projected points the pair's second photo does not observe and the
+        # neighbours the first photo does not observe: across a split a point j observes is not unique to i's group
+        # (nor one i observes to j's), and inside a group the test asks for exactly these. So :meth:`score`, run for
+        # every candidate split and refinement step, counts on those alone (the same counts as on all of them).
+        self.pi, self.pj, self.pts, self.pair, self.nsrc, self.ndst, self.V = pi, pj, pts, pair, nsrc, ndst, V
         self.Vf = V.astype(np.float32)
         self.n_obs = self.Vf.sum(1)
         # inside a group every kept neighbour counts, whatever the split: a point lands on one or not

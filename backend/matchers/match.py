@@ -87,10 +87,7 @@ def _match_local(feats_path: Path, todo: list[tuple[str, str]], cfg: MatchingCon
             raise InterruptedError("cancelled")
         chunk = todo[start:start + step]
         t0 = time.perf_counter()
-        if step == 1:
-            results = [model.match(feats(chunk[0][0]), feats(chunk[0][1]))]
-        else:
-            results = model.match_batch([(feats(n0), feats(n1)) for n0, n1 in chunk])
+        results = model.match_batch([(feats(n0), feats(n1)) for n0, n1 in chunk])
         secs = (time.perf_counter() - t0) / len(chunk)  # a batch's time, shared evenly by its pairs
         stats = dict(getattr(model, "last_stats", None) or {})
         for (n0, n1), (m, s) in zip(chunk, results):
