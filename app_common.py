@@ -14,7 +14,7 @@ import streamlit as st
 
 from backend import jobs, owners
 from backend.io import uploads
-from backend.pipeline import STAGES
+from backend.stages import stage_names, stage_title
 
 PAGES = {  # url path -> (file, title, icon)
     "images": ("app_pages/images.py", "Images", ":material/photo_library:"),
@@ -26,8 +26,6 @@ PAGES = {  # url path -> (file, title, icon)
     "evaluate": ("app_pages/evaluate.py", "Evaluate", ":material/analytics:"),
     "twoview": ("app_pages/twoview.py", "Two-view", ":material/join_inner:"),
 }
-STAGE_PAGE = {"images": "images", "retrieval": "pairs", "features": "features", "matching": "matches",
-              "verification": "matches", "scenes": "scenes", "mapping": "reconstruction", "exports": "reconstruction"}
 STATUS_LABEL = {
     "new": ":grey[not started]", "queued": ":orange[queued]", "running": ":blue[running]",
     "paused": ":violet[paused after a stage]", "done": ":green[finished]", "failed": ":red[failed]",
@@ -273,7 +271,7 @@ def require_stage(state: dict, stage: str, what: str) -> bool:
     while the run works, so the page fills in as soon as the stage finishes)."""
     if jobs.stage_done(state, stage):
         return True
-    title = jobs.STAGE_TITLES[stage]
+    title = stage_title(stage)
     st_stage = state["stages"][stage]["status"]
     if state["status"] in ("running", "queued"):
         st.info(f"{what} will appear when the stage **{title}** finishes; the run is working "
@@ -365,11 +363,11 @@ def render_stage_table(state: dict) -> None:
         upload_skipped = len(uploads.read_upload_json(jobs.run_dir_for(state["run_id"])).get("skipped", []))
     except jobs.JobError:
         upload_skipped = 0
-    for s in STAGES:
+    for s in stage_names():
         info = state["stages"][s]
         stt = info["status"]
         c1, c2, c3 = st.columns([3, 6, 2], vertical_alignment="center")
-        c1.markdown(f"{STAGE_ICON.get(stt, STAGE_ICON['pending'])} **{jobs.STAGE_TITLES[s]}**")
+        c1.markdown(f"{STAGE_ICON.get(stt, STAGE_ICON['pending'])} **{stage_title(s)}**")
         if stt == "done":
             counts = _mapping_counts(state["run_id"], info["counts"]) if s == "mapping" else info["counts"]
             c2.markdown(md_escape(_counts_text(s, counts, upload_skipped if s == "images" else 0)))

@@ -11,8 +11,6 @@ The pages live in ``app_pages/``, not ``pages/``: with a folder named ``pages`` 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import shutil
 
@@ -21,18 +19,15 @@ import streamlit as st
 import app_common as ui
 from backend import jobs, owners
 from backend.io import uploads
-from backend.config import DISAMBIGUATE_MODES, MAPPERS, SCENES_MODES, UPRIGHT_MODES, get_preset
-from backend.pipeline import STAGES
+from backend.config import get_preset
+from backend.options import OPTION, OPTIONS
+from backend.stages import get_stage, stage_names, stage_title
+from backend.utils.hashing import json_sha256
 
 PRESET_HELP = {"fast": "quickest", "balanced": "the default", "accurate": "slowest"}
-RETRIEVAL_MODELS = ["auto", "dinov2-small", "dinov2-base", "efficientnet-lite0"]
 CAMERA_MODES = {"auto": "shared per image size and EXIF, checked after mapping",
                 "per_image": "one camera per image (safe for mixed cameras)",
                 "shared": "one camera for all (one camera and zoom; one image size)"}
-CAMERA_HELP = ("auto (default): images of one size and the same EXIF (or none) share a camera, kept only if each "
-               "image's own focal length re-estimated after mapping agrees (else one camera per image, then sharing "
-               "where the refined focal lengths agree). per_image: one camera per image. shared: one camera for all "
-               "images (they must have one size).")
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
@@ -50,7 +45,7 @@ def _weights_note(model: str) -> str:
 FEATURES_HELP = ("aliked-n16: the default deep features; aliked-n16rot: for photos turned by 90°/180°; "
                  "aliked-n32 / aliked-t16: larger / tiny ALIKED; disk: dense deep features; xfeat: the fastest deep "
                  "features on a CPU; sift: COLMAP's SIFT; orb / akaze: OpenCV's binary features. "
-                 "The README's method table has their cost and accuracy here.")
+                 "docs/methods.md has their cost and accuracy.")
 
 
 def _preset_caption(name: str) -> str:
@@ -59,70 +54,52 @@ def _preset_caption(name: str) -> str:
             f"{PRESET_HELP[name]}")
 
 
+def _option_widget(col, name: str, base, k: str, **kw):
+    """The app's widget of option ``name`` (:data:`backend.options.OPTIONS`: label, help, choices, bounds), showing
+    preset ``base``'s value."""
+    o = OPTION[name]
+    value = getattr(getattr(base, o.section), o.key)
+    key = kw.pop("key", f"opt_{name}{k}")
+    help_text = kw.pop("help", o.help)
+    options = kw.pop("options", None) or list(o.allowed() or [])
+    if options:
+        return col.selectbox(o.label, options, index=options.index(value) if value in options else 0, key=key,
+                             help=help_text, **kw)
+    return int(col.number_input(o.label, o.minimum, o.maximum, value, step=o.step, key=key, help=help_text))
+
+
 def options_form() -> tuple[str, dict]:
-    """Preset and advanced options; returns ``(preset, overrides)`` for :func:`backend.jobs.build_config`."""
+    """Preset and advanced options (every option of :data:`backend.options.OPTIONS` marked for the app, in its
+    order, two columns); returns ``(preset, overrides)`` for :func:`backend.jobs.build_config`."""
+    from backend.matchers import matchers_for
+
     preset = st.radio("Preset", list(PRESET_HELP), index=1, horizontal=True, key="preset",
                       captions=[_preset_caption(p) for p in PRESET_HELP])
     base = get_preset(preset)
+    out: dict = {}
     with st.expander("Advanced options"):
         k = f"_{preset}"  # each preset has its own widgets, so switching presets shows that preset's values
-        c1, c2 = st.columns(2)
-        model = c1.selectbox("Global descriptor (pair selection)", RETRIEVAL_MODELS, key="opt_model" + k,
-                             index=RETRIEVAL_MODELS.index(base.retrieval.model),
-                             help="auto: DINOv2-small when its weights are installed, else EfficientNet-Lite0")
-        c1.caption(_weights_note(model))
-        nn = c2.number_input("Pairs per image (k)", 1, 200, base.retrieval.num_neighbors, key="opt_k" + k,
-                             help=f"top-k most similar images per image; all pairs are matched when there are at "
-                                  f"most {base.retrieval.exhaustive_below} images")
-        from backend.features import EXTRACTORS
-        from backend.matchers import matchers_for
-
-        feats = c1.selectbox("Local features", list(EXTRACTORS), key="opt_features" + k,
-                             index=list(EXTRACTORS).index(base.features.name), help=FEATURES_HELP)
-        choices = matchers_for(feats)
-        keep = base.matching.name if base.matching.name in choices else None
-        matcher = c2.selectbox("Matcher", choices, key=f"opt_matcher{k}_{feats}",
-                               index=choices.index(keep) if keep else 0,
-                               help="only the matchers that can match these features are listed")
-        resize = c1.number_input("Resize (long side, px)", 256, 4096, base.features.resize, step=64,
-                                 key="opt_resize" + k, help="the image size the extractor sees; never upscales")
-        kp = c2.number_input("Maximum keypoints per image", 256, 16384, base.features.max_keypoints, step=256,
-                             key="opt_kp" + k)
-        cam = c2.selectbox("Cameras", list(CAMERA_MODES), key="opt_cam" + k,
-                           index=list(CAMERA_MODES).index(base.mapping.camera_mode),
-                           format_func=lambda m: f"{m}: {CAMERA_MODES[m]}", help=CAMERA_HELP)
-        mm = c1.number_input("Minimum matches per pair", 1, 1000, base.matching.min_matches, key="opt_mm" + k,
-                             help="pairs with fewer matches are not used for the reconstruction")
-        mapper = c1.selectbox("Mapper", MAPPERS, key="opt_mapper" + k, index=MAPPERS.index(base.mapping.mapper),
-                              help="incremental: COLMAP's, one image at a time; global: GLOMAP (rotation averaging, "
-                                   "then all positions at once), the largest connected part of the pair graph; "
-                                   "hierarchical: COLMAP's, overlapping clusters of at most 500 photos mapped apart "
-                                   "and merged (for thousands of photos)")
-        upright = c2.selectbox("Turned photos", UPRIGHT_MODES, key="opt_upright" + k,
-                               index=UPRIGHT_MODES.index(base.images.upright),
-                               help="auto: find photos turned by 90, 180 or 270 degrees against the others (SIFT "
-                                    "orientations voted over the collection) and show them to the matcher turned "
-                                    "back; off: use every photo as stored")
-        disamb = c1.selectbox("Symmetric structure", DISAMBIGUATE_MODES, key="opt_disambiguate" + k,
-                              index=DISAMBIGUATE_MODES.index(base.mapping.disambiguate),
-                              help="auto: check the model for a fold (one side of a symmetric building mapped onto "
-                                   "the other, seen as conflicting 3D points) and map the two sides as two models; "
-                                   "off: keep the mapper's model")
-        scenes = c2.selectbox("Scenes", SCENES_MODES, key="opt_scenes" + k, index=SCENES_MODES.index(base.scenes.mode),
-                              help="auto: group the photos into scenes by their verified pairs (a mixed folder: "
-                                   "several places and stray photos), mark photos that join none as outliers and "
-                                   "map each scene on its own; single: map every photo as one scene")
-        min_scene = c2.number_input("Smallest scene (photos)", 2, 1000, base.scenes.min_scene_size,
-                                    key="opt_min_scene" + k, help="smaller groups of photos are outliers")
-    return preset, dict(retrieval_model=model, num_neighbors=int(nn), resize=int(resize), max_keypoints=int(kp),
-                        features=feats, matcher=matcher, camera_mode=cam, min_matches=int(mm),
-                        mapper=mapper, upright=upright, disambiguate=disamb, scenes=scenes,
-                        min_scene_size=int(min_scene))
+        cols = st.columns(2)
+        for i, o in enumerate(x for x in OPTIONS if x.app):
+            col, extra = cols[i % 2], {}
+            if o.name == "matcher":  # only the matchers that can match the chosen features
+                extra = {"options": matchers_for(out["features"]), "key": f"opt_matcher{k}_{out['features']}"}
+            elif o.name == "camera_mode":
+                extra = {"format_func": lambda m: f"{m}: {CAMERA_MODES[m]}"}
+            elif o.name == "num_neighbors":
+                extra = {"help": f"{o.help}; all pairs are matched when there are at most "
+                                 f"{base.retrieval.exhaustive_below} photos"}
+            elif o.name == "features":
+                extra = {"help": FEATURES_HELP}
+            out[o.name] = _option_widget(col, o.name, base, k, **extra)
+            if o.name == "retrieval_model":
+                col.caption(_weights_note(out[o.name]))
+    return preset, out
 
 
 def _fingerprint(source: str, files, cfg: dict) -> str:
     items = sorted((f.name, f.size) for f in files) if files else []
-    return hashlib.sha256(json.dumps([source, items, cfg], sort_keys=True, default=str).encode()).hexdigest()
+    return json_sha256([source, items, cfg])
 
 
 def start_new_run(source: str, files, preset: str, overrides: dict, until: str | None) -> None:
@@ -222,10 +199,17 @@ def run_section(run_id: str) -> None:
     st.subheader(f"Run `{run_id}`")  # a valid run id (letters, digits, - and _) in a code span
     cfg = rec.get("config") or jobs.read_json(run_dir / jobs.REQUEST_JSON).get("config", {})
     feats, match = cfg.get("features", {}), cfg.get("matching", {})
-    method = (f" · features **{ui.md_escape(feats.get('name') or feats.get('model') or 'aliked-n16')}** "
-              f"({ui.md_escape(feats.get('max_keypoints', '?'))} keypoints at {ui.md_escape(feats.get('resize', '?'))} px)"
-              f" · matcher **{ui.md_escape(match.get('name') or 'lightglue')}**"
-              f" · mapper **{ui.md_escape(cfg.get('mapping', {}).get('mapper') or 'incremental')}**") if feats else ""
+    method = (
+        (
+            f" · features **{ui.md_escape(feats.get('name') or feats.get('model') or 'aliked-n16')}** "
+            f"({ui.md_escape(feats.get('max_keypoints', '?'))} keypoints at "
+            f"{ui.md_escape(feats.get('resize', '?'))} px)"
+            f" · matcher **{ui.md_escape(match.get('name') or 'lightglue')}**"
+            f" · mapper **{ui.md_escape(cfg.get('mapping', {}).get('mapper') or 'incremental')}**"
+        )
+        if feats
+        else ""
+    )
     st.caption(f"Preset **{ui.md_escape(cfg.get('preset', '?'))}**{method} · created "
                f"{_timestamp(rec.get('created', ''))} · link: `?run={run_id}`")
     if (flash := st.session_state.pop("flash", None)):
@@ -244,14 +228,14 @@ def run_section(run_id: str) -> None:
             st.caption("Only the person who started this run can continue it.")
         elif state["status"] != "done" and nxt:
             if state["status"] == "paused":
-                done = [s for s in STAGES if jobs.stage_done(state, s)]
+                done = [s for s in stage_names() if jobs.stage_done(state, s)]
                 if done:
-                    key = ui.STAGE_PAGE[done[-1]]
-                    st.info(f"Stage **{jobs.STAGE_TITLES[done[-1]]}** is done. Look at its result before going on:")
+                    key = get_stage(done[-1]).page
+                    st.info(f"Stage **{stage_title(done[-1])}** is done. Look at its result before going on:")
                     ui.page_link(key, f"Open {ui.PAGES[key][1]}")
             resume = state["status"] in ("failed", "cancelled", "interrupted")
             c1, c2 = st.columns(2)
-            if c1.button(f"Run next stage: {jobs.STAGE_TITLES[nxt]}", icon=":material/skip_next:", key="next_stage"):
+            if c1.button(f"Run next stage: {stage_title(nxt)}", icon=":material/skip_next:", key="next_stage"):
                 _continue(run_dir, nxt)
             if c2.button("Resume: run all remaining stages" if resume else "Run all remaining stages",
                          icon=":material/fast_forward:", type="primary", key="run_rest"):
@@ -437,7 +421,7 @@ def home() -> None:
                        help="run every stage in the background; you can leave this page and come back")
         if c2.button("Run stage by stage", icon=":material/step:", key="start_steps",
                      help="run only the first stage, then look at each result and continue"):
-            go, until = True, STAGES[0]
+            go, until = True, stage_names()[0]
         if go:
             try:
                 start_new_run(source, files, preset, overrides, until)

@@ -1,5 +1,5 @@
 """Matches: a pair's matches (any matcher) drawn between the two images, raw versus verified inliers; the same pair
-matched by two methods side by side (:func:`backend.matchers.compare.compare_pair`); a sortable table of matches and
+matched by two methods side by side (:func:`backend.twoview.compare.compare_pair`); a sortable table of matches and
 inliers per pair."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import app_common as ui
 from backend import jobs
 from backend.features import EXTRACTORS, extractor_class
 from backend.matchers import matchers_for
-from backend.matchers.compare import GEOMETRY, compare_pair
+from backend.twoview.compare import GEOMETRY, compare_pair
 from backend.views import runview, viz
 
 VIEWS = {

@@ -197,6 +197,26 @@ def _read_upload(f: UploadFile, limit: int, what: str) -> bytes:
     return data
 
 
+def _with_option_fields(endpoint) -> None:
+    """Give ``endpoint`` (which takes ``**options``) one optional form field per option of
+    :data:`backend.options.OPTIONS` but the server's own (``mapping_threads``), typed and described from the table,
+    so that FastAPI parses, documents (``/docs``) and hands them over."""
+    import inspect
+
+    from .options import OPTIONS
+
+    sig = inspect.signature(endpoint)
+    params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    for o in OPTIONS:
+        if o.name == "mapping_threads":
+            continue
+        allowed = o.allowed()
+        text = o.help + (f" (one of {', '.join(allowed)})" if allowed else "")
+        params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[o.type | None, Form(description=text)]))
+    endpoint.__signature__ = sig.replace(parameters=params)
+
+
 def create_app(token: str | None = None) -> FastAPI:
     """The FastAPI application; ``token``: the bearer token every ``/v1`` request must carry (None: no check)."""
     # FastAPIOffline: /docs (Swagger UI 5) and /redoc from the pinned fastapi-offline package, so the page works
@@ -287,19 +307,19 @@ def create_app(token: str | None = None) -> FastAPI:
                 release_memory()  # give the decoded photos and the matcher's buffers back to the system
         return res.to_dict()
 
-    @app.post("/v1/runs", status_code=202)
     def create_run(request: Request,
                    files: Annotated[list[UploadFile], File(description="photos and/or zips of photos")],
-                   preset: Annotated[str, Form()] = "balanced") -> dict:
-        """Start a reconstruction of the uploaded photos; poll ``GET /v1/runs/{id}``. The answer carries
-        ``owner_secret``: send it as header ``X-Run-Owner`` to list, cancel or delete your runs (send your own
-        secret in that header here to group several runs under one)."""
+                   preset: Annotated[str, Form()] = "balanced", **options) -> dict:
+        """Start a reconstruction of the uploaded photos; poll ``GET /v1/runs/{id}``. Every option of the command
+        line's ``reconstruct`` (but the server's mapping threads) is a form field of the same name that overrides the
+        preset. The answer carries ``owner_secret``: send it as header ``X-Run-Owner`` to list, cancel or delete your
+        runs (send your own secret in that header here to group several runs under one)."""
         held = owner_secrets(request)
         secret = held[0] if held else owners.new_secret()
         if not owners.valid_secret(secret):
             raise _error(400, "X-Run-Owner must be 16-128 letters, digits, '-' or '_' (leave it out to get one)")
         try:
-            cfg = jobs.build_config(preset)
+            cfg = jobs.build_config(preset, **options)
         except ValueError as e:
             raise _error(400, f"{e}") from None
         run_id = jobs.new_run_id()
@@ -318,6 +338,9 @@ def create_app(token: str | None = None) -> FastAPI:
             raise _error(409, f"{e}") from None
         return {"run_id": run_id, "status_url": f"/v1/runs/{run_id}", "preset": preset, "saved": res.saved,
                 "skipped": res.skipped, "owner_secret": secret}
+
+    _with_option_fields(create_run)
+    app.post("/v1/runs", status_code=202)(create_run)
 
     @app.get("/v1/runs")
     def list_runs(request: Request,
@@ -339,7 +362,8 @@ def create_app(token: str | None = None) -> FastAPI:
         d = _run_dir(run_id)
         s = jobs.run_state(d)
         rec = s["record"]
-        return {"run_id": run_id, "status": s["status"], "error": s["error"], "elapsed_seconds": s["elapsed"],
+        return {"run_id": run_id, "status": s["status"], "error": s["error"], "error_type": s["error_type"],
+                "resumable": s["resumable"], "elapsed_seconds": s["elapsed"],
                 "queue_position": s["queue_position"],
                 "stages": {k: {"status": v["status"], "done": v["done"], "total": v["total"],
                                "message": v["message"], "seconds": v["seconds"], "counts": v["counts"]}

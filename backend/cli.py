@@ -12,7 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-from .config import MAPPERS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -34,8 +33,15 @@ class _TqdmProgress:
         if stage != self.stage:
             self.close()
             self.stage = stage
-            self.bar = tqdm(total=max(total, 1), desc=f"{stage:<12}", unit="step", leave=True, file=sys.stderr, mininterval=0.5,
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=max(total, 1),
+                desc=f"{stage:<12}",
+                unit="step",
+                leave=True,
+                file=sys.stderr,
+                mininterval=0.5,
+                dynamic_ncols=True,
+            )
         if self.bar is not None and msg == "done":
             self.bar.n = self.bar.total
             self.bar.set_postfix_str("done")
@@ -55,57 +61,37 @@ class _TqdmProgress:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="balanced", help="fast | balanced | accurate | naive (default: balanced)")
-    p.add_argument("--retrieval", dest="retrieval_model", help="auto | dinov2-small | dinov2-base | efficientnet-lite0")
-    p.add_argument("--num-neighbors", type=int, help="retrieval: pairs per image (top-k)")
-    p.add_argument("--exhaustive-below", type=int, help="match all pairs when there are at most this many images")
-    p.add_argument("--resize", type=int, help="features: long side in px")
-    p.add_argument("--max-keypoints", type=int, help="features: keypoints per image")
-    p.add_argument("--features", help="local features: aliked-n16 | aliked-n16rot | aliked-n32 | aliked-t16 | disk | "
-                   "xfeat | sift | orb | akaze (default: the preset's)")
-    p.add_argument("--matcher", help="lightglue (ALIKED, DISK) | lighterglue (XFeat) | nn-ratio (any) | adalam (any); default: the "
-                   "preset's, or the features' own when the preset's cannot match them")
+    """The preset, every option of :data:`backend.options.OPTIONS` (each overrides the preset) and the method and
+    mapping options as ``KEY=VALUE``."""
+    from .options import OPTIONS
+
+    from .config import PRESETS
+
+    p.add_argument("--preset", default="balanced",
+                   help=f"{' | '.join(PRESETS)}: the preset the options below change (default: balanced)")
+    for o in OPTIONS:
+        static = o.choices if isinstance(o.choices, tuple) else None  # registry choices: checked with a message
+        kind = "" if o.allowed() is not None or o.type is not int else \
+            f" (at least {o.minimum})" if o.minimum is not None and o.maximum is None else \
+            f" ({o.minimum}-{o.maximum})" if o.minimum is not None else ""
+        listed = "" if static or o.allowed() is None else f"; one of {' | '.join(o.allowed())}"
+        p.add_argument(o.cli_flag, dest=o.name, type=o.type, choices=static, metavar=None if static else o.name.upper(),
+                       help=f"{o.help}{listed}{kind} (default: the preset's)")
     p.add_argument("--matcher-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the matcher's default_conf, e.g. cpu_attention=kornia (repeatable)")
     p.add_argument("--mapping-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a field of the mapping config (backend/config.py, MappingConfig), e.g. "
                         "ba_global_ratio=1.4 (repeatable)")
-    p.add_argument("--border", type=int, help="features: drop keypoints within this many px of the image edge")
-    p.add_argument("--camera-mode", choices=["per_image", "shared", "auto"], help="one camera per image or shared")
-    p.add_argument("--mapper", choices=MAPPERS,
-                   help="incremental (COLMAP, default), global (GLOMAP: rotation averaging, then positions) or "
-                        "hierarchical (COLMAP: overlapping clusters mapped apart, then merged; for thousands of photos)")
-    p.add_argument("--leaf-max-images", type=int,
-                   help="hierarchical mapper: the largest cluster mapped on its own (default 500)")
-    p.add_argument("--min-matches", type=int, help="pairs with fewer matches are not used")
-    p.add_argument("--background", choices=["white", "black"], help="background for transparent images")
-    p.add_argument("--upright", choices=["off", "auto"],
-                   help="auto: find photos turned by 90/180/270 degrees against the others and match them turned "
-                        "back (default: the preset's)")
-    p.add_argument("--disambiguate", choices=["off", "auto"],
-                   help="auto: check the model for a fold (one side of a symmetric building mapped onto the other) "
-                        "and map the two sides as two models (default: the preset's)")
-    p.add_argument("--scenes", choices=["auto", "single"],
-                   help="auto (default): group the photos into scenes by their verified pairs, mark the photos that "
-                        "join none as outliers and map each scene on its own; single: map every photo as one scene")
     p.add_argument("--single-scene", dest="scenes", action="store_const", const="single",
                    help="the same as --scenes single")
-    p.add_argument("--sequential", choices=["off", "auto"],
-                   help="auto: when the file names form one numbered sequence (video frames), also pair each photo "
-                        "with the next --sequential-overlap photos, as COLMAP's sequential matcher (default: off)")
-    p.add_argument("--sequential-overlap", type=int, help="sequential pairs per photo (default 5)")
-    p.add_argument("--mapping-threads", type=int,
-                   help="threads of mapping (default: all cores); 1 makes mapping reproducible: the "
-                        "same model every run (COLMAP's --Mapper.num_threads 1)")
-    p.add_argument("--min-scene-size", type=int,
-                   help="smallest group of photos mapped as a scene (default 3); smaller groups are outliers")
 
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`PipelineConfig` of a preset with the command-line overrides applied."""
-    from .config import OVERRIDES, apply_overrides, get_preset
+    from .config import get_preset
+    from .options import OPTION, apply_overrides
 
-    cfg = apply_overrides(get_preset(args.preset), **{name: getattr(args, name, None) for name in OVERRIDES})
+    cfg = apply_overrides(get_preset(args.preset), **{name: getattr(args, name, None) for name in OPTION})
     extra = _key_values(getattr(args, "matcher_option", None) or [], "--matcher-option")
     if extra:
         from .matchers import matcher_class
@@ -121,14 +107,14 @@ def config_from_args(args: argparse.Namespace):
         import dataclasses
         import math
 
-        from .config import _CHOICES
+        from .options import OPTION
 
         fields = {f.name: f for f in dataclasses.fields(cfg.mapping)}
         unknown = sorted(set(mapping) - set(fields))
         if unknown:
             raise ValueError(f"--mapping-option: the mapping config has no field {', '.join(unknown)}; its fields: "
                              f"{', '.join(fields)}")
-        choices = {**{k: _CHOICES[k] for k in ("camera_mode", "mapper", "disambiguate")},
+        choices = {**{k: OPTION[k].allowed() for k in ("camera_mode", "mapper", "disambiguate")},
                    "final_ba_principal_point": ("all", "shared")}
         for key, value in mapping.items():
             current = getattr(cfg.mapping, key)
@@ -177,8 +163,9 @@ def _key_values(items: list[str], flag: str) -> dict:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .io.images import InputError
+    from .messages import HINTS
     from .pipeline import Pipeline, PipelineError, RunOptions
+    from .utils.logs import configure
 
     images_dir = Path(args.images_dir)
     if not images_dir.is_dir():
@@ -193,6 +180,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         print("error: --ray-address needs --executor ray", file=sys.stderr)
         return 2
     run_dir = Path(args.out)
+    configure(args.verbose)
     progress = _TqdmProgress(args.quiet)
     pipe = Pipeline(RunOptions(images_dir, run_dir, args.dataset or "", args.scene or "", args.executor,
                                args.ray_address), cfg, progress)
@@ -200,10 +188,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         record = pipe.run(force=args.force)
     except PipelineError as e:
         progress.close()
-        cause = e.__cause__
-        code = 2 if isinstance(cause, InputError) else 1
         print(f"error: {e.stage} failed: {e.message.splitlines()[0]}", file=sys.stderr)
-        return code
+        if e.error_type in HINTS:
+            print(f"what to do: {HINTS[e.error_type]}", file=sys.stderr)
+        print(f"details: {e.error_type}, traceback in {run_dir / 'run.log'}", file=sys.stderr)
+        return 2 if e.error_type == "InputError" else 1
     except KeyboardInterrupt:
         progress.close()
         print("error: interrupted; run the same command again to resume", file=sys.stderr)
@@ -387,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "e.g. 10.0.0.5:6379; 'auto': one started on this machine; default: start "
                                          "a one-machine Ray here)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--verbose", action="store_true",
+                   help="log every stage's start and end on stderr (the run's run.log has them in any case)")
     r.set_defaults(func=cmd_reconstruct)
     e = sub.add_parser("evaluate", help="official IMC 2025 score (mAA, clusterness, score) of predicted poses")
     e.add_argument("gt", help="ground-truth CSV (IMC training layout, or IMC 2025 with dataset,scene,image)")

@@ -7,10 +7,10 @@ saved in ``run.json``; :meth:`PipelineConfig.stage_hash` decides which finished 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from .utils.hashing import json_sha256
 
 
 @dataclass
@@ -81,6 +81,21 @@ MAPPERS = ("incremental", "global", "hierarchical")  # MappingConfig.mapper; the
 
 
 @dataclass
+class VerificationConfig:
+    """Two-view geometric verification of the raw matches (COLMAP's ``TwoViewGeometryOptions``: LO-RANSAC over the
+    essential, fundamental and homography models). The database it verifies takes its cameras from
+    ``mapping.camera_mode`` and ``mapping.camera_model``; no other mapping option changes its result."""
+
+    ransac_max_error: float = 4.0  # px, two-view geometry
+    ransac_max_trials: int = 20000  # RANSAC iterations per pair at most (a pair of unrelated photos uses them all)
+    min_num_inliers: int = 15
+    random_seed: int = 0
+
+
+_VERIFICATION_KEYS = ("ransac_max_error", "ransac_max_trials", "min_num_inliers")  # in mapping before issue 26
+
+
+@dataclass
 class MappingConfig:
     """Two-view geometric verification and incremental mapping with pycolmap (Schönberger & Frahm 2016)."""
 
@@ -94,9 +109,6 @@ class MappingConfig:
     mapper: str = "incremental"  # one of MAPPERS
     leaf_max_images: int = 500  # hierarchical mapper: largest cluster mapped on its own (COLMAP's default)
     camera_model: str = "SIMPLE_RADIAL"
-    ransac_max_error: float = 4.0  # px, two-view geometry
-    ransac_max_trials: int = 20000  # RANSAC iterations per pair at most (a pair of unrelated photos uses them all)
-    min_num_inliers: int = 15
     min_model_size: int = 3
     refine_focal_length: bool = True
     refine_extra_params: bool = True
@@ -156,6 +168,7 @@ class PipelineConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
     mapping: MappingConfig = field(default_factory=MappingConfig)
     scenes: ScenesConfig = field(default_factory=ScenesConfig)
     preset: str = "balanced"
@@ -179,6 +192,10 @@ class PipelineConfig:
                 raise ValueError(f"unknown config section {section!r}")
             sub = getattr(cfg, section)
             values = _upgrade(section, dict(values))
+            if section == "mapping":  # a run.json written before verification had its own section
+                for k in _VERIFICATION_KEYS:
+                    if k in values:
+                        setattr(cfg.verification, k, values.pop(k))
             for k, v in values.items():
                 if not hasattr(sub, k):
                     raise ValueError(f"unknown config key {section}.{k}")
@@ -186,15 +203,17 @@ class PipelineConfig:
         return cfg
 
     def stage_hash(self, *sections: str) -> str:
-        """Short hash of the given config sections (the inputs of one stage). Options added later
-        (:data:`_HASH_NEW_DEFAULTS`) are left out while they hold the value that behaves as before, so a run made
-        before they existed is still reused."""
+        """Short hash of the given config sections (``"mapping"``) or fields (``"mapping.camera_mode"``): the inputs
+        of one stage. Options added later (:data:`_HASH_NEW_DEFAULTS`) are left out while they hold the value that
+        behaves as before, so a run made before they existed is still reused."""
         def section(s):
+            if "." in s:
+                name, key = s.split(".", 1)
+                return getattr(getattr(self, name), key)
             d = dataclasses.asdict(getattr(self, s))
             return {k: v for k, v in d.items() if _HASH_NEW_DEFAULTS.get((s, k), object()) != v}
 
-        blob = json.dumps({s: section(s) for s in sections}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return json_sha256({s: section(s) for s in sections}, 16)
 
 
 _HASH_NEW_DEFAULTS = {("retrieval", "sequential"): "off", ("retrieval", "sequential_overlap"): 5,
@@ -223,7 +242,8 @@ def _preset(name: str, **sections: dict[str, Any]) -> PipelineConfig:
 
 PRESETS: dict[str, PipelineConfig] = {
     # fast: XFeat + mutual nearest neighbours with the ratio test, 2048 keypoints at 1024 px, 8 retrieved
-    # neighbours per image (global descriptor at 320 px). Measured on temple at 1024 keypoints / 640 px (bench/RESULTS.md, per method): XFeat
+    # neighbours per image (global descriptor at 320 px). Measured on temple at 1024 keypoints / 640 px
+    # (bench/RESULTS.md, per method): XFeat
     # 0.07 s per image and the ratio-test matcher 0.01 s per pair, against ALIKED 0.7 s and LightGlue 0.5 s, at the
     # same mAA (1.000); 1024 keypoints at 640 px registered 2 of 5 internet photos of reichstag, 2048 at 1024 px all
     # five. Fewer neighbours fold symmetric objects: lego gave mAA 0.55 / 0.62 / 0.98 with 6 / 7 / 8
@@ -274,77 +294,3 @@ def get_preset(name: str) -> PipelineConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PipelineConfig.from_dict(PRESETS[name].to_dict())
-
-
-# The user-facing overrides (CLI flags and the app's advanced options): name -> (section, key, check, message).
-_CHOICES = {
-    "retrieval_model": ("auto", "dinov2-small", "dinov2-base", "efficientnet-lite0"),
-    "camera_mode": ("per_image", "shared", "auto"),
-    "mapper": MAPPERS,
-    "background": ("white", "black"),
-    "upright": UPRIGHT_MODES,
-    "disambiguate": DISAMBIGUATE_MODES,
-    "scenes": SCENES_MODES,
-    "sequential": SEQUENTIAL_MODES,
-}
-_MINIMA = {"num_neighbors": 1, "exhaustive_below": 0, "resize": 64, "max_keypoints": 64, "min_matches": 1,
-           "border": 0, "min_scene_size": 2, "sequential_overlap": 1, "leaf_max_images": 20,
-           "mapping_threads": 1}
-OVERRIDES: dict[str, tuple[str, str]] = {
-    "retrieval_model": ("retrieval", "model"),
-    "num_neighbors": ("retrieval", "num_neighbors"),
-    "exhaustive_below": ("retrieval", "exhaustive_below"),
-    "resize": ("features", "resize"),
-    "max_keypoints": ("features", "max_keypoints"),
-    "features": ("features", "name"),
-    "matcher": ("matching", "name"),
-    "border": ("features", "border"),
-    "camera_mode": ("mapping", "camera_mode"),
-    "mapper": ("mapping", "mapper"),
-    "leaf_max_images": ("mapping", "leaf_max_images"),
-    "min_matches": ("matching", "min_matches"),
-    "background": ("images", "background"),
-    "upright": ("images", "upright"),
-    "disambiguate": ("mapping", "disambiguate"),
-    "scenes": ("scenes", "mode"),
-    "min_scene_size": ("scenes", "min_scene_size"),
-    "sequential": ("retrieval", "sequential"),
-    "sequential_overlap": ("retrieval", "sequential_overlap"),
-    "mapping_threads": ("mapping", "num_threads"),
-}
-
-
-def apply_overrides(cfg: PipelineConfig, **overrides: Any) -> PipelineConfig:
-    """Set the user-facing options of :data:`OVERRIDES` on ``cfg`` (in place; ``None`` keeps the preset's value)
-    and return it. Shared by the CLI flags and the app's advanced options.
-
-    Naming ``features`` without ``matcher`` picks the extractor's own matcher (e.g. ``nn-ratio`` for SIFT) when
-    the preset's cannot match it.
-
-    Raises:
-        ValueError: an unknown option, a value not among the choices, a number below its minimum
-            (e.g. ``resize`` < 64 px), unknown features or matcher, or a combination that cannot work (the message
-            names the ones that can).
-    """
-    from .features import EXTRACTORS, extractor_class
-    from .matchers import MATCHERS, check_combination, matchers_for
-
-    choices = {**_CHOICES, "features": tuple(EXTRACTORS), "matcher": tuple(MATCHERS)}
-    for name, value in overrides.items():
-        if value is None:
-            continue
-        if name not in OVERRIDES:
-            raise ValueError(f"unknown option {name!r}; known: {', '.join(OVERRIDES)}")
-        if name in choices and value not in choices[name]:
-            raise ValueError(f"unknown {name.replace('_', ' ')} {value!r}; choose one of {', '.join(choices[name])}")
-        if name in _MINIMA:
-            value = int(value)
-            if value < _MINIMA[name]:
-                raise ValueError(f"{name.replace('_', ' ')} must be at least {_MINIMA[name]}")
-        section, key = OVERRIDES[name]
-        setattr(getattr(cfg, section), key, value)
-    if overrides.get("features") is not None and overrides.get("matcher") is None \
-            and cfg.matching.name not in matchers_for(cfg.features.name):
-        cfg.matching.name = extractor_class(cfg.features.name).default_matcher
-    check_combination(cfg.features.name, cfg.matching.name)
-    return cfg

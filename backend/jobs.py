@@ -12,7 +12,9 @@ One run = one folder ``<runs root>/<run_id>/`` (root: ``$SFM_RUNS_DIR``, else ``
   through the file ``<run>/cancel.request``;
 - writes the pipeline's ``progress(stage, done, total, message)`` into ``<run>/progress.json`` at most four
   times a second (atomic replace; a small flusher thread writes the latest state), which pages poll;
-- runs at most ``$SFM_MAX_JOBS`` (default 1) pipelines at once per process: the others wait, ``queued``.
+- runs at most ``$SFM_MAX_JOBS`` (default 1) pipelines at once per process (a ``ThreadPoolExecutor``): the others
+  wait, ``queued``, and a queued run that is cancelled never starts (a cancel request from another process is
+  seen when the run would start).
 
 Nothing here imports streamlit.
 """
@@ -20,41 +22,38 @@ Nothing here imports streamlit.
 from __future__ import annotations
 
 import fcntl
-import json
+import logging
 import os
 import re
 import secrets
 import threading
 import time
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from .config import PipelineConfig, apply_overrides, get_preset
+from .config import PipelineConfig, get_preset
+from .errors import error_type
+from .messages import HINTS, friendly_error, input_failure, scrub_paths  # noqa: F401 - part of jobs' API
+from .options import apply_overrides
 from .owners import make_private_dir, remove_run, require_owner
-from .pipeline import STAGES, Pipeline, PipelineError, RunOptions, _write_json_atomic
+from .pipeline import Pipeline, PipelineError, RunOptions, _write_json_atomic
+from .progress import PROGRESS_JSON, WRITE_INTERVAL, ProgressWriter, read_json, read_progress  # noqa: F401
+from .stages import stage_names
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNS_ENV = "SFM_RUNS_DIR"
-PROGRESS_JSON = "progress.json"
 REQUEST_JSON = "request.json"
 LOCK_FILE = ".job.lock"
 CANCEL_FILE = "cancel.request"
 SAMPLE_RUN_ID = "sample-church"
 SAMPLE_IMAGES = REPO_ROOT / "samples" / "church_imc2024" / "images"
-WRITE_INTERVAL = 0.25  # s between progress.json writes (<= 4 per second)
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
-STAGE_TITLES = {
-    "images": "Images",
-    "retrieval": "Pairs (retrieval)",
-    "features": "Features",
-    "matching": "Matches",
-    "verification": "Verification (two-view geometry)",
-    "scenes": "Scenes (groups and outliers)",
-    "mapping": "Mapping (SfM)",
-    "exports": "Exports",
-}
 
 
 class JobError(RuntimeError):
@@ -100,22 +99,18 @@ def run_exists(run_id: str) -> bool:
 
 # ---- configuration from the app's options ----------------------------------------------------------------------
 
-def build_config(preset: str = "balanced", *, retrieval_model: str | None = None, num_neighbors: int | None = None,
-                 resize: int | None = None, max_keypoints: int | None = None, features: str | None = None,
-                 matcher: str | None = None, camera_mode: str | None = None,
-                 min_matches: int | None = None, mapper: str | None = None,
-                 upright: str | None = None, disambiguate: str | None = None, scenes: str | None = None,
-                 min_scene_size: int | None = None) -> PipelineConfig:
-    """The config of ``preset`` with the app's advanced options applied (None keeps the preset's value).
+def build_config(preset: str = "balanced", **overrides) -> PipelineConfig:
+    """The config of ``preset`` with the user's options applied (names of :data:`backend.options.OPTIONS`; None keeps
+    the preset's value), mapping with the server's ``$SFM_MAPPING_THREADS`` when it is set.
 
     Raises:
-        ValueError: unknown preset, an option out of range, or features and matcher that cannot work together.
+        ValueError: unknown preset or option, a value out of range or not among the choices, or features and matcher
+            that cannot work together (the message says which).
     """
-    return apply_overrides(get_preset(preset), retrieval_model=retrieval_model, num_neighbors=num_neighbors,
-                           resize=resize, max_keypoints=max_keypoints, features=features, matcher=matcher,
-                           camera_mode=camera_mode, min_matches=min_matches, mapper=mapper, upright=upright,
-                           disambiguate=disambiguate, scenes=scenes, min_scene_size=min_scene_size,
-                           mapping_threads=server_mapping_threads())
+    threads = server_mapping_threads()
+    if threads is not None:
+        overrides["mapping_threads"] = threads
+    return apply_overrides(get_preset(preset), **overrides)
 
 
 MAPPING_THREADS_ENV = "SFM_MAPPING_THREADS"
@@ -138,68 +133,6 @@ def server_mapping_threads() -> int | None:
     return int(v)
 
 
-# ---- progress.json ---------------------------------------------------------------------------------------------
-
-def read_json(path: Path) -> dict:
-    """A JSON file's content, {} when missing or half-written."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def read_progress(run_dir: Path) -> dict:
-    """``<run>/progress.json`` ({} when absent)."""
-    return read_json(Path(run_dir) / PROGRESS_JSON)
-
-
-class ProgressWriter:
-    """The pipeline's progress callback: keeps the latest state per stage in memory; :meth:`flush` writes it to
-    ``progress.json`` (called by the job's flusher thread at most every :data:`WRITE_INTERVAL` s)."""
-
-    def __init__(self, run_dir: Path, run_id: str, until: str | None):
-        self.path = Path(run_dir) / PROGRESS_JSON
-        self._lock = threading.Lock()
-        self._dirty = True
-        self.state = {
-            "run_id": run_id, "state": "queued", "stage": None, "until": until, "started": time.time(),
-            "updated": time.time(), "finished": None, "pid": os.getpid(), "error": None, "error_stage": None,
-            "stages": {},
-        }
-
-    def __call__(self, stage: str, done: int, total: int, message: str = "") -> None:
-        with self._lock:
-            cur = self.state["stage"]
-            # the mapping child reports sub-steps ("database", or "verification" again during a second mapping
-            # pass): they belong to the pipeline's current stage, which only moves forward within a run
-            if cur is not None and (stage not in STAGES or STAGES.index(stage) < STAGES.index(cur)):
-                message = f"{stage}: {message}"
-                stage = cur
-            now = time.time()
-            st = self.state["stages"].setdefault(stage, {"started": now})
-            st.update(done=int(done), total=int(total), message=str(message)[:200], updated=now)
-            self.state["stage"] = stage
-            self.state["updated"] = now
-            self._dirty = True
-
-    def set(self, **kw) -> None:
-        with self._lock:
-            self.state.update(kw)
-            self.state["updated"] = time.time()
-            self._dirty = True
-
-    def flush(self, force: bool = False) -> None:
-        with self._lock:
-            if not (self._dirty or force):
-                return
-            data = json.loads(json.dumps(self.state, default=str))
-            self._dirty = False
-        try:
-            _write_json_atomic(self.path, data)
-        except OSError:
-            pass  # the folder was removed; nothing to report to
-
-
 # ---- jobs ------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -213,18 +146,32 @@ class Job:
     state: str = "queued"  # queued, running, done, paused, failed, cancelled
     error: str | None = None
     error_stage: str | None = None
+    error_type: str | None = None  # see backend/errors.py
     started: float = field(default_factory=time.time)
     finished: float | None = None
-    thread: threading.Thread | None = None
+    future: Future | None = None  # the job in the pool: queued until a worker takes it
 
     @property
     def alive(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+        """Queued or running."""
+        return self.future is not None and not self.future.done()
 
 
 _JOBS: dict[str, Job] = {}
 _JOBS_LOCK = threading.Lock()
-_SLOTS = threading.BoundedSemaphore(max(1, int(os.environ.get("SFM_MAX_JOBS", "1") or 1)))
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's run queue: ``$SFM_MAX_JOBS`` (default 1) workers, made on first use; the jobs beyond them wait
+    queued (and a queued job cancelled never starts)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max(1, int(os.environ.get("SFM_MAX_JOBS", "1") or 1)),
+                                       thread_name_prefix="sfm-run")
+    return _POOL
 
 
 def _try_lock(run_dir: Path):
@@ -284,8 +231,8 @@ def start_run(run_dir: Path, images_dir: Path, config: PipelineConfig, until: st
         JobError: another server process is computing this run, or ``until`` is not a stage.
     """
     run_dir = Path(run_dir)
-    if until is not None and until not in STAGES:
-        raise JobError(f"unknown stage {until!r}: use one of {', '.join(STAGES)}")
+    if until is not None and until not in stage_names():
+        raise JobError(f"unknown stage {until!r}: use one of {', '.join(stage_names())}")
     run_id = run_dir.name
     with _JOBS_LOCK:
         job = _JOBS.get(run_id)
@@ -304,11 +251,9 @@ def start_run(run_dir: Path, images_dir: Path, config: PipelineConfig, until: st
             job = Job(run_id=run_id, run_dir=run_dir, until=until)
             writer = ProgressWriter(run_dir, run_id, until)
             writer.flush(force=True)
-            job.thread = threading.Thread(
-                target=_work, args=(job, writer, Path(images_dir), config, dataset, scene, force, fd),
-                name=f"sfm-run-{run_id}", daemon=True)
             _JOBS[run_id] = job
-            job.thread.start()
+            job.future = _pool().submit(_work, job, writer, Path(images_dir), config, dataset, scene, force, fd)
+            job.future.add_done_callback(lambda f: f.cancelled() and _finish(job, writer, fd))
         except BaseException:
             os.close(fd)
             raise
@@ -387,6 +332,7 @@ def cancel(run_id: str) -> bool:
     job = get_job(run_id)
     if job is not None and job.alive:
         job.cancel_event.set()
+        job.future.cancel()  # a queued job leaves the queue (its done-callback records it); a running one stops
         return True
     if valid_run_id(run_id):
         d = runs_root() / run_id
@@ -438,13 +384,8 @@ def _work(job: Job, writer: ProgressWriter, images_dir: Path, config: PipelineCo
 
     ft = threading.Thread(target=flusher, name=f"sfm-progress-{job.run_id}", daemon=True)
     ft.start()
-    acquired = False
     try:
-        while not job.cancel_event.is_set():
-            if _SLOTS.acquire(timeout=0.2):
-                acquired = True
-                break
-        if not acquired:
+        if job.cancel_event.is_set() or (job.run_dir / CANCEL_FILE).exists():
             job.state = "cancelled"
             job.error = "cancelled by the user before it started"
             return
@@ -457,32 +398,40 @@ def _work(job: Job, writer: ProgressWriter, images_dir: Path, config: PipelineCo
         job.state = record.get("status", "done")
     except PipelineError as e:
         job.state = "cancelled" if job.cancel_event.is_set() else "failed"
-        job.error, job.error_stage = e.message, e.stage
+        job.error, job.error_stage, job.error_type = e.message, e.stage, e.error_type
     except Exception as e:  # noqa: BLE001 - anything else becomes a readable error on the page
         job.state = "cancelled" if job.cancel_event.is_set() else "failed"
-        job.error = f"{type(e).__name__}: {e}"
-        _mark_record_failed(job.run_dir, job.error)
+        job.error, job.error_type = f"{type(e).__name__}: {e}", error_type(e)
+        log.exception("run %s failed outside its stages", job.run_id)
+        _mark_record_failed(job.run_dir, job.error, job.error_type)
     finally:
-        if acquired:
-            _SLOTS.release()
-        job.finished = time.time()
         stop_flusher.set()
         ft.join()
-        writer.set(state=job.state, finished=job.finished, error=job.error, error_stage=job.error_stage)
-        writer.flush(force=True)
-        try:
-            (job.run_dir / CANCEL_FILE).unlink(missing_ok=True)
-        except OSError:
-            pass
-        os.close(lock_fd)
+        _finish(job, writer, lock_fd)
 
 
-def _mark_record_failed(run_dir: Path, error: str) -> None:
+def _finish(job: Job, writer: ProgressWriter, lock_fd: int) -> None:
+    """Record a job's end (also of a queued job cancelled before a worker took it) and release the run's lock."""
+    if job.state == "queued":
+        job.state = "cancelled"
+        job.error = "cancelled by the user before it started"
+    job.finished = time.time()
+    writer.set(state=job.state, finished=job.finished, error=job.error, error_stage=job.error_stage,
+               error_type=job.error_type)
+    writer.flush(force=True)
+    try:
+        (job.run_dir / CANCEL_FILE).unlink(missing_ok=True)
+    except OSError:
+        pass
+    os.close(lock_fd)
+
+
+def _mark_record_failed(run_dir: Path, error: str, kind: str) -> None:
     p = Path(run_dir) / "run.json"
     rec = read_json(p)
     if rec and rec.get("status") == "running":
         rec["status"] = "failed"
-        rec["error"] = error
+        rec["error"], rec["error_type"] = error, kind
         try:
             _write_json_atomic(p, rec)
         except OSError:
@@ -503,53 +452,10 @@ def _iso_to_epoch(s: str | None) -> float | None:
 def next_stage(record: dict) -> str | None:
     """The first stage of ``record`` (a ``run.json``) that is not done; None when all are."""
     stages = record.get("stages", {}) if record else {}
-    for s in STAGES:
+    for s in stage_names():
         if stages.get(s, {}).get("status") != "done":
             return s
     return None
-
-
-_ABS_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"`,;:()\[\]]+/)+([^\s/'\"`,;:()\[\]]*)")
-
-
-def scrub_paths(text: str) -> str:
-    """``text`` with every absolute server path replaced by its last component (``/srv/runs/x/upload/a.jpg`` ->
-    ``a.jpg``; a folder ending in ``/`` -> ``the folder``), for messages shown to users. URLs are left alone."""
-    return _ABS_PATH.sub(lambda m: m.group(1) or "the folder", str(text))
-
-
-def input_failure(stage: str | None, message: str | None) -> bool:
-    """True when a failure comes from the photos themselves (fewer than two usable images, no folder): resuming
-    the same run cannot succeed, only a new run with other photos can."""
-    low = (message or "").lower()
-    return stage in ("images", None) and ("usable image" in low or "not a folder" in low)
-
-
-def friendly_error(stage: str | None, message: str | None) -> str:
-    """A one-paragraph message for the page: what failed and what to do (never a stack trace, never a server
-    path). Plain text (no markdown): pages escape it, since it can quote file names."""
-    msg = (message or "unknown error").strip().splitlines()[0] if (message or "").strip() else "unknown error"
-    msg = scrub_paths(msg)
-    if "cancelled" in msg:
-        return "The run was cancelled. The stages that finished are kept: press Resume to go on from there."
-    where = f"The stage '{STAGE_TITLES.get(stage, stage)}' failed" if stage else "The run failed"
-    low = msg.lower()
-    if "weight" in low and ("missing" in low or "sha256" in low or "install" in low):
-        hint = "Install the network weights on the server (bash setup/setup.sh), then press Resume."
-    elif "usable image" in low or "at least 2" in low:
-        hint = ("Upload at least two JPEG, PNG or HEIC photos of the same scene and start a new run "
-                "(the Images page lists the files that were skipped and why).")
-    elif stage in ("verification", "mapping") or "pycolmap" in low:
-        hint = ("The earlier stages are kept. Try the 'accurate' preset, more keypoints, or per-image cameras, and "
-                "look at the Matches page for weak pairs.")
-    elif "no space left" in low or "errno 28" in low or "disk quota" in low:
-        hint = ("The server's disk is full: delete runs you no longer need (or ask the server's administrator for "
-                "space), then press Resume; the finished stages are kept.")
-    elif "memory" in low:
-        hint = "The server ran out of memory: try the 'fast' preset or fewer keypoints."
-    else:
-        hint = "The finished stages are kept: press Resume to try again, or start a new run with another preset."
-    return f"{where}: {msg}. {hint}"
 
 
 def run_state(run_dir: Path) -> dict:
@@ -557,7 +463,8 @@ def run_state(run_dir: Path) -> dict:
 
     Returns a dict with ``run_id``, ``exists``, ``status`` (``new``, ``queued``, ``running``, ``paused``, ``done``,
     ``failed``, ``cancelled``, ``interrupted``), ``record`` (run.json), ``progress`` (progress.json), ``error``
-    (readable plain-text message or None), ``resumable`` (False when the failure is in the photos themselves,
+    (readable plain-text message or None), ``error_type`` (the failure's type, :mod:`backend.errors`, or None),
+    ``resumable`` (False when the failure is in the photos themselves,
     see :func:`input_failure`), ``next_stage``, ``elapsed`` (s, the run's total: the time of every stage that
     ran, over all its continuations, the running one up to now),
     ``queue_position``, ``where`` (``"here"``/``"elsewhere"``/None for a working run), ``stages`` (per stage:
@@ -583,24 +490,31 @@ def run_state(run_dir: Path) -> dict:
     else:
         status = "new" if not exists else "interrupted"
     error = None
+    kind = None
     resumable = True
     if status in ("failed", "cancelled", "interrupted"):
         failed = [(s, v) for s, v in rec.get("stages", {}).items() if v.get("status") in ("failed", "cancelled")]
         if failed:
-            error = friendly_error(failed[-1][0], failed[-1][1].get("error"))
-            resumable = not input_failure(failed[-1][0], failed[-1][1].get("error"))
+            stage, r = failed[-1]
+            kind = "Cancelled" if r.get("status") == "cancelled" else r.get("error_type")
+            error = friendly_error(stage, r.get("error"), kind)
+            resumable = not input_failure(kind)
         elif prog.get("error"):
-            error = friendly_error(prog.get("error_stage"), prog.get("error"))
+            kind = "Cancelled" if status == "cancelled" else prog.get("error_type")
+            error = friendly_error(prog.get("error_stage"), prog.get("error"), kind)
+            resumable = not input_failure(kind)
         elif rec.get("error"):
-            error = friendly_error(None, rec.get("error"))
+            kind = rec.get("error_type")
+            error = friendly_error(None, rec.get("error"), kind)
         elif status == "cancelled":
-            error = friendly_error(None, "cancelled")
+            kind = "Cancelled"
+            error = friendly_error(None, None, kind)
         if status == "interrupted":
             error = ("The run stopped while it was working (the server restarted, or the command line was "
                      "interrupted). Finished stages are kept: press Resume to go on.")
     now = time.time()
     stages = {}
-    for s in STAGES:
+    for s in stage_names():
         r = rec.get("stages", {}).get(s, {})
         p = prog.get("stages", {}).get(s, {})
         st = r.get("status") or ("pending" if p == {} else "running")
@@ -617,7 +531,7 @@ def run_state(run_dir: Path) -> dict:
     elapsed = sum((v.get("seconds") or 0) for v in stages.values() if v["status"] != "pending")
     return {
         "run_id": run_id, "exists": exists, "status": status, "record": rec, "progress": prog, "error": error,
-        "resumable": resumable,
+        "error_type": kind, "resumable": resumable,
         "next_stage": next_stage(rec), "elapsed": elapsed, "queue_position": queue_position(run_id),
         "where": where, "stages": stages,
     }
@@ -632,6 +546,6 @@ def stage_done(state_or_record: dict, stage: str) -> bool:
 def wait(run_id: str, timeout: float | None = None) -> Job | None:
     """Block until this process's job for ``run_id`` ends (for tests and scripts); returns the job."""
     job = get_job(run_id)
-    if job is not None and job.thread is not None:
-        job.thread.join(timeout)
+    if job is not None and job.future is not None:
+        futures.wait([job.future], timeout)
     return job

@@ -20,11 +20,12 @@ the versions of torch and kornia that exported it. :class:`OnnxMatcher` runs suc
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+
+from .utils.hashing import file_sha256
 
 OPSET = 18
 INPUTS = {  # name: (dtype, shape); M and N keypoints of images 0 and 1, D the descriptor size
@@ -41,14 +42,6 @@ NOT_EXPORTED = {
     "disk": "DISK's keypoint selection (NMS, a data-dependent top-k) is not a fixed graph",
     "xfeat": "XFeat's keypoint selection (NMS, a data-dependent top-k) is not a fixed graph",
 }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _full_depth_module(model, threshold: float):
@@ -117,7 +110,7 @@ def export_matcher(features: str, matcher: str, out_dir: Path) -> Path:
     from .io.weights import weight_path
 
     manifest = {
-        "model": path.name, "matcher": matcher, "features": features, "sha256": _sha256(path),
+        "model": path.name, "matcher": matcher, "features": features, "sha256": file_sha256(path),
         "inputs": {k: {"dtype": t, "shape": [s if s != "D" else dim for s in shape]} for k, (t, shape) in
                    INPUTS.items()},
         "outputs": {k: {"dtype": t, "shape": shape} for k, (t, shape) in OUTPUTS.items()},
@@ -125,7 +118,7 @@ def export_matcher(features: str, matcher: str, out_dir: Path) -> Path:
                        "that image; desc: the extractor's descriptors, float32; matches0[0, i]: index into image 1's "
                        "keypoints of keypoint i of image 0, or -1; mscores0: its confidence in [0, 1]",
         "filter_threshold": threshold, "depth": "all layers (no adaptive depth or width)", "opset": OPSET,
-        "weights": {w: _sha256(weight_path(w)) for w in weights},
+        "weights": {w: file_sha256(weight_path(w)) for w in weights},
         "exported_with": {"torch": torch.__version__, "kornia": kornia.__version__},
         "extractor": NOT_EXPORTED.get(features, "not exported"),
     }

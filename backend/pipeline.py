@@ -6,15 +6,16 @@ counts and error. A finished stage whose hash (its config and the hashes of its 
 recomputed, so a crashed or cancelled run resumes where it stopped.
 
 The hashes chain the *content* of the inputs: images (the sha256 of every photo's bytes and the images config)
--> retrieval and features -> matching -> verification (with the mapping config) -> scenes -> mapping -> exports. Within a
+-> retrieval and features -> matching -> verification (with the mapping config) -> scenes -> mapping -> exports. Within
+a
 stage, ``features.h5`` and ``matches.h5`` reuse an image's or a pair's entry only when it carries the content key
 it would get now (see :mod:`backend.io.h5cache`); ``force`` recomputes every stage and every entry.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import platform
 import threading
@@ -27,21 +28,32 @@ from typing import Callable
 import numpy as np
 
 from .config import PipelineConfig
+from .errors import error_type
+from .stages import get_stage, stage_names, stages
+from .utils.logs import run_log
+from .utils.hashing import json_sha256
 
-STAGES = ["images", "retrieval", "features", "matching", "verification", "scenes", "mapping", "exports"]
+log = logging.getLogger(__name__)
+
 RUN_JSON = "run.json"
+RUN_LOG = "run.log"  # the run's log: every stage's start and end, and the traceback of a failure
+LAYOUT = 2
+"""The run folder's layout version (``run.json`` ``layout``). 2: verification has its own config section (issue
+26); a stage finished under layout 1 from verification on is run again, and its progress says why."""
 
 Progress = Callable[[str, int, int, str], None]
 """``progress(stage, done, total, message)``: called often while a stage works."""
 
 
 class PipelineError(RuntimeError):
-    """A stage failed; ``stage`` names it. Earlier stages' results stay in the run folder."""
+    """A stage failed; ``stage`` names it, ``error_type`` is the class name of the error that failed it (also in
+    ``run.json``; see :mod:`backend.errors`). Earlier stages' results stay in the run folder."""
 
-    def __init__(self, stage: str, message: str):
+    def __init__(self, stage: str, message: str, error_type: str = ""):
         super().__init__(f"{stage}: {message}")
         self.stage = stage
         self.message = message
+        self.error_type = error_type
 
 
 class _PeakMemory:
@@ -71,7 +83,7 @@ class _PeakMemory:
 
 
 def _hash(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_sha256(parts, 16)
 
 
 def library_versions() -> dict[str, str]:
@@ -158,10 +170,11 @@ class Pipeline:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.record = read_run(self.run_dir)
         self._lock = threading.Lock()
-        self._fingerprint: str | None = None  # see _input_fingerprint
+        self._fingerprint: str | None = None  # see input_fingerprint
         self._weight_sums: dict[tuple, dict] = {}
         self._force = False  # set while run_stage(force=True) runs a stage
         self._ray = None  # the RayExecutor of executor="ray", made by the first stage that needs it
+        self._old_layout: int | None = None  # run.json's layout before this Pipeline wrote it
 
     # ---- run.json -------------------------------------------------------------------------------------------
     def _save(self):
@@ -183,15 +196,20 @@ class Pipeline:
 
         r["device"] = "cuda" if torch.cuda.is_available() else "cpu"
         r["cpu_count"] = os.cpu_count()
-        fw, mw = self._method_weights()
-        names = [*fw, *mw, "efficientnet-lite0", "dinov2-small", "dinov2-base"]
+        fw, mw = self.method_weights()
+        from .retrieval import descriptor_weight_names
+
+        names = [*fw, *mw, *descriptor_weight_names()]
         r["weights"] = checksums(names)
         r.setdefault("stages", {})
         r.setdefault("summary", {})
+        if self._old_layout is None:
+            self._old_layout = r.get("layout", 1 if r["stages"] else LAYOUT)
+        r["layout"] = LAYOUT
         r["status"] = "running"
         self._save()
 
-    def _input_fingerprint(self) -> str:
+    def input_fingerprint(self) -> str:
         """Hash of the input folder's content: the sha256 of every photo's bytes (a photo replaced by another of
         the same name, size and modification time changes it), and name and size of the other files (they are
         only listed as skipped). Computed once per :class:`Pipeline` (a few seconds for 500 photos of 5 MB)."""
@@ -210,7 +228,7 @@ class Pipeline:
             self._fingerprint = _hash(items)
         return self._fingerprint
 
-    def _method_weights(self) -> tuple[list[str], list[str]]:
+    def method_weights(self) -> tuple[list[str], list[str]]:
         """Manifest names of the weights the configured extractor and matcher load."""
         from .features import extractor_class, extractor_conf
         from .features.extract import method_options as feature_options
@@ -231,60 +249,35 @@ class Pipeline:
         return self._weight_sums[names]
 
     def stage_hashes(self) -> dict[str, str]:
-        """The hash each stage's result must carry to be reused: its config, the weights it uses and the hashes of
-        the stages it reads (so a change anywhere upstream reruns everything downstream)."""
-        c = self.cfg
-        h = {"images": _hash(self._input_fingerprint(), c.stage_hash("images"))}
-        h["retrieval"] = _hash(h["images"], c.stage_hash("retrieval"),
-                               self._weights("dinov2-small", "dinov2-base", "efficientnet-lite0"))
-        fw, mw = self._method_weights()
-        h["features"] = _hash(h["images"], c.stage_hash("features"), self._weights(*fw))
-        h["matching"] = _hash(h["retrieval"], h["features"], c.stage_hash("matching"), self._weights(*mw))
-        h["verification"] = _hash(h["matching"], c.stage_hash("mapping"))
-        h["scenes"] = _hash(h["verification"], c.stage_hash("scenes"))
-        h["mapping"] = _hash(h["scenes"])
-        h["exports"] = _hash(h["mapping"], self.record.get("dataset"), self.record.get("scene"))
+        """The hash each stage's result must carry to be reused (see :mod:`backend.stages`): the hashes of the stages
+        it reads, its extra parts, its config and the weights it uses (so a change anywhere upstream reruns
+        everything downstream)."""
+        h: dict[str, str] = {}
+        for st in stages():
+            parts = [h[i] for i in st.inputs]
+            parts += list(st.extra(self)) if st.extra else []
+            parts += [self.cfg.stage_hash(*st.config)] if st.config else []
+            parts += [self._weights(*st.weights(self))] if st.weights else []
+            h[st.name] = _hash(*parts)
         return h
 
     def is_done(self, stage: str) -> bool:
         s = self.record.get("stages", {}).get(stage, {})
         return s.get("status") == "done" and s.get("hash") == self.stage_hashes()[stage]
 
-    # ---- stages ---------------------------------------------------------------------------------------------
-    def _names(self) -> list[str]:
+    # ---- what the stages use (backend/stages.py) ------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """The names of the run's usable photos (``images.json``), in order."""
         from .io.images import load_images_json
 
         return [i["name"] for i in load_images_json(self.run_dir)["images"]]
 
-    def _stage_images(self, report):
-        from .io.images import run_images
+    @property
+    def force(self) -> bool:
+        """True while :meth:`run_stage` recomputes a stage with ``force``: its cache entries are recomputed too."""
+        return self._force
 
-        res = run_images(self.opt.images_dir, self.run_dir, self.cfg.images, lambda d, t, m: report(d, t, m))
-        return {"images": len(res["images"]), "skipped": len(res["skipped"]),
-                "skipped_files": [f"{s['name']}: {s['reason']}" for s in res["skipped"]]}
-
-    def _stage_retrieval(self, report):
-        from .retrieval.global_descriptors import run_retrieval
-
-        return run_retrieval(self.run_dir, self._names(), self.cfg.retrieval, report, self.cancel)
-
-    def _stage_features(self, report):
-        from .features.extract import run_features
-
-        # the images options that decide pixels (RGBA composited onto the background) are part of every entry's key
-        decode = {"background": self.cfg.images.background}
-        return run_features(self.run_dir, self._names(), self.cfg.features, report, self.cancel, decode=decode,
-                            force=self._force, executor=self._executor())
-
-    def _stage_matching(self, report):
-        from .matchers.match import run_matching
-        from .retrieval.global_descriptors import read_pairs
-
-        pairs = [(a, b) for a, b, _ in read_pairs(self.run_dir)]
-        return run_matching(self.run_dir, pairs, self.cfg.matching, report, self.cancel, force=self._force,
-                            executor=self._executor())
-
-    def _executor(self):
+    def executor(self):
         """None for the local executor; the run's :class:`~backend.distributed.RayExecutor` (made on first use,
         kept for the next stage) for ``executor="ray"``.
 
@@ -301,76 +294,6 @@ class Pipeline:
             self._ray = RayExecutor(self.opt.ray_address)
         return self._ray
 
-    def _child(self, stages: list[str]):
-        from .io.images import load_images_json
-        from .mapping.reconstruction import run_in_child
-        from .mapping.scenes import read_split
-        from .retrieval.global_descriptors import read_pairs
-
-        images = {i["name"]: i for i in load_images_json(self.run_dir)["images"]}
-        pairs = [(a, b) for a, b, _ in read_pairs(self.run_dir)]
-        split = read_split(self.run_dir) if "mapping" in stages else None
-        return run_in_child(self.run_dir, list(images), images, pairs, self.cfg.mapping,
-                            self.cfg.matching.min_matches, stages,
-                            lambda st, d, t, m: self.progress(st, d, t, m), self.cancel,
-                            split=split.to_dict() if split else None)
-
-    def _stage_verification(self, report):
-        return self._child(["verification"])
-
-    def _stage_scenes(self, report):
-        from .mapping.scenes import run_scenes
-
-        return run_scenes(self.run_dir, self._names(), self.cfg.scenes, report)
-
-    def _stage_mapping(self, report):
-        res = self._child(["mapping"])
-        (self.run_dir / "mapping.json").write_text(json.dumps(res, indent=1))
-        models = res.get("models", [])
-        if not models:
-            verified = self.record.get("stages", {}).get("verification", {}).get("counts", {}).get("verified_pairs")
-            dropped = res.get("deregistered_outside_models") or []
-            why = (f"{len(dropped)} image(s) were placed but then removed as implausible "
-                   f"({dropped[0]['image']}: {dropped[0]['reason']})" if dropped else
-                   f"no two images had enough verified matches to start a model ({verified or 0} verified pairs)")
-            raise RuntimeError(
-                f"nothing was reconstructed: {why}. Try photos with more overlap (every part of the scene in at "
-                "least three photos, taken a few steps apart), the accurate preset, or more keypoints"
-                + self._unregistered_exports())
-        best = models[0] if models else {}
-        return {
-            "models": len(models),
-            "registered_images": best.get("registered_images", 0),
-            "points": best.get("points", 0),
-            "mean_reprojection_error": best.get("mean_reprojection_error"),
-            "mean_track_length": best.get("mean_track_length"),
-            "model_sizes": [m["registered_images"] for m in models],
-            "deregistered": best.get("deregistered", []),
-            "focal_rescued": best.get("focal_rescued", []),
-            "stopped_at_time_bound": res.get("stopped_at_time_bound", []),
-            "fold": res.get("fold"),
-            "cameras": res.get("cameras"),
-            "scenes": len(res.get("scenes", [])),
-            "scene_sizes": [len(sc["images"]) for sc in res.get("scenes", [])],
-            "outliers": len(res.get("outliers", [])),
-            "child_peak_rss_mb": res.get("child_peak_rss_mb"),
-        }
-
-    def _unregistered_exports(self) -> str:
-        """After a mapping that placed no photo: write the poses files and ``submission.csv`` with every photo
-        unregistered, so that an IMC submission over many collections stays complete. Returns a sentence for the
-        error message (empty when the files could not be written)."""
-        try:
-            self._stage_exports(report=None)
-        except (OSError, ValueError, RuntimeError):  # the error being raised is what matters
-            return ""
-        return " (poses.csv and submission.csv list every photo as unregistered)"
-
-    def _stage_exports(self, report):
-        from .io.export import run_exports
-
-        return run_exports(self.run_dir, self._names(), self.record["dataset"], self.record["scene"])
-
     def run_stage(self, stage: str, force: bool = False) -> dict:
         """Run one stage (or reuse it when done with the same hash). Returns its record. With ``force`` the stage
         is recomputed, its per-image / per-pair cache entries included.
@@ -384,12 +307,16 @@ class Pipeline:
         if not force and self.is_done(stage):
             self.progress(stage, 1, 1, "reused (unchanged inputs and config)")
             return self.record["stages"][stage]
-        i = STAGES.index(stage)
-        for prev in STAGES[:i]:
+        names = stage_names()
+        i = names.index(stage)
+        for prev in names[:i]:
             if not self.is_done(prev):
-                raise PipelineError(stage, f"stage '{prev}' must finish first")
+                raise PipelineError(stage, f"stage '{prev}' must finish first", "StageOrderError")
+        old = self.record["stages"].get(stage, {})
+        if old.get("status") == "done" and (self._old_layout or LAYOUT) < LAYOUT:
+            self.progress(stage, 0, 1, "run again: finished by an older version of the run folder's layout")
         # a stage that reruns invalidates everything after it
-        for later in STAGES[i + 1:]:
+        for later in names[i + 1:]:
             self.record["stages"].pop(later, None)
         rec = {"status": "running", "hash": hashes[stage],
                "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -403,17 +330,24 @@ class Pipeline:
         t0 = time.perf_counter()
         self._force = force
         try:
-            with _PeakMemory() as mem:
-                counts = getattr(self, f"_stage_{stage}")(report)
+            with _PeakMemory() as mem, run_log(self.run_dir / RUN_LOG):
+                log.info("stage %s started (hash %s)", stage, hashes[stage])
+                try:
+                    counts = get_stage(stage).run(self, report)
+                except Exception:
+                    log.exception("stage %s failed", stage)  # the traceback goes to the run's log
+                    raise
+                log.info("stage %s done in %.2f s", stage, time.perf_counter() - t0)
             rec["status"] = "done"
         except Exception as e:  # noqa: BLE001 - recorded and re-raised as PipelineError
             cancelled = self.cancel.is_set()
             rec["status"] = "cancelled" if cancelled else "failed"
             rec["error"] = "cancelled by the user" if cancelled else str(e)
+            rec["error_type"] = "Cancelled" if cancelled else error_type(e)
             rec["seconds"] = round(time.perf_counter() - t0, 2)
             self.record["status"] = rec["status"]
             self._save()
-            raise PipelineError(stage, rec["error"]) from e
+            raise PipelineError(stage, rec["error"], rec["error_type"]) from e
         finally:
             self._force = False
         rec["seconds"] = round(time.perf_counter() - t0, 2)
@@ -429,24 +363,8 @@ class Pipeline:
 
     def _update_summary(self, stage: str, counts: dict):
         s = self.record.setdefault("summary", {})
-        if stage == "images":
-            s["images"], s["skipped"] = counts["images"], counts["skipped"]
-        elif stage == "retrieval":
-            s["pairs"] = counts["pairs"]
-            s["retrieval_model"] = counts["model"]
-            s["retrieval_fallback"] = counts["fallback_reason"]
-        elif stage == "features":
-            s["keypoints"] = counts["keypoints_total"]
-            s["keypoints_mean"] = counts["keypoints_mean"]
-        elif stage == "matching":
-            s["matches"] = counts["matches_total"]
-        elif stage == "verification":
-            s["verified_pairs"] = counts.get("verified_pairs")
-            s["inliers"] = counts.get("inliers_total")
-        elif stage == "mapping":
-            for k in ["registered_images", "points", "mean_reprojection_error", "mean_track_length", "models",
-                      "scenes", "outliers"]:
-                s[k] = counts.get(k)
+        for key, count in get_stage(stage).summary:
+            s[key] = counts.get(count)
 
     def run(self, until: str | None = None, force: bool = False) -> dict:
         """Run every stage up to and including ``until`` (default: all). Returns ``run.json``'s content. With
@@ -456,15 +374,16 @@ class Pipeline:
             PipelineError: a stage failed; ``run.json`` records which and why.
         """
         self._init_record()
-        last = STAGES.index(until) if until else len(STAGES) - 1
-        for stage in STAGES[: last + 1]:
+        names = stage_names()
+        last = names.index(until) if until else len(names) - 1
+        for stage in names[: last + 1]:
             if self.cancel.is_set():
                 self.record["status"] = "cancelled"
                 self._save()
-                raise PipelineError(stage, "cancelled by the user")
+                raise PipelineError(stage, "cancelled by the user", "Cancelled")
             self.run_stage(stage, force=force)
-        self.record["status"] = "done" if last == len(STAGES) - 1 else "paused"
+        self.record["status"] = "done" if last == len(names) - 1 else "paused"
         self.record["total_seconds"] = round(sum(
-            self.record["stages"][s].get("seconds", 0) for s in STAGES[: last + 1]), 2)
+            self.record["stages"][s].get("seconds", 0) for s in names[: last + 1]), 2)
         self._save()
         return self.record

@@ -132,8 +132,12 @@ def run_config(scene: str, config: str, out: Path, images: Path | None = None, t
         cmd = [sys.executable, "-m", "backend", "reconstruct", str(images), "--out", str(run_dir),
                "--preset", preset, "--quiet"]
         for flag in flags:
-            cmd += {"upright": ["--upright", "auto"], "noupright": ["--upright", "off"],
-                    "fold": ["--disambiguate", "auto"], "nofold": ["--disambiguate", "off"]}.get(flag, ["--mapper", flag])
+            cmd += {
+                "upright": ["--upright", "auto"],
+                "noupright": ["--upright", "off"],
+                "fold": ["--disambiguate", "auto"],
+                "nofold": ["--disambiguate", "off"],
+            }.get(flag, ["--mapper", flag])
         if method:
             features, _, matcher = method.partition("+")
             cmd += ["--features", features] + (["--matcher", matcher] if matcher else [])

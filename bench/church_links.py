@@ -9,7 +9,7 @@ labelled "within" (both photos on one side, from the ground truth) or "cross". I
 disambiguation rule, not part of the product.
 
 ``--methods``: every cross-side pair (8 x 8 photos) matched by every extractor + matcher of the registries
-(:func:`backend.matchers.compare.compare_pair`: 2048 keypoints at 1024 px, verified by a fundamental matrix).
+(:func:`backend.twoview.compare.compare_pair`: 2048 keypoints at 1024 px, verified by a fundamental matrix).
 A match is *correct* when its symmetric epipolar distance under the ground-truth relative pose (GT ``cam_from_world``
 with the intrinsics of RUN_DIR's models; church's gt.csv has no K) is below 4 px. *Chance*: the same count with the
 second image's matched keypoints shuffled (mean of 5 shuffles), what unrelated matches score in a 4 px band. A pair
@@ -107,7 +107,7 @@ def method_rows(run: Path, methods=None, done: list[dict] | None = None, save=No
     import tempfile
 
     from backend.evaluation.imc_metric import read_pose_table
-    from backend.matchers.compare import compare_pair
+    from backend.twoview.compare import compare_pair
 
     K = run_intrinsics(run)
     gt = {r.image: (r.R, r.t) for r in read_pose_table(DATA / "gt.csv")}
@@ -162,8 +162,10 @@ def main(argv=None) -> int:
         out = Path(__file__).resolve().parent / "out" / "church_links.json"
         done = json.loads(out.read_text()) if out.exists() and "--resume" in argv else []
         rows = method_rows(run, done=done, save=lambda rows: out.write_text(json.dumps(rows, indent=1)))
-        print(f"| features + matcher | cross-side pairs | correct matches (all pairs) | chance | most correct in one pair "
-              f"| verified inliers | of them correct |")
+        print(
+            "| features + matcher | cross-side pairs | correct matches (all pairs) | chance | most correct in one pair "
+            "| verified inliers | of them correct |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             print(f"| {r['method']} | {r['pairs']} | {r['correct']} | {r['chance']:.0f} | {r['best_pair_correct']} "

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     import pycolmap
 
     from backend.io.export import model_poses, write_poses_csv
-    from backend.mapping.reconstruction import no_colmap_log_files
+    from backend.utils.colmap import no_colmap_log_files
 
     ap = argparse.ArgumentParser()
     ap.add_argument("images_dir")
@@ -91,9 +91,16 @@ def main(argv=None) -> int:
     best = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
     poses = model_poses(best) if best else {}
     write_poses_csv(out / "poses.csv", names, poses)
-    res = {"stage_seconds": times, "pairing": "exhaustive" if a.sequential_overlap <= 0 else
-           f"sequential {a.sequential_overlap} + retrieval top-{a.retrieval_neighbors}", "total_seconds": sum(times.values()), "registered_images": len(poses),
-           "points": best.num_points3D() if best else 0, "images": len(names)}
+    res = {
+        "stage_seconds": times,
+        "pairing": "exhaustive"
+        if a.sequential_overlap <= 0
+        else f"sequential {a.sequential_overlap} + retrieval top-{a.retrieval_neighbors}",
+        "total_seconds": sum(times.values()),
+        "registered_images": len(poses),
+        "points": best.num_points3D() if best else 0,
+        "images": len(names),
+    }
     (out / "result.json").write_text(json.dumps(res, indent=1))
     return 0
 

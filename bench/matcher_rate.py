@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keypoints", type=int, default=2048)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "matcher_rate.json")
     args = ap.parse_args(argv)
-    from backend.features.extract import get_device
+    from backend.utils.device import get_device
     from backend.matchers import load_matcher
 
     device = get_device()

@@ -2,7 +2,8 @@
 one run, and each of its scenes alone (the same frames, the same settings), scored with the official IMC 2025
 metric (mAA, clusterness, score).
 
-    python -m bench.mixed [--mixtures two_scenes,lookalike,five_scenes] [--configs fast,fast/aliked-n16+lightglue@640x1024]
+    python -m bench.mixed [--mixtures two_scenes,lookalike,five_scenes] \
+        [--configs fast,fast/aliked-n16+lightglue@640x1024]
     python -m bench.mixed --report-only
 
 Writes ``bench/out/mixed.json``; ``python -m bench --report-only`` puts its table into ``bench/RESULTS.md``.

@@ -93,10 +93,14 @@ def mapping_profile(run_dir: Path) -> dict:
     registered = sum(m.get("registered_images", 0) for m in mj.get("models", []))
     passes = [{**p, "margin_seconds": round(p.get("ceiling_seconds", p["bound_seconds"]) - p["seconds"], 1)}
               for p in mj.get("passes", [])]
-    return {"seconds": seconds, "registered": registered,
-            "seconds_per_registered": round(seconds / registered, 2) if seconds and registered else None,
-            "time_bound_seconds": mj.get("time_bound_seconds"), "stopped_at_time_bound": mj.get("stopped_at_time_bound"),
-            "passes": passes}
+    return {
+        "seconds": seconds,
+        "registered": registered,
+        "seconds_per_registered": round(seconds / registered, 2) if seconds and registered else None,
+        "time_bound_seconds": mj.get("time_bound_seconds"),
+        "stopped_at_time_bound": mj.get("stopped_at_time_bound"),
+        "passes": passes,
+    }
 
 
 def profile_run(run_dir: Path) -> dict:
@@ -117,11 +121,13 @@ def markdown(name: str, prof: dict) -> str:
              "| " + " | ".join(f"{v:.1f}" if v is not None else "-" for v in st.values()) + " |", ""]
     m = prof.get("matching")
     if m:
-        lines.append(f"- matching: {m['pairs']} pairs, {m['verified']} verified; matcher {m['seconds_total']} s, "
-                     f"median {m['median_s_pair']} s/pair (verified {m['median_s_verified']}, not verified "
-                     f"{m['median_s_unverified']}); {100 * (m['share_unverified'] or 0):.0f} % of the matcher's time on "
-                     f"pairs that do not verify; layers run: mean {m['layers_mean']} {m['layers_hist']}; "
-                     f"pruned {100 * (m['pruned_mean'] or 0):.0f} %")
+        lines.append(
+            f"- matching: {m['pairs']} pairs, {m['verified']} verified; matcher {m['seconds_total']} s, "
+            f"median {m['median_s_pair']} s/pair (verified {m['median_s_verified']}, not verified "
+            f"{m['median_s_unverified']}); {100 * (m['share_unverified'] or 0):.0f} % of the matcher's time on "
+            f"pairs that do not verify; layers run: mean {m['layers_mean']} {m['layers_hist']}; "
+            f"pruned {100 * (m['pruned_mean'] or 0):.0f} %"
+        )
     mp = prof["mapping"]
     lines.append(f"- mapping: {mp['seconds']} s, {mp['registered']} registered, {mp['seconds_per_registered']} s per "
                  f"registered image; time bound {mp['time_bound_seconds']} s, stopped at it: "

@@ -195,6 +195,15 @@ def _recall(path: Path) -> list[str]:
     return lines
 
 
+def _fold_word(f: dict) -> str:
+    """The fold check's outcome in a word: off (not run), no, yes, or yes, split (two models kept)."""
+    if f.get("folded") is None:
+        return "off"
+    if f.get("folded"):
+        return "yes, split" if f.get("split_kept") else "yes"
+    return "no"
+
+
 def _folds(rows: list[dict], links_path: Path) -> list[str]:
     """The fold check (``--disambiguate``, backend/mapping/disambiguation.py) on every row that recorded it, the
     models' cameras against the ground truth, and church's cross-side links per method (``church_links.json``)."""
@@ -221,22 +230,29 @@ def _folds(rows: list[dict], links_path: Path) -> list[str]:
         def num(x):
             return f"{x:.3f}" if isinstance(x, (int, float)) else "-"
 
-        lines.append(f"| {r['scene']} | {r['config']} | {r['registered_images']}/{r['n_images']} | {r['mAA']:.3f} | "
-                     f"{' + '.join(map(str, f.get('groups') or [])) or '-'} | {num(f.get('conflict'))} | "
-                     f"{num(f.get('within'))} | {num(f.get('excess'))} | "
-                     f"{'off' if f.get('folded') is None else 'yes, split' if f.get('folded') and f.get('split_kept') else 'yes' if f.get('folded') else 'no'} "
-                     f"| {f.get('cut_pairs') or ''} | {f.get('seconds') or ''} | {right} |")
+        lines.append(
+            f"| {r['scene']} | {r['config']} | {r['registered_images']}/{r['n_images']} | {r['mAA']:.3f} | "
+            f"{' + '.join(map(str, f.get('groups') or [])) or '-'} | {num(f.get('conflict'))} | "
+            f"{num(f.get('within'))} | {num(f.get('excess'))} | "
+            f"{_fold_word(f)} "
+            f"| {f.get('cut_pairs') or ''} | {f.get('seconds') or ''} | {right} |"
+        )
     if links_path.exists():
-        lines += ["", "### Church: is there a correct link between the two sides? (`python -m bench.church_links RUN "
-                  "--methods`)", "",
-                  "Every pair of one photo of side A and one of side B (the sides from the ground truth; photos the run "
-                  "registered, whose intrinsics it uses: 8 x 7, 00104 was not), matched by every extractor + matcher "
-                  "of the registries at 2048 keypoints / 1024 px. Correct: symmetric epipolar distance under the "
-                  "ground-truth pose below 4 px; chance: the same with the matches shuffled (mean of 5). Correct "
-                  "matches stay at chance level for every method: no correct link between the sides exists in "
-                  "these 16 photos.", "",
-                  "| features + matcher | pairs | correct matches | chance | most correct in one pair | verified "
-                  "(F, MAGSAC) | of them correct |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "### Church: is there a correct link between the two sides? (`python -m bench.church_links RUN --methods`)",
+            "",
+            "Every pair of one photo of side A and one of side B (the sides from the ground truth; photos the run "
+            "registered, whose intrinsics it uses: 8 x 7, 00104 was not), matched by every extractor + matcher "
+            "of the registries at 2048 keypoints / 1024 px. Correct: symmetric epipolar distance under the "
+            "ground-truth pose below 4 px; chance: the same with the matches shuffled (mean of 5). Correct "
+            "matches stay at chance level for every method: no correct link between the sides exists in "
+            "these 16 photos.",
+            "",
+            "| features + matcher | pairs | correct matches | chance | most correct in one pair | verified "
+            "(F, MAGSAC) | of them correct |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for x in json.loads(links_path.read_text()):
             lines.append(f"| {x['method']} | {x['pairs']} | {x['correct']} | {x['chance']:.0f} | "
                          f"{x['best_pair_correct']} | {x['verified']} | {x['verified_correct']} |")
@@ -375,11 +391,17 @@ def _tables(results: dict, level: str = "##") -> list[str]:
     lines = []
     m = results.get("machine", {})
     dates = {r.get("measured", "") for r in rows}
-    lines.append(machine_line(m) + (" All configurations ran in one `python -m bench` process tree, one after "
-                 "another." if len(dates) <= 1 else " Each configuration runs as its own subprocess, one after "
-                 "another; rows come from more than one `python -m bench` run: the \"run\" column gives the run's date "
-                 "(\"earlier\": before runs were dated), and a ratio or comparison of times holds between rows of one run "
-                 "(the machine's speed varies between runs)."))
+    lines.append(
+        machine_line(m)
+        + (
+            " All configurations ran in one `python -m bench` process tree, one after another."
+            if len(dates) <= 1
+            else " Each configuration runs as its own subprocess, one after "
+            'another; rows come from more than one `python -m bench` run: the "run" column gives the run\'s date '
+            '("earlier": before runs were dated), and a ratio or comparison of times holds between rows of one run '
+            "(the machine's speed varies between runs)."
+        )
+    )
     lines.append("")
     lines.append("mAA is the official IMC 2025 metric (two tightest thresholds skipped, three free cameras "
                  "subtracted, every triplet); \"acc. all th.\" is the accuracy over all thresholds (registered "
@@ -390,8 +412,10 @@ def _tables(results: dict, level: str = "##") -> list[str]:
                      "to add them): " + ", ".join(f"{r['scene']}/{r['config']}" for r in old) + ".")
         lines.append("")
     def table(scene_list):
-        lines.append("| scene | config | registered | mAA | acc. all th. | total s | features s | matching s | mapping s "
-                     "| peak MB | pairs | run |")
+        lines.append(
+            "| scene | config | registered | mAA | acc. all th. | total s | features s | matching s | mapping s "
+            "| peak MB | pairs | run |"
+        )
         lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for s in scene_list:
             for c in configs:
@@ -508,12 +532,17 @@ def _tables(results: dict, level: str = "##") -> list[str]:
                          f"{100 * other / w:.0f} | {f / r['n_images']:.2f} | {m / pairs if pairs else 0:.3f} |")
     methods = [r for r in rows if "/" in r["config"]]
     if methods:
-        lines += ["", "## Per method (extractor + matcher)", "",
-                  "Each row is a preset's settings (before the slash) with another extractor and matcher; COLMAP-SIFT "
-                  "ran in the same bench run. s / image: the extractor alone; s / pair: the matcher alone.", "",
-                  "| scene | preset | features + matcher | px / keypoints | registered | mAA | total s | time / COLMAP-SIFT "
-                  "| features s | matching s | verification + mapping s | s / image | s / pair | peak MB | pairs |",
-                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Per method (extractor + matcher)",
+            "",
+            "Each row is a preset's settings (before the slash) with another extractor and matcher; COLMAP-SIFT "
+            "ran in the same bench run. s / image: the extractor alone; s / pair: the matcher alone.",
+            "",
+            "| scene | preset | features + matcher | px / keypoints | registered | mAA | total s | time / COLMAP-SIFT "
+            "| features s | matching s | verification + mapping s | s / image | s / pair | peak MB | pairs |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in sorted(methods, key=lambda r: (scenes.index(r["scene"]), r["config"])):
             st = r.get("stage_seconds") or {}
             sift = _by(rows, r["scene"], "colmap-sift")
@@ -529,11 +558,17 @@ def _tables(results: dict, level: str = "##") -> list[str]:
                 f"{(st.get('verification') or 0) + (st.get('mapping') or 0):.1f} | "
                 f"{'-' if spi is None else f'{spi:.3f}'} | {'-' if spp is None else f'{spp:.3f}'} | "
                 f"{r['peak_rss_mb']:.0f} | {r.get('pairs') or '-'} |")
-    lines += ["", "## Speed targets", "",
-              "balanced: at most 0.2x the naive configuration's wall time at equal or better mAA; fast: at most 1.0x "
-              "COLMAP-SIFT's wall time at equal or better mAA.", "",
-              "| scene | balanced / naive | mAA balanced vs naive | met | fast / COLMAP-SIFT | mAA fast vs COLMAP-SIFT | met |",
-              "|---|---:|---|---|---:|---|---|"]
+    lines += [
+        "",
+        "## Speed targets",
+        "",
+        "balanced: at most 0.2x the naive configuration's wall time at equal or better mAA; fast: at most 1.0x "
+        "COLMAP-SIFT's wall time at equal or better mAA.",
+        "",
+        "| scene | balanced / naive | mAA balanced vs naive | met | fast / COLMAP-SIFT | mAA fast vs COLMAP-SIFT "
+        "| met |",
+        "|---|---:|---|---|---:|---|---|",
+    ]
     for s in scenes:
         bal, naive = _by(rows, s, "balanced"), _by(rows, s, "naive")
         fast, sift = _by(rows, s, "fast"), _by(rows, s, "colmap-sift")

@@ -1,5 +1,5 @@
 """``python -m bench.rotation``: one pair per scene with its second image turned by 0, 90 and 180 degrees, matched by
-every extractor + matcher, verified by a fundamental matrix (OpenCV MAGSAC, :mod:`backend.matchers.compare`).
+every extractor + matcher, verified by a fundamental matrix (OpenCV MAGSAC, :mod:`backend.twoview.compare`).
 Prints a markdown table of verified inliers / matches (the README's "rotated photos" table)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from backend.matchers.compare import compare_pair
+from backend.twoview.compare import compare_pair
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PAIRS = [("temple", "temple_ring_middlebury", "templeR0013.png", "templeR0015.png"),

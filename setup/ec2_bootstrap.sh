@@ -24,7 +24,7 @@
 #                           --executor ray --ray-address auto
 #   --ray-worker ADDRESS    make this instance a Ray worker node that joins the head at ADDRESS
 #                           (HEAD_PRIVATE_IP:6379), with no app service; every node needs this same checkout at
-#                           the same path (see README, "Many machines")
+#                           the same path (see docs/scale.md, "Many machines")
 #   --user NAME             user the service runs as (default: the invoking non-root user)
 #   --repo-dir DIR          the SfM Explorer checkout (default: the one holding this script)
 #   --dinov2 WHICH          DINOv2 weights to fetch: small, base, small,base or none (default: small,base)

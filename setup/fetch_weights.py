@@ -394,7 +394,9 @@ def install_hub_folder(name: str, entry: dict, wdir: Path, check: bool, hub_stat
                 except OSError as exc:
                     raise FetchError(f"{url}: {_short(exc)}") from exc
             if fname.endswith(".safetensors") and lfs_sha is None:
-                print(f"            note: the hub sent no LFS sha256 for {fname}; recorded the local sha256", flush=True)
+                print(
+                    f"            note: the hub sent no LFS sha256 for {fname}; recorded the local sha256", flush=True
+                )
         tmp = _tmp_beside(folder / "SHA256SUMS")
         tmp.write_text("".join(f"{sums[f]}  {f}\n" for f in entry["files"]))
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -403,7 +405,7 @@ def install_hub_folder(name: str, entry: dict, wdir: Path, check: bool, hub_stat
         hub_state["unreachable"] = True
         print(
             "DINOv2 not installed (hub unreachable): pairs will use the EfficientNet-Lite0 fallback; "
-            "see README to add it by hand",
+            "see docs/setup.md to add it by hand",
             flush=True,
         )
         report("skipped", name, f"(optional; {hub_endpoint()} {exc}, {time.monotonic() - t0:.1f} s)")
@@ -431,7 +433,9 @@ def parse_dinov2(value: str) -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true", help="verify only (no network); exit 1 if a required weight is missing")
+    ap.add_argument(
+        "--check", action="store_true", help="verify only (no network); exit 1 if a required weight is missing"
+    )
     ap.add_argument(
         "--weights-dir",
         type=Path,
@@ -472,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         what = "missing or corrupt" if args.check else "could not be installed"
         print(f"ERROR: required weights {what}: {', '.join(failed)}", file=sys.stderr)
         if args.check:
-            print("  install them with: .venv/bin/python setup/fetch_weights.py  (see weights/README.md)", file=sys.stderr)
+            print(
+                "  install them with: .venv/bin/python setup/fetch_weights.py  (see weights/README.md)", file=sys.stderr
+            )
         return 1
     return 0
 

@@ -147,12 +147,13 @@ def test_run_from_upload_to_scored_poses_then_delete(api, tmp_path):
     base, runs = api
     d = scene_dir("temple_ring_middlebury")
     photos = sorted((d / "images").iterdir())[:10]
-    status, body, _ = call("POST", f"{base}/v1/runs", {"preset": "fast"},
+    status, body, _ = call("POST", f"{base}/v1/runs", {"preset": "fast", "max_keypoints": "1024"},
                            [("files", p.name, p.read_bytes()) for p in photos]
                            + [("files", "readme.txt", b"not a photo")])
     assert status == 202, body
     created = json.loads(body)
     run_id = created["run_id"]
+    assert json.loads((runs / run_id / "request.json").read_text())["config"]["features"]["max_keypoints"] == 1024
     assert len(created["saved"]) == 10 and created["skipped"][0]["name"] == "readme.txt"
     deadline = time.time() + 600
     while True:
@@ -202,6 +203,22 @@ def test_a_request_larger_than_a_runs_upload_limit_is_refused_before_its_body(ap
     conn.close()
 
 
+def test_run_options_out_of_bounds_are_refused_before_any_work(api):
+    """The form fields of POST /v1/runs come from the option table: a value out of its bounds or not among its
+    choices is a 400 (or 422 for a wrong type) that says what is allowed, and no run folder is made."""
+    base, runs = api
+    before = set(p.name for p in runs.iterdir()) if runs.exists() else set()
+    photos = sorted((scene_dir("temple_ring_middlebury") / "images").iterdir())[:2]
+    files = [("files", p.name, p.read_bytes()) for p in photos]
+    for fields, status_wanted, says in (({"resize": "10"}, 400, "at least 64"),
+                                        ({"mapper": "magic"}, 400, "incremental"),
+                                        ({"features": "xfeat", "matcher": "lightglue"}, 400, "lighterglue"),
+                                        ({"max_keypoints": "many"}, 422, "max_keypoints")):
+        status, body, _ = call("POST", f"{base}/v1/runs", {"preset": "fast", **fields}, files)
+        assert status == status_wanted and says in json.loads(body)["error"], (fields, body)
+    assert (set(p.name for p in runs.iterdir()) if runs.exists() else set()) == before
+
+
 def test_run_needs_two_photos(api):
     base, runs = api
     before = set(p.name for p in runs.iterdir()) if runs.exists() else set()
@@ -244,7 +261,9 @@ def test_runs_belong_to_their_owner(api):
     b_secret = "client-b-secret-0123456789abcdef"
     b = _start_run(base, owner=b_secret)  # client B brings its own
     assert b["owner_secret"] == b_secret and a["owner_secret"] != b_secret
-    listed = lambda owner: {r["run_id"] for r in json.loads(call("GET", f"{base}/v1/runs", owner=owner)[1])["runs"]}
+    def listed(owner):
+        return {r["run_id"] for r in json.loads(call("GET", f"{base}/v1/runs", owner=owner)[1])["runs"]}
+
     assert listed(None) == set()  # no secret, no runs: nobody enumerates the server
     assert a["run_id"] in listed(a["owner_secret"]) and b["run_id"] not in listed(a["owner_secret"])
     assert b["run_id"] in listed(b_secret) and a["run_id"] not in listed(b_secret)

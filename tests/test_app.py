@@ -109,16 +109,16 @@ def test_options_produce_the_config(app):
     app.run()
     app.radio(key="preset").set_value("fast").run()
     assert app.session_state["pending_config"] == get_preset("fast").to_dict()
-    app.selectbox(key="opt_model_fast").set_value("efficientnet-lite0")
-    app.number_input(key="opt_k_fast").set_value(4)
+    app.selectbox(key="opt_retrieval_model_fast").set_value("efficientnet-lite0")
+    app.number_input(key="opt_num_neighbors_fast").set_value(4)
     app.number_input(key="opt_resize_fast").set_value(640)
-    app.number_input(key="opt_kp_fast").set_value(512)
+    app.number_input(key="opt_max_keypoints_fast").set_value(512)
     app.selectbox(key="opt_features_fast").set_value("disk").run()
     # the matcher box lists only what can match DISK features
     assert app.selectbox(key="opt_matcher_fast_disk").options == ["lightglue", "nn-ratio", "adalam"]
     app.selectbox(key="opt_matcher_fast_disk").set_value("nn-ratio")
-    app.selectbox(key="opt_cam_fast").set_value("shared")
-    app.number_input(key="opt_mm_fast").set_value(30)
+    app.selectbox(key="opt_camera_mode_fast").set_value("shared")
+    app.number_input(key="opt_min_matches_fast").set_value(30)
     app.selectbox(key="opt_mapper_fast").set_value("global")
     app.selectbox(key="opt_upright_fast").set_value("auto")
     app.run()
@@ -310,7 +310,7 @@ def test_compare_reports_each_step(finished_run, runs_root):
     verification), each reaching its total, in the calling thread; a second call reports the cache."""
     import threading
 
-    from backend.matchers.compare import compare_pair
+    from backend.twoview.compare import compare_pair
 
     run_dir = runs_root / finished_run
     calls = []
@@ -413,7 +413,7 @@ def test_unfinished_stage_explains_itself(app, runs_root, finished_run):
 def test_failed_run_shows_a_readable_error_and_keeps_finished_stages(app, runs_root, finished_run):
     def fail(rec):
         rec["stages"]["mapping"] = {"status": "failed", "error": "RuntimeError: pycolmap exploded\nTraceback (most "
-                                    "recent call last):\n  File \"x.py\", line 1"}
+                                    "recent call last):\n  File \"x.py\", line 1", "error_type": "MappingError"}
         rec["stages"].pop("exports")
         rec["status"] = "failed"
 
@@ -440,7 +440,8 @@ def test_unusable_photos_offer_no_resume_and_show_names_as_text(app, runs_root):
     err = ("1 usable image(s): a reconstruction needs at least 2 JPEG, PNG or HEIC photos of the same scene "
            "(skipped: [x](http://example.invalid).jpg: corrupt or truncated image)")
     (d / "run.json").write_text(json.dumps({"status": "failed", "config": {"preset": "fast"},
-                                            "stages": {"images": {"status": "failed", "error": err}}}))
+                                            "stages": {"images": {"status": "failed", "error": err,
+                                                                  "error_type": "InputError"}}}))
     (d / jobs.REQUEST_JSON).write_text(json.dumps({"images_dir": str(d / "upload"), "config": {}}))
     state = jobs.run_state(d)
     assert state["status"] == "failed" and state["resumable"] is False
@@ -783,7 +784,10 @@ def test_stage_by_stage_then_continue(monkeypatch, tmp_path):
 def test_runs_beyond_the_limit_wait_queued_and_can_be_cancelled(monkeypatch, tmp_path):
     monkeypatch.setenv("SFM_RUNS_DIR", str(tmp_path / "runs"))
     images = _two_images(tmp_path / "imgs")
-    assert jobs._SLOTS.acquire(timeout=60)  # another run holds the only slot
+    import threading
+
+    release = threading.Event()
+    jobs._pool().submit(release.wait, 120)  # another run holds the only worker (SFM_MAX_JOBS=1)
     try:
         run_dir = jobs.run_dir_for("waiting")
         job = jobs.start_run(run_dir, images, jobs.build_config("fast"))
@@ -794,8 +798,9 @@ def test_runs_beyond_the_limit_wait_queued_and_can_be_cancelled(monkeypatch, tmp
         jobs.wait("waiting", timeout=30)
         assert job.state == "cancelled" and "before it started" in job.error
         assert jobs.run_state(run_dir)["status"] == "cancelled"
+        assert not (run_dir / jobs.LOCK_FILE).exists() or not jobs.locked_elsewhere(run_dir)  # the lock is released
     finally:
-        jobs._SLOTS.release()
+        release.set()
 
 
 def test_a_second_server_process_cannot_start_the_same_run(monkeypatch, tmp_path):
@@ -829,13 +834,11 @@ def test_progress_writer_attributes_child_substeps(tmp_path):
     assert "verification" not in p["stages"] and p["stages"]["features"]["done"] == 3
 
 
-def test_friendly_errors_say_what_to_do():
-    m = jobs.friendly_error("images", "0 usable image(s) in x: a reconstruction needs at least 2 JPEG/PNG photos")
-    assert "Upload at least two" in m
-    m = jobs.friendly_error("features", "Weight file /w/aliked.pth (aliked-n16) is missing. Install the weights")
-    assert "setup/setup.sh" in m
-    m = jobs.friendly_error("mapping", "RuntimeError: boom\nTraceback (most recent call last):\n  File x")
-    assert "Traceback" not in m and "boom" in m
+def test_friendly_errors_keep_one_line_and_no_traceback():
+    m = jobs.friendly_error(
+        "mapping", "RuntimeError: boom\nTraceback (most recent call last):\n  File x", "RuntimeError"
+    )
+    assert "Traceback" not in m and "boom" in m and "Resume" in m
 
 
 # ---- figures and Open3D -------------------------------------------------------------------------------------------
@@ -871,8 +874,11 @@ def test_drawings_have_the_expected_size():
     m = np.array([[0, 0], [1, 1], [2, 1]])
     img = viz.draw_matches(a, b, kp, kp[:2], m, inliers=np.array([True, False, True]), height=100)
     assert img.size == (round(400 * 100 / 300) + 10 + 200, 100)
-    c = viz.colormap(np.array([0.0, 1.0]), 0, 1)
-    assert tuple(c[0]) == (68, 1, 84) and tuple(c[1]) == (253, 231, 37)
+    c = viz.colormap(np.array([-5.0, 0.0, 0.25, 0.5, 1.0, 7.0]), 0, 1)  # low purple, high yellow, clipped ends
+    assert c.dtype == np.uint8 and c.shape == (6, 3)
+    assert (c[0] == c[1]).all() and (c[4] == c[5]).all() and c[1, 2] > c[1, 1] and c[4, 0] > 200 > c[4, 2]
+    green = c[1:5, 1].astype(int)
+    assert (np.diff(green) > 0).all()  # viridis grows steadily lighter from purple to yellow
     fig = viz.pair_graph(["a", "b", "c"], [("a", "b", 0.5), ("b", "c", 0.9)])
     assert len(fig.data) >= 3
     fig = viz.similarity_heatmap(np.eye(3), ["a", "b", "c"], [("a", "b", 0.0)])

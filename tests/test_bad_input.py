@@ -48,9 +48,12 @@ def test_single_image_fails_clearly(tmp_path):
     res = run_cli("reconstruct", str(images), "--out", str(tmp_path / "run"), "--quiet")
     assert res.returncode == 2
     err = res.stderr.strip().splitlines()
-    assert len(err) == 1 and "at least 2" in err[0] and "broken.png" in err[0], res.stderr
+    assert err[0].startswith("error: images failed:") and "at least 2" in err[0] and "broken.png" in err[0], err
+    assert err[1].startswith("what to do: Upload at least two") and "InputError" in err[2] and len(err) == 3, err
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["stages"]["images"]["status"] == "failed"
+    assert record["stages"]["images"]["error_type"] == "InputError"
+    assert "Traceback" in (tmp_path / "run" / "run.log").read_text()  # the details stay in the run folder
 
 
 def test_nothing_maps_still_leaves_a_complete_submission(tmp_path):

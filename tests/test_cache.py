@@ -1,6 +1,7 @@
 """Caches that never serve stale results, and resumes after a SIGKILL.
 
-On a real scene (4 temple photos, the fast preset with ALIKED + LightGlue at 256 keypoints, real weights and pycolmap, the CLI in a
+On a real scene (4 temple photos, the fast preset with ALIKED + LightGlue at 256 keypoints, real weights and pycolmap,
+the CLI in a
 subprocess): every upstream change (keypoint budget, resize, background, a photo replaced by another of the same
 name, size and modification time, ``--force``) recomputes everything downstream of it, and every match index in
 ``matches.h5`` is valid for the current ``features.h5``. A run killed with SIGKILL in the features or matching

@@ -1,10 +1,11 @@
-"""The automatic camera grouping of the mapping stage (backend.mapping.reconstruction: metadata_camera_groups, shared_camera_groups)."""
+"""The automatic camera grouping of the mapping stage (backend.mapping.cameras: metadata_camera_groups,
+shared_camera_groups)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from backend.mapping.reconstruction import metadata_camera_groups, shared_camera_groups
+from backend.mapping.cameras import metadata_camera_groups, shared_camera_groups
 
 
 def _rec(focals: dict[str, float | None]):

@@ -1,4 +1,4 @@
-"""The Matches page's comparison backend (:mod:`backend.matchers.compare`): one real pair (two Middlebury temple
+"""The Matches page's comparison backend (:mod:`backend.twoview.compare`): one real pair (two Middlebury temple
 views) matched by two methods, verified with OpenCV, cached per method; impossible combinations and names that
 are not registry names or images of the run are refused before any path is built."""
 
@@ -13,7 +13,7 @@ import pytest
 
 from conftest import DATA
 
-from backend.matchers.compare import compare_pair
+from backend.twoview.compare import compare_pair
 
 PAIR = ("templeR0013.png", "templeR0014.png")
 SMALL = {"resize": 640, "max_keypoints": 1024}
@@ -87,7 +87,8 @@ def test_names_that_are_not_images_of_the_run_are_refused(run_dir, name):
 @pytest.fixture(scope="module")
 def matched_runs_root(tmp_path_factory) -> Path:
     """A runs folder holding ``temple2``: the two temple views run up to the matching stage (SIFT, no mapping)."""
-    from backend.config import apply_overrides, get_preset
+    from backend.config import get_preset
+    from backend.options import apply_overrides
     from backend.pipeline import Pipeline, RunOptions
 
     src = tmp_path_factory.mktemp("temple2_src")
@@ -130,7 +131,7 @@ def test_matches_page_compares_two_methods(matched_runs_root, monkeypatch):
 def test_matches_page_shows_a_comparison_error_as_a_message(matched_runs_root, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    import backend.matchers.compare as compare
+    import backend.twoview.compare as compare
     from conftest import REPO
 
     def fail(*a, **kw):

@@ -8,7 +8,6 @@ records."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

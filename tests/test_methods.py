@@ -10,10 +10,11 @@ import shutil
 import numpy as np
 import pytest
 
-from backend.config import FeaturesConfig, MatchingConfig, apply_overrides, get_preset
+from backend.config import FeaturesConfig, MatchingConfig, get_preset
+from backend.options import apply_overrides
 from backend.features import EXTRACTORS, extractor_class
 from backend.features.extract import read_features, run_features
-from backend.matchers import MATCHERS, check_combination, matchers_for
+from backend.matchers import check_combination, matchers_for
 from backend.matchers.match import read_matches, run_matching
 from conftest import DATA, evaluate, run_cli
 
@@ -102,7 +103,6 @@ def test_combinations_that_cannot_work_are_refused_with_the_ones_that_can():
         check_combination("superpoint", "lightglue")
     assert set(matchers_for("xfeat")) == {"lighterglue", "nn-ratio", "adalam"}
     assert all({"nn-ratio", "adalam"} <= set(matchers_for(e)) for e in EXTRACTORS)
-    assert set(MATCHERS) >= {"lightglue", "lighterglue", "nn-ratio", "adalam"}
     # naming only the features picks their own matcher when the preset's cannot match them
     cfg = apply_overrides(get_preset("balanced"), features="akaze")
     assert (cfg.features.name, cfg.matching.name) == ("akaze", "nn-ratio")
@@ -163,8 +163,8 @@ def test_every_method_reconstructs_the_scene(reconstruct, name, matcher, extra, 
 
 
 def test_the_readme_example_extractor_works_without_touching_the_pipeline(temple_pair, tmp_path, monkeypatch):
-    """The "Adding an extractor" example of the README, loaded as a module of ``backend.features`` plus its one
-    registry entry, runs through the real features and matching stages."""
+    """The "Adding an extractor" example of docs/architecture.md, loaded as a module of ``backend.features`` plus its
+    one registry entry, runs through the real features and matching stages."""
     import re
     import sys
     import types
@@ -172,12 +172,12 @@ def test_the_readme_example_extractor_works_without_touching_the_pipeline(temple
     import backend.features as features_pkg
     from conftest import REPO
 
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Adding an extractor"):]
+    text = (REPO / "docs" / "architecture.md").read_text()
+    section = text[text.index("## Adding an extractor"):]
     code, entry = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:2]
     mod = types.ModuleType("backend.features.gftt_orb")
     mod.__package__ = "backend.features"
-    exec(compile(code, "README.md", "exec"), mod.__dict__)
+    exec(compile(code, "docs/architecture.md", "exec"), mod.__dict__)
     monkeypatch.setitem(sys.modules, "backend.features.gftt_orb", mod)
     name, spec = re.match(r'\s*"([\w-]+)": (\(.*\)),', entry).groups()
     monkeypatch.setitem(features_pkg.EXTRACTORS, name, eval(spec))

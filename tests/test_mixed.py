@@ -78,7 +78,9 @@ def test_our_submission_writer_covers_the_imc2025_training_labels(tmp_path):
     assert len(rows) == len(labels) and all(r.R is None for r in rows)
     # a missing image and a broken rotation are caught
     bad = tmp_path / "bad.csv"
-    bad.write_text("\n".join(sub.read_text().splitlines()[:-1]).replace("nan;nan;nan;nan;nan;nan;nan;nan;nan", "1;2", 1))
+    bad.write_text(
+        "\n".join(sub.read_text().splitlines()[:-1]).replace("nan;nan;nan;nan;nan;nan;nan;nan;nan", "1;2", 1)
+    )
     problems = check_submission(bad, expected)
     assert any("missing" in p for p in problems) and any("rotation_matrix" in p for p in problems)
     with pytest.raises(ValueError, match="comma"):

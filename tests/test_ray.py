@@ -12,7 +12,8 @@ import h5py
 import numpy as np
 import pytest
 
-from backend.config import apply_overrides, get_preset
+from backend.config import get_preset
+from backend.options import apply_overrides
 from backend.features.extract import run_features
 from backend.matchers.match import run_matching
 

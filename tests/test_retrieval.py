@@ -98,9 +98,14 @@ def test_dinov2_code_path_with_tiny_model(tmp_path, monkeypatch, tiny_dinov2_wei
 
 def test_fallback_descriptor_finds_neighbours(tmp_path, monkeypatch):
     """Without DINOv2 weights, EfficientNet-Lite0 is used and says so; on the temple ring, each image's nearest
-    neighbour by descriptor is an adjacent view."""
-    if (weights_dir() / "dinov2-small").exists():
-        pytest.skip("DINOv2 weights are installed here; the fallback is not used")
+    neighbour by descriptor is an adjacent view. Runs also where DINOv2 is installed: the weights folder it sees holds
+    every other weight file, not DINOv2's."""
+    wd = tmp_path / "weights"
+    wd.mkdir()
+    for entry in manifest().values():
+        if "file" in entry and (weights_dir() / entry["file"]).exists():
+            (wd / entry["file"]).symlink_to(weights_dir() / entry["file"])
+    monkeypatch.setenv("SFM_WEIGHTS_DIR", str(wd))
     imgs = sorted((scene_dir("temple_ring_middlebury") / "images").iterdir())
     run, names = _retrieval_run(tmp_path, imgs, monkeypatch)
     counts = run_retrieval(run, names, RetrievalConfig(exhaustive_below=0, num_neighbors=2, min_score=2))

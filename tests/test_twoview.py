@@ -296,8 +296,8 @@ def test_twoview_page_refuses_typed_ground_truth_as_it_is_typed(tmp_path, monkey
 
 @pytest.mark.scenes
 def test_twoview_page_matches_on_onnx_runtime(tmp_path, monkeypatch):
-    """The Two-view page offers the matcher's runtime for learned matchers only; with ONNX Runtime picked, Match verifies
-    two temple photos and the result says which runtime matched them."""
+    """The Two-view page offers the matcher's runtime for learned matchers only; with ONNX Runtime picked, Match
+    verifies two temple photos and the result says which runtime matched them."""
     import shutil
 
     from streamlit.testing.v1 import AppTest

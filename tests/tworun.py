@@ -16,7 +16,7 @@ def make_two_model_run(src: Path, dst: Path, extra_photo: Path) -> dict:
     fold that was mapped apart: ``sparse/0`` keeps all but the last two registered photos (by name), ``sparse/1``
     the last two, and ``extra_photo`` is added to the run's photos (``images/``, ``images.json``) without a pose in
     either model. ``mapping.json`` gets the two models, the fold's two groups (the extra photo in the second) and
-    two scenes as :func:`backend.mapping.reconstruction.map_scenes` lists them (the photo without a pose in the
+    two scenes as :func:`backend.mapping.scene_mapping.map_scenes` lists them (the photo without a pose in the
     first scene; ``why`` counts the group's models from 1, as that function writes it).
 
     Returns:

@@ -2,7 +2,8 @@
 stage that runs any of them over a run folder and writes ``features.h5`` is :mod:`backend.features.extract`).
 
 Adding an extractor is one file with an :class:`~backend.features.base.Extractor` subclass plus one entry in
-:data:`EXTRACTORS`; the pipeline, the CLI, the app and the h5 layout need no change (see the README's example).
+:data:`EXTRACTORS`; the pipeline, the CLI, the app and the h5 layout need no change (see the example in
+docs/architecture.md).
 Importing this package loads no model and no torch.
 """
 

@@ -6,10 +6,10 @@ weights. Variants: ``aliked-n16`` (the LightGlue one), ``aliked-n16rot`` (traine
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..io.weights import weight_path
+from ..utils.tensors import image_to_batch
 from .base import Extractor
 
 DIMS = {"aliked-t16": 64, "aliked-n16": 128, "aliked-n16rot": 128, "aliked-n32": 128}
@@ -45,8 +45,7 @@ class ALIKED(Extractor):
 
     @torch.inference_mode()
     def extract(self, image):
-        t = torch.from_numpy(np.ascontiguousarray(image).copy()).to(self.device).permute(2, 0, 1)[None]
-        t = t.float().div_(255.0)
+        t = image_to_batch(image, self.device)
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
             feats = self.model(t)[0]
         return {

@@ -29,7 +29,7 @@ class Extractor:
         default_matcher: the matcher used when the user names only the features (a key of
             :data:`backend.matchers.MATCHERS`).
         uses_gpu: whether the method runs on CUDA when present.
-        licence: the licence of the method's code and weights (for the README's method table).
+        licence: the licence of the method's code and weights (docs/methods.md, generated).
         reference: the paper or repository the method comes from.
     """
 

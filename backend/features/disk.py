@@ -4,10 +4,10 @@ github.com/cvlab-epfl/disk) through ``kornia.feature.DISK`` with the depth-super
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..io.weights import weight_path
+from ..utils.tensors import image_to_batch
 from .base import Extractor
 
 
@@ -34,8 +34,7 @@ class DISK(Extractor):
     @torch.inference_mode()
     def extract(self, image):
         c = self.conf
-        t = torch.from_numpy(np.ascontiguousarray(image).copy()).to(self.device).permute(2, 0, 1)[None]
-        t = t.float().div_(255.0)
+        t = image_to_batch(image, self.device)
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
             # DISK's U-Net needs sides divisible by 16; padding keeps every keypoint in the original frame
             f = self.model(t, n=c["max_keypoints"], window_size=c["nms_window_size"],

@@ -24,29 +24,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import h5py
 import numpy as np
 
-from ..config import FeaturesConfig
 from ..io.h5cache import KEY_ATTR, config_key, content_key, open_cache, write_entry, writing
 from ..io.images import IMAGES_JSON, file_sha256, load_rgb, upright_turns
 from ..io.upright import keypoints_from_upright, orientations_from_upright, turn_upright
 from ..io.weights import checksums
+from ..utils.device import get_device
 from . import extractor_class, extractor_conf, load_extractor
 from .base import Extractor
 
+if TYPE_CHECKING:
+    from ..config import FeaturesConfig
+
 FEATURES_H5 = "features.h5"
 FEATURE_DATASETS = ("keypoints", "scores", "descriptors")
-
-
-def get_device():
-    """CUDA when present, else CPU (a ``torch.device``). torch is imported here, not with the module, so that the
-    mapping child, which only reads ``features.h5``, starts without it (2 s of imports on this machine)."""
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def method_options(cfg: FeaturesConfig) -> dict:

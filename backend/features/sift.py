@@ -6,7 +6,7 @@ is a CPU build; a CUDA build of pycolmap runs it on the GPU (``use_gpu``).
 COLMAP logs through glog, whose default is a log file per severity in the system temp folder
 (``.<host>.<user>.log.INFO.<date>.<pid>``, written at the extractor's first "Creating SIFT CPU feature extractor"
 line): :meth:`SIFT._init` turns glog's log files off for the process first
-(:func:`backend.mapping.reconstruction.no_colmap_log_files`), so extraction in the app, the CLI and the API leaves
+(:func:`backend.utils.colmap.no_colmap_log_files`), so extraction in the app, the CLI and the API leaves
 nothing there; the lines still go to stderr."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class SIFT(Extractor):
     def _init(self):
         import pycolmap
 
-        from ..mapping.reconstruction import no_colmap_log_files
+        from ..utils.colmap import no_colmap_log_files
 
         no_colmap_log_files()  # before pycolmap's first log line, which would open the file (module doc)
         c = self.conf

@@ -4,10 +4,10 @@ github.com/verlab/accelerated_features) through ``kornia.feature.XFeat`` with th
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..io.weights import weight_path
+from ..utils.tensors import image_to_batch
 from .base import Extractor
 
 
@@ -33,8 +33,7 @@ class XFeat(Extractor):
 
     @torch.inference_mode()
     def extract(self, image):
-        t = torch.from_numpy(np.ascontiguousarray(image).copy()).to(self.device).permute(2, 0, 1)[None]
-        t = t.float().div_(255.0)
+        t = image_to_batch(image, self.device)
         out = self.model.detectAndCompute(t, top_k=self.conf["max_keypoints"],
                                           detection_threshold=self.conf["detection_threshold"])[0]
         return {

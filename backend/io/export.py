@@ -130,22 +130,13 @@ def upload_refused_rows(run_dir: Path, taken: set[str]) -> list[tuple[str, str, 
     return [(_unique_name(sanitize_name(n), taken), "outliers", None) for n in names if isinstance(n, str)]
 
 
-def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
-    """Binary little-endian PLY of points ``xyz`` float [N, 3] with colours ``rgb`` uint8 [N, 3]."""
-    xyz = np.asarray(xyz, dtype="<f4").reshape(-1, 3)
-    rgb = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
-    data = np.empty(len(xyz), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
-                                     ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    data["x"], data["y"], data["z"] = xyz.T
-    data["red"], data["green"], data["blue"] = rgb.T
-    header = (
-        "ply\nformat binary_little_endian 1.0\ncomment SfM Explorer sparse points\n"
-        f"element vertex {len(data)}\nproperty float x\nproperty float y\nproperty float z\n"
-        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
-    )
-    with open(path, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(data.tobytes())
+def write_model_ply(path: Path, rec) -> None:
+    """The 3D points of ``rec`` (a ``pycolmap.Reconstruction``, or None: no points) as a binary little-endian PLY
+    with float x, y, z and uchar red, green, blue (``pycolmap.Reconstruction.export_PLY``; world coordinates of the
+    model)."""
+    import pycolmap
+
+    (rec if rec is not None else pycolmap.Reconstruction()).export_PLY(path)
 
 
 def model_points(rec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -214,20 +205,19 @@ def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> di
         rec = pycolmap.Reconstruction(model_dir) if sc.get("model") is not None and \
             (model_dir / "images.bin").exists() else None
         poses = model_poses(rec) if rec is not None else {}
-        xyz, rgb = (model_points(rec)[:2] if rec is not None else (np.zeros((0, 3)), np.zeros((0, 3), np.uint8)))
         poses_all.update({n: p for n, p in poses.items() if n in sc["images"]})
         if k == 0:
-            largest = (rec, poses, xyz, rgb)
+            largest = (rec, poses)
         if several:
             d = scenes_root / str(k)
             d.mkdir(parents=True)
             write_poses_csv(d / POSES_CSV, sc["images"], poses)
-            write_ply(d / POINTS_PLY, xyz, rgb)
+            write_model_ply(d / POINTS_PLY, rec)
             if rec is not None:
                 (d / "sparse_txt").mkdir()
                 rec.write_text(d / "sparse_txt")
                 _zip_model(d / MODEL_ZIP, [(model_dir, "sparse/0"), (d / "sparse_txt", "sparse_txt")])
-    rec, poses0, xyz, rgb = largest if largest else (None, {}, np.zeros((0, 3)), np.zeros((0, 3), np.uint8))
+    rec, poses0 = largest if largest else (None, {})
     if rec is not None:
         txt = run_dir / "sparse_txt"
         txt.mkdir(exist_ok=True)
@@ -235,7 +225,7 @@ def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> di
     write_poses_csv(run_dir / POSES_CSV, names, poses_all, scene_of)
     write_imc2024_csv(run_dir / POSES_IMC2024_CSV, names, poses_all, dataset, scene,
                       scene_of if several or outliers else None)
-    write_ply(run_dir / POINTS_PLY, xyz, rgb)
+    write_model_ply(run_dir / POINTS_PLY, rec)
     _zip_model(run_dir / MODEL_ZIP, [(run_dir / "sparse", "sparse"), (run_dir / "sparse_txt", "sparse_txt")])
     info = load_images_json(run_dir)
     rows = []
@@ -256,7 +246,8 @@ def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> di
     refused = upload_refused_rows(run_dir, {r[0].lower() for r in rows})  # refused at upload: no image file at all
     rows += refused
     skipped_photos += len(refused)
-    counts = {"registered_images": len(poses0), "points": int(len(xyz)), "scenes": len(scenes),
+    counts = {"registered_images": len(poses0), "points": rec.num_points3D() if rec is not None else 0,
+              "scenes": len(scenes),
               "registered_all_scenes": len(poses_all), "outliers": len(outliers) + skipped_photos}
     try:
         write_submission_csv(run_dir / SUBMISSION_CSV, rows, dataset)

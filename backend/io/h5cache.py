@@ -18,7 +18,6 @@ Writes are atomic per entry, for a process killed at any point (SIGKILL included
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,8 @@ from typing import Iterator
 
 import h5py
 import numpy as np
+
+from ..utils.hashing import json_sha256
 
 KEY_ATTR = "key"
 PENDING_ATTR = "pending"
@@ -46,7 +47,7 @@ class CacheFileError(RuntimeError):
 
 def content_key(*parts) -> str:
     """A stable 32-hex-digit hash of JSON-serialisable ``parts`` (dicts are sorted by key)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return json_sha256(parts, 32)
 
 
 def config_key(cfg: object) -> dict:

@@ -37,6 +37,10 @@ from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from ..config import ImagesConfig
+from ..errors import InputError  # noqa: F401 - raised here, importable from here as before
+from ..utils.hashing import file_sha256 as _file_sha256
+from .decode import load_rgb  # noqa: F401 - the photos' decoder, importable from here as before
+from .upright import estimate_upright
 
 try:  # HEIC/HEIF (iPhone photos); pinned in requirements.txt
     import pillow_heif
@@ -83,10 +87,6 @@ _TAG_FOCAL_35 = 0xA405
 _TAG_MAKE = 0x010F
 _TAG_MODEL = 0x0110
 _TAG_ORIENTATION = 0x0112
-
-
-class InputError(ValueError):
-    """The input cannot be reconstructed (for example fewer than two usable images)."""
 
 
 @dataclass
@@ -621,8 +621,6 @@ def run_images(
         if progress:
             progress(i + 1, len(files), p.name)
     if cfg.upright == "auto" and len(infos) >= 2:
-        from .upright import estimate_upright
-
         found = estimate_upright([out_dir / i.name for i in infos], progress)
         for i in infos:
             i.upright_turns = found[i.name]["turns"]
@@ -649,39 +647,11 @@ def upright_turns(run_dir: Path) -> dict[str, int]:
             if int(i.get("upright_turns", 0)) % 4}
 
 
-def load_rgb(path: Path, max_size: int | None = None) -> tuple[np.ndarray, float, float]:
-    """Read an 8-bit RGB image (as validated into the run folder), optionally resized.
-
-    Args:
-        path: image file.
-        max_size: resize so that the long side is at most this many px (never upscales); None keeps the size.
-
-    Returns:
-        ``(image, sx, sy)``: ``image`` uint8 [H, W, 3]; ``sx, sy`` = original size / returned size per axis
-        (>= 1), to map pixel coordinates back to the original image.
-    """
-    with Image.open(path) as img:
-        w, h = img.size
-        target = None
-        if max_size and max(w, h) > max_size:
-            s = max_size / max(w, h)
-            target = (max(1, round(w * s)), max(1, round(h * s)))
-            if isinstance(img, JpegImageFile):  # JPEG and MPO
-                img.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale when that is still >= target
-        img = img.convert("RGB")
-        if target and img.size != target:
-            img = img.resize(target, Image.Resampling.BILINEAR, reducing_gap=None)
-        arr = np.array(img)  # writable copy (torch.from_numpy needs one)
-    return arr, w / arr.shape[1], h / arr.shape[0]
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+def file_sha256(path: Path) -> str:
     """Hex sha256 (64 characters) of a file's bytes: the content key of an input photo for the caches, so that a
     photo replaced by another of the same name, size and modification time is still seen as changed.
 
     Raises:
         OSError: the file cannot be read.
     """
-    from .weights import sha256_of  # one implementation for photos and weight files
-
-    return sha256_of(path, chunk)
+    return _file_sha256(path)

@@ -96,10 +96,15 @@ def clean(xyz: np.ndarray, rgb: np.ndarray, nb_neighbors: int = 20, std_ratio: f
 
 
 def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
-    """Binary PLY with colours (same layout as the exports stage)."""
-    from .export import write_ply as _write
+    """Points ``xyz`` float [N, 3] with colours ``rgb`` uint8 [N, 3] as a binary PLY (Open3D's writer).
 
-    _write(Path(path), xyz, rgb)
+    Raises:
+        OSError: Open3D could not write the file.
+    """
+    import open3d as o3d
+
+    if not o3d.io.write_point_cloud(str(path), to_o3d(xyz, rgb), write_ascii=False):
+        raise OSError(f"could not write {Path(path).name}")
 
 
 def params_key(*parts) -> str:

@@ -14,7 +14,8 @@ a maximum spanning tree (weights: inliers x concentration of the orientation dif
 rounds of weighted votes correct them, and each connected group is offset so that most of its photos are upright
 (photos are mostly taken upright). A collection whose pairs turn by arbitrary angles (a camera orbiting an object
 from above: nerf-synthetic lego, gum_scene2mesh) has no upright: when less than :data:`MIN_QUARTER_SHARE` of the
-pair weight sits near a quarter-turn, nothing is turned. A turn is only kept when its vote is at least twice that of "upright" and
+pair weight sits near a quarter-turn, nothing is turned. A turn is only kept when its vote is at least twice that of
+"upright" and
 :data:`MIN_VOTE`; every other photo stays as it is. This is the collection-wide vote that bench/NOTES.md
 ("Finding the upright rotation of turned photos") asked for; the same idea as the "rotation by matching" step of
 IMC 2024 entries, without a learned orientation classifier.
@@ -30,7 +31,6 @@ shows against the collection; :func:`turn_upright` turns it back (``k`` quarter-
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import threading
 from collections import defaultdict
@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from ..utils.graphs import maximum_spanning_forest, tree_walk
+from .decode import load_rgb
 
 SIDE = 640  # px, long side the SIFT pass sees
 NUM_FEATURES = 1024
@@ -100,8 +103,6 @@ def _pairs(n: int, seed: int = 0) -> list[tuple[int, int]]:
 def _features(path: Path):
     import cv2
 
-    from .images import load_rgb
-
     img, sx, sy = load_rgb(path, SIDE)
     gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     kp, desc = cv2.SIFT_create(nfeatures=NUM_FEATURES).detectAndCompute(gray, None)
@@ -152,9 +153,17 @@ def solve_turns(names: list[str], edges: list[tuple[str, str, int, float]]) -> d
     that of 0 and at least :data:`MIN_VOTE`.
     """
     adj: dict[str, list] = defaultdict(list)
+    index = {n: i for i, n in enumerate(names)}
+    weight = np.zeros((len(names), len(names)))
+    turn = {}
     for a, b, r, w in edges:
         adj[a].append((b, r % 4, w))
         adj[b].append((a, (-r) % 4, w))
+        weight[index[a], index[b]] = weight[index[b], index[a]] = w
+        turn[index[a], index[b]], turn[index[b], index[a]] = r % 4, (-r) % 4
+    # the strongest pairs decide first: turns propagate along the maximum spanning forest, from each part's
+    # most connected photo
+    forest = maximum_spanning_forest(weight)
     t: dict[str, int] = {}
     groups = []
     for root in sorted(names, key=lambda n: -sum(w for _, _, w in adj[n])):
@@ -162,16 +171,9 @@ def solve_turns(names: list[str], edges: list[tuple[str, str, int, float]]) -> d
             continue
         t[root] = 0
         group = [root]
-        heap = [(-w, b, r, root) for b, r, w in adj[root]]
-        heapq.heapify(heap)
-        while heap:  # Prim: the strongest pairs decide first
-            _, b, r, a = heapq.heappop(heap)
-            if b in t:
-                continue
-            t[b] = (t[a] + r) % 4
-            group.append(b)
-            heap.extend((-w2, c, r2, b) for c, r2, w2 in adj[b] if c not in t)
-            heapq.heapify(heap)
+        for a, b in tree_walk(len(names), forest, index[root]):
+            t[names[b]] = (t[names[a]] + turn[a, b]) % 4
+            group.append(names[b])
         groups.append(group)
 
     def votes(n):

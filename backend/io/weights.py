@@ -8,18 +8,16 @@ from. Nothing here downloads: a missing or corrupt file raises
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from functools import lru_cache
 from pathlib import Path
 
+from ..errors import MissingWeightsError  # noqa: F401 - raised here, importable from here as before
+from ..utils.hashing import file_sha256
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SETUP_HINT = "bash setup/setup.sh   (or: .venv/bin/python setup/fetch_weights.py)"
-
-
-class MissingWeightsError(FileNotFoundError):
-    """A weight file is absent or its checksum does not match the manifest."""
 
 
 def weights_dir() -> Path:
@@ -33,19 +31,10 @@ def manifest() -> dict:
     return json.loads((REPO_ROOT / "weights" / "manifest.json").read_text())
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @lru_cache(maxsize=None)
 def _verified(path: str, size: int, mtime: float, expected: str) -> bool:
     # cached per (path, size, mtime): a file is hashed once per process
-    return sha256_of(Path(path)) == expected
+    return file_sha256(Path(path)) == expected
 
 
 def weight_path(name: str, verify: bool = True) -> Path:
@@ -85,7 +74,8 @@ def weight_dir(name: str, verify: bool = True) -> Path:
     if missing or not sums_file.is_file():
         raise MissingWeightsError(
             f"Model folder {folder} ({name}) is incomplete (missing: {', '.join(missing) or 'SHA256SUMS'}). "
-            f"Install it with: {SETUP_HINT} (needs the Hugging Face hub) or see README 'DINOv2 weights by hand'."
+            f"Install it with: {SETUP_HINT} (needs the Hugging Face hub) or see docs/setup.md, "
+            "'Adding DINOv2 weights by hand'."
         )
     if verify:
         sums = {}

@@ -20,7 +20,7 @@ photos observe different 3D points of their own. This is the conflicting-observa
    0.03); church's folded model 0.16. The split with the highest excess is reported; at ``min_excess`` it is a fold.
 
 The mapping stage then drops the verified pairs between the two groups and maps again, which gives two correct models
-instead of one folded one (:func:`backend.mapping.reconstruction._map`).
+instead of one folded one (:func:`backend.mapping.unfold.unfold`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..utils.graphs import maximum_spanning_forest, reachable
 
 MIN_EXCESS = 0.08  # conflict across a split minus conflict inside its groups that makes a fold (bench/NOTES.md)
 MIN_EXPECTED = 50  # at least this many expected unique points over the split's pairs, else no evidence either way
@@ -176,11 +178,11 @@ def find_fold(rec, radius: float = RADIUS, min_excess: float = MIN_EXCESS, min_g
                         np.concatenate(nsrc), np.concatenate(ndst), V)
 
     # candidate splits: cut one edge of the maximum spanning tree of the camera graph
-    edges = _max_spanning_tree(shared)
+    edges = maximum_spanning_forest(shared)
     candidates: list[SplitScore] = []
     seen = set()
     for k in range(len(edges)):
-        g1 = _side_of_cut(n, edges, k)
+        g1 = reachable(n, edges[:k] + edges[k + 1:], edges[k][0])  # the side of edge k's first end, cut
         if min(g1.sum(), (~g1).sum()) < min_group:
             continue
         key = tuple(np.flatnonzero(g1 if g1[0] else ~g1))
@@ -273,43 +275,3 @@ def _within(uv: np.ndarray, xy: np.ndarray, r: float) -> tuple[np.ndarray, np.nd
     if not src:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(src).astype(np.int64), np.concatenate(dst).astype(np.int64)
-
-
-def _max_spanning_tree(weight: np.ndarray) -> list[tuple[int, int]]:
-    """Edges (i, j) of a maximum spanning forest of the graph with symmetric weights [N, N] (0 = no edge), Kruskal."""
-    n = len(weight)
-    parent = list(range(n))
-
-    def root(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    iu = np.argwhere(np.triu(weight > 0, 1))
-    order = np.argsort(-weight[iu[:, 0], iu[:, 1]], kind="stable")
-    edges = []
-    for i, j in iu[order].tolist():
-        ri, rj = root(i), root(j)
-        if ri != rj:
-            parent[ri] = rj
-            edges.append((i, j))
-    return edges
-
-
-def _side_of_cut(n: int, edges: list[tuple[int, int]], k: int) -> np.ndarray:
-    """bool [N]: the nodes on the side of edge ``k``'s first end once that edge is cut from the forest."""
-    adj: list[list[int]] = [[] for _ in range(n)]
-    for m, (a, b) in enumerate(edges):
-        if m != k:
-            adj[a].append(b)
-            adj[b].append(a)
-    side = np.zeros(n, dtype=bool)
-    stack = [edges[k][0]]
-    side[stack[0]] = True
-    while stack:
-        for y in adj[stack.pop()]:
-            if not side[y]:
-                side[y] = True
-                stack.append(y)
-    return side

@@ -13,7 +13,7 @@ them. The split rests on two-view geometry (``two_view.h5`` of the verification 
    triangle, the one between two noise images 26; the 307 pairs within scenes had a median of 98 inliers.
 3. Groups are the connected parts of the supported edges; a group of at least ``min_scene_size`` images is mapped
    as a scene, the images of smaller groups are outliers (each with its reason).
-4. Cross-check by the mapper (:func:`backend.mapping.reconstruction.map_scenes`): every model of a group with at
+4. Cross-check by the mapper (:func:`backend.mapping.scene_mapping.map_scenes`): every model of a group with at
    least ``min_scene_size`` registered images becomes a scene of its own (the mapper found no consistent way to
    join them); a group's images that no model holds stay unregistered in its largest scene; a group that gives no
    model stays a scene without poses (its photos belong together; the IMC 2025 metric scores it as a cluster).
@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
+
+from ..utils.graphs import connected_components
 
 SCENES_JSON = "scenes.json"
 OUTLIERS = "outliers"  # the IMC 2025 scene name of outlier images
@@ -116,23 +118,10 @@ def split_scenes(names: list[str], verified: dict[tuple[str, str], int], *, mode
             kept.append((a, b))
         else:
             cut.append({"images": [a, b], "inliers": n})
-    parent = {n: n for n in names}
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in kept:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[ra] = rb
-    comps: dict[str, list[str]] = {}
-    for n in names:
-        comps.setdefault(find(n), []).append(n)
+    index = {n: i for i, n in enumerate(names)}
+    comps = [[names[i] for i in c] for c in connected_components(len(names), ((index[a], index[b]) for a, b in kept))]
     groups, outliers = [], []
-    for members in comps.values():
+    for members in comps:
         if len(members) >= min_scene_size:
             groups.append(sorted(members))
             continue

@@ -21,7 +21,7 @@ class Matcher:
         features: extractor name -> variant (e.g. which weights), for learned matchers trained on given
             features; ``None`` when the matcher works on any features of :attr:`descriptor_kinds`.
         descriptor_kinds: the descriptor kinds accepted when :attr:`features` is ``None``.
-        licence, reference: for the README's method table.
+        licence, reference: for the method table of docs/methods.md (generated).
 
     Instance attribute ``batch_size``: pairs the matching stage hands :meth:`match_batch` at a time (1 unless the
     method batches, as LightGlue with its ``batch_size`` option).

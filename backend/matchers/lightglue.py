@@ -225,14 +225,18 @@ class LightGlue(Matcher):
     def weight_names(cls, conf, extractor):
         return [cls.features[extractor]]
 
-    def _init(self):
+    def _model(self, c: dict) -> torch.nn.Module:
+        """kornia's LightGlue for ``self.extractor``'s features (128-d input) with our weights, on the CPU."""
         from kornia.feature import LightGlue as KorniaLightGlue
 
-        c = self.conf
         model = KorniaLightGlue(None, input_dim=128, depth_confidence=c["depth_confidence"],
                                 width_confidence=c["width_confidence"], filter_threshold=c["filter_threshold"],
                                 mp=self.device.type == "cuda")
-        model = load_lightglue_state(model, self.features[self.extractor]).eval().to(self.device)
+        return load_lightglue_state(model, self.features[self.extractor])
+
+    def _init(self):
+        c = self.conf
+        model = self._model(c).eval().to(self.device)
         self.batch_size = check_batch_size(c)
         self.model = set_cpu_attention(model, c["cpu_attention"], self.device)
         self.last_stats: dict = {}

@@ -22,16 +22,19 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import h5py
 import numpy as np
 
-from ..config import MatchingConfig
-from ..features.extract import FEATURES_H5, get_device, read_feature_keys, read_features
+from ..features.extract import FEATURES_H5, read_feature_keys, read_features
 from ..io.h5cache import content_key, open_cache, write_entry, writing
 from ..io.weights import checksums
+from ..utils.device import get_device
 from . import check_combination, load_matcher, matcher_class, matcher_conf
+
+if TYPE_CHECKING:
+    from ..config import MatchingConfig
 
 MATCHES_H5 = "matches.h5"
 MATCH_DATASETS = ("matches", "scores")

@@ -33,10 +33,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RetrievalConfig
-from ..features.extract import get_device
 from ..io.images import IMAGES_JSON, load_rgb, upright_turns
 from ..io.upright import turn_upright
 from ..io.weights import is_available, weight_dir, weight_path
+from ..utils.device import get_device
+from . import GLOBAL_DESCRIPTORS, RETRIEVAL_CHOICES
+from ..utils.graphs import connected_components
+from ..utils.tensors import image_to_batch
 
 PAIRS_TXT = "pairs.txt"
 RETRIEVAL_H5 = "retrieval.h5"
@@ -56,8 +59,8 @@ def resolve_model(name: str) -> tuple[str, str]:
         return "efficientnet-lite0", "DINOv2 weights are not installed (weights/dinov2-small); used EfficientNet-Lite0"
     if name.startswith("dinov2") and not is_available(name):
         return "efficientnet-lite0", f"{name} weights are not installed (weights/{name}); used EfficientNet-Lite0"
-    if name not in ("dinov2-small", "dinov2-base", "efficientnet-lite0"):
-        raise ValueError(f"unknown retrieval model {name!r}: use auto, dinov2-small, dinov2-base or efficientnet-lite0")
+    if name not in GLOBAL_DESCRIPTORS:
+        raise ValueError(f"unknown retrieval model {name!r}: use one of {', '.join(RETRIEVAL_CHOICES)}")
     return name, ""
 
 
@@ -122,8 +125,7 @@ def describe(net: torch.nn.Module, image: np.ndarray, device: torch.device, mult
     """Global descriptor float32 [D] of a uint8 RGB image [H, W, 3] (cropped to a multiple of ``multiple``)."""
     h, w = (image.shape[0] // multiple) * multiple, (image.shape[1] // multiple) * multiple
     y0, x0 = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
-    t = torch.from_numpy(np.ascontiguousarray(image[y0 : y0 + h, x0 : x0 + w])).to(device)
-    t = t.permute(2, 0, 1)[None].float() / 255.0
+    t = image_to_batch(image[y0 : y0 + h, x0 : x0 + w], device)
     with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda"):
         return net(t)[0].float().cpu().numpy()
 
@@ -223,7 +225,7 @@ def select_pairs_blocked(d: np.ndarray, cfg: RetrievalConfig, block_elements: in
             for j in np.nonzero(sim[r] >= cfg.min_score)[0]:
                 keep.add((min(i, int(j)), max(i, int(j))))
     for _ in range(n if cfg.bridge_pairs > 0 else 0):
-        comps = _components_of_pairs(n, keep)
+        comps = connected_components(n, keep)
         if len(comps) == 1:
             break
         largest = max(range(len(comps)), key=lambda c: len(comps[c]))
@@ -244,25 +246,6 @@ def select_pairs_blocked(d: np.ndarray, cfg: RetrievalConfig, block_elements: in
                     keep.add((min(i, j), max(i, j)))
     pairs = sorted(keep)
     return [(i, j, float(d[i] @ d[j])) for i, j in pairs]
-
-
-def _components_of_pairs(n: int, pairs) -> list[list[int]]:
-    parent = list(range(n))
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for i, j in pairs:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[ri] = rj
-    comps: dict[int, list[int]] = {}
-    for i in range(n):
-        comps.setdefault(find(i), []).append(i)
-    return list(comps.values())
 
 
 _DIGITS = re.compile(r"(\d+)")

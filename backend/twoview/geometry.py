@@ -131,7 +131,6 @@ def _poselib(p0, p1, K0, K1, threshold):
 def _opencv(p0, p1, K0, K1, threshold):
     import cv2
 
-    n = len(p0)
     out: dict = {}
     if K0 is not None and K1 is not None:
         K0, K1 = np.asarray(K0, float), np.asarray(K1, float)

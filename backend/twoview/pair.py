@@ -194,7 +194,7 @@ def similarity_percent(path0: Path, path1: Path, model: str = "auto") -> tuple[f
     network at its resolution; :func:`~backend.retrieval.global_descriptors.resolve_model` picks DINOv2-small when
     installed, else EfficientNet-Lite0)."""
     from ..config import RetrievalConfig
-    from ..features.extract import get_device
+    from ..utils.device import get_device
     from ..io.images import load_rgb
     from ..retrieval.global_descriptors import describe, load_descriptor, resolve_model
 
@@ -241,7 +241,7 @@ def match_prepared(im0: PairImage, im1: PairImage, features: str = "aliked-n16",
         MissingWeightsError: the method's weights are missing or fail their check.
     """
     from ..features import load_extractor
-    from ..features.extract import get_device
+    from ..utils.device import get_device
     from ..matchers import check_combination, load_matcher
 
     if estimator not in ESTIMATORS:

@@ -276,7 +276,7 @@ def time_bound_note(run_dir: Path) -> str | None:
 
 def fold_note(run_dir: Path) -> str | None:
     """A paragraph when the mapping stage found the model folded and mapped its two groups of photos apart
-    (``mapping.json`` ``fold``, :func:`backend.mapping.reconstruction.unfold`), or None. Plain text."""
+    (``mapping.json`` ``fold``, :func:`backend.mapping.unfold.unfold`), or None. Plain text."""
     try:
         fold = json.loads((Path(run_dir) / "mapping.json").read_text()).get("fold") or {}
     except (OSError, ValueError):
@@ -345,8 +345,10 @@ def camera_summary(run_dir: Path) -> str | None:
     else:
         text = "One camera per image."
     if cams.get("metadata_groups_confirmed") is False:
-        text += (" Images of one size without differing EXIF were tried with one shared camera first; their focal "
-                 "lengths, re-estimated one by one, disagreed (e.g. a wide and a tele lens), so each image got its own.")
+        text += (
+            " Images of one size without differing EXIF were tried with one shared camera first; their focal "
+            "lengths, re-estimated one by one, disagreed (e.g. a wide and a tele lens), so each image got its own."
+        )
     final_ba = cams.get("final_ba") or {}
     if final_ba.get("refine_principal_point"):
         held = final_ba.get("narrow_cameras_held") or 0

@@ -34,7 +34,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 USER_AGENT = "sfm-explorer-ec2-bootstrap/1 (python-urllib)"
 URL_TIMEOUT_S = 60

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..config import FeaturesConfig, MatchingConfig
 from ..features import EXTRACTORS
-from . import MATCHERS, check_combination
+from ..matchers import MATCHERS, check_combination
 
 COMPARE_DIR = "compare"
 GEOMETRY = "fundamental matrix, OpenCV MAGSAC"
@@ -122,7 +122,7 @@ def compare_pair(run_dir: Path, name0: str, name1: str, features: str, matcher: 
         OSError: an image cannot be read.
     """
     from ..features.extract import read_features, run_features
-    from .match import read_matches, run_matching
+    from ..matchers.match import read_matches, run_matching
 
     feat_dir, match_dir = compare_dirs(run_dir, features, matcher)
     check_combination(features, matcher)
