@@ -24,8 +24,8 @@ def page() -> None:
     st.markdown(f"Global descriptor: **{ui.md_escape(r['model'])}** · {n} images · **{len(prs)}** pairs selected "
                 f"({how})")
     if r["fallback_reason"]:
-        st.warning(f"DINOv2 was not used: {ui.md_escape(r['fallback_reason'])}. See the README section 'Adding "
-                   "DINOv2 weights by hand' to install it.")
+        st.warning(f"DINOv2 was not used: {ui.md_escape(r['fallback_reason'])}. See docs/setup.md, 'Adding "
+                   "DINOv2 weights by hand', to install it.")
     col1, col2 = st.columns(2)
     with col1:
         if r["similarity"] is not None:

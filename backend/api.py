@@ -310,10 +310,11 @@ def create_app(token: str | None = None) -> FastAPI:
     def create_run(request: Request,
                    files: Annotated[list[UploadFile], File(description="photos and/or zips of photos")],
                    preset: Annotated[str, Form()] = "balanced", **options) -> dict:
-        """Start a reconstruction of the uploaded photos; poll ``GET /v1/runs/{id}``. Every option of the command
-        line's ``reconstruct`` (but the server's mapping threads) is a form field of the same name that overrides the
-        preset. The answer carries ``owner_secret``: send it as header ``X-Run-Owner`` to list, cancel or delete your
-        runs (send your own secret in that header here to group several runs under one)."""
+        """Start a reconstruction of the uploaded photos; poll ``GET /v1/runs/{id}``. Every option of the option table
+        (``backend/options.py``; the table at the end of docs/cli.md) but ``mapping_threads`` (the server's) is a form
+        field of the same name that overrides the preset; the ``KEY=VALUE`` options of the command line are not. The
+        answer carries ``owner_secret``: send it as header ``X-Run-Owner`` to list, cancel or delete your runs (send
+        your own secret in that header here to group several runs under one)."""
         held = owner_secrets(request)
         secret = held[0] if held else owners.new_secret()
         if not owners.valid_secret(secret):

@@ -82,6 +82,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mapping-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a field of the mapping config (backend/config.py, MappingConfig), e.g. "
                         "ba_global_ratio=1.4 (repeatable)")
+    p.add_argument("--verification-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a field of the verification config (backend/config.py, VerificationConfig), e.g. "
+                        "ransac_max_error=2 or random_seed=1 (repeatable)")
     p.add_argument("--single-scene", dest="scenes", action="store_const", const="single",
                    help="the same as --scenes single")
 
@@ -102,43 +105,52 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError(f"--matcher-option: {cfg.matching.name} has no option {', '.join(unknown)}; its options: "
                              f"{', '.join(known)}")
         cfg.matching.options.update(extra)
-    mapping = _key_values(getattr(args, "mapping_option", None) or [], "--mapping-option")
-    if mapping:
-        import dataclasses
-        import math
-
-        from .options import OPTION
-
-        fields = {f.name: f for f in dataclasses.fields(cfg.mapping)}
-        unknown = sorted(set(mapping) - set(fields))
-        if unknown:
-            raise ValueError(f"--mapping-option: the mapping config has no field {', '.join(unknown)}; its fields: "
-                             f"{', '.join(fields)}")
-        choices = {**{k: OPTION[k].allowed() for k in ("camera_mode", "mapper", "disambiguate")},
-                   "final_ba_principal_point": ("all", "shared")}
-        for key, value in mapping.items():
-            current = getattr(cfg.mapping, key)
-            text = str(value)
-            if isinstance(current, bool):
-                if text.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(f"--mapping-option {key}={text}: give true or false")
-                value = text.lower() in ("true", "1")
-            elif isinstance(current, (int, float)):
-                try:
-                    number = float(text)
-                except ValueError:
-                    raise ValueError(f"--mapping-option {key}={text}: give a number") from None
-                if not math.isfinite(number):
-                    raise ValueError(f"--mapping-option {key}={text}: give a finite number")
-                if isinstance(current, int) and not number.is_integer():
-                    raise ValueError(f"--mapping-option {key}={text}: give a whole number")
-                value = int(number) if isinstance(current, int) else number
-            else:
-                if key in choices and text not in choices[key]:
-                    raise ValueError(f"--mapping-option {key}={text}: choose one of {', '.join(choices[key])}")
-                value = text
-            setattr(cfg.mapping, key, value)
+    choices = {**{k: OPTION[k].allowed() for k in ("camera_mode", "mapper", "disambiguate")},
+               "final_ba_principal_point": ("all", "shared")}
+    for section in ("mapping", "verification"):
+        flag = f"--{section}-option"
+        _set_fields(getattr(cfg, section), _key_values(getattr(args, f"{section}_option", None) or [], flag), flag,
+                    choices, section)
     return cfg
+
+
+def _set_fields(section, values: dict, flag: str, choices: dict, name: str) -> None:
+    """Set ``values`` (``KEY=VALUE`` of ``flag``) on the config dataclass ``section``, each parsed as the field's
+    type (true/false, a finite number, a whole number, or one of ``choices[key]``).
+
+    Raises:
+        ValueError: an unknown field or a value that does not fit it (the message names ``flag`` and what fits).
+    """
+    import dataclasses
+    import math
+
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{flag}: the {name} config has no field {', '.join(unknown)}; its fields: "
+                         f"{', '.join(fields)}")
+    for key, value in values.items():
+        current = getattr(section, key)
+        text = str(value)
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{flag} {key}={text}: give true or false")
+            value = text.lower() in ("true", "1")
+        elif isinstance(current, (int, float)):
+            try:
+                number = float(text)
+            except ValueError:
+                raise ValueError(f"{flag} {key}={text}: give a number") from None
+            if not math.isfinite(number):
+                raise ValueError(f"{flag} {key}={text}: give a finite number")
+            if isinstance(current, int) and not number.is_integer():
+                raise ValueError(f"{flag} {key}={text}: give a whole number")
+            value = int(number) if isinstance(current, int) else number
+        else:
+            if key in choices and text not in choices[key]:
+                raise ValueError(f"{flag} {key}={text}: choose one of {', '.join(choices[key])}")
+            value = text
+        setattr(section, key, value)
 
 
 def _key_values(items: list[str], flag: str) -> dict:
@@ -191,7 +203,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         print(f"error: {e.stage} failed: {e.message.splitlines()[0]}", file=sys.stderr)
         if e.error_type in HINTS:
             print(f"what to do: {HINTS[e.error_type]}", file=sys.stderr)
-        print(f"details: {e.error_type}, traceback in {run_dir / 'run.log'}", file=sys.stderr)
+        if e.error_type not in ("Cancelled", "StageOrderError"):
+            print(f"details: {e.error_type}, traceback in {run_dir / 'run.log'}", file=sys.stderr)
         return 2 if e.error_type == "InputError" else 1
     except KeyboardInterrupt:
         progress.close()

@@ -97,7 +97,8 @@ _VERIFICATION_KEYS = ("ransac_max_error", "ransac_max_trials", "min_num_inliers"
 
 @dataclass
 class MappingConfig:
-    """Two-view geometric verification and incremental mapping with pycolmap (Schönberger & Frahm 2016)."""
+    """Mapping with pycolmap (Schönberger & Frahm 2016; GLOMAP; COLMAP's hierarchical mapper), the cameras, the final
+    bundle adjustment and the fold check. Verification has its own section (:class:`VerificationConfig`)."""
 
     # "auto": one camera per image, then one shared camera for each same-size group whose refined focal lengths
     # agree (a second mapping pass); "per_image"; "shared" (one camera for all; needs one image size)

@@ -35,9 +35,21 @@ class MappingCrashError(MappingError):
     """The mapping child process died (pycolmap aborted, e.g. SIGABRT); the stages before it are kept."""
 
 
+KNOWN_TYPES = ("InputError", "MissingWeightsError", "NothingReconstructedError", "MappingCrashError", "MappingError",
+               "NoSpaceError", "MemoryError", "OutOfMemoryError")
+"""The types the app, the API and the CLI give advice for (``backend.messages.HINTS``)."""
+
+
 def error_type(e: BaseException) -> str:
-    """The type recorded for ``e`` (``run.json`` ``error_type``, ``progress.json``): its class name, and
-    ``NoSpaceError`` for a full disk whatever raised it."""
+    """The type recorded for ``e`` (``run.json`` ``error_type``, ``progress.json``): the first class of its MRO
+    that is one of :data:`KNOWN_TYPES` (so a Ray task's ``RayTaskError(MissingWeightsError)`` is a
+    ``MissingWeightsError``), ``NoSpaceError`` for a full disk whatever raised it, ``MemoryError`` for PyTorch's CPU
+    allocator (it raises a plain ``RuntimeError`` whose text is its only mark), else its class name."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return "NoSpaceError"
+    for cls in type(e).__mro__:
+        if cls.__name__ in KNOWN_TYPES:
+            return cls.__name__
+    if isinstance(e, RuntimeError) and "not enough memory" in str(e):
+        return "MemoryError"
     return type(e).__name__

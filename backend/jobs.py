@@ -12,9 +12,11 @@ One run = one folder ``<runs root>/<run_id>/`` (root: ``$SFM_RUNS_DIR``, else ``
   through the file ``<run>/cancel.request``;
 - writes the pipeline's ``progress(stage, done, total, message)`` into ``<run>/progress.json`` at most four
   times a second (atomic replace; a small flusher thread writes the latest state), which pages poll;
-- runs at most ``$SFM_MAX_JOBS`` (default 1) pipelines at once per process (a ``ThreadPoolExecutor``): the others
-  wait, ``queued``, and a queued run that is cancelled never starts (a cancel request from another process is
-  seen when the run would start).
+- runs at most ``$SFM_MAX_JOBS`` (default 1) pipelines at once per process: the others wait, ``queued``, on a
+  condition (no polling) that a finished run or a cancel wakes; a queued run that is cancelled never starts. Each
+  run has a daemon thread (not a ``ThreadPoolExecutor``, whose workers Python joins at exit: a server asked to stop
+  would wait for every running and queued run; measured in review), so a stopped server leaves its runs
+  "interrupted", and they resume when it starts again.
 
 Nothing here imports streamlit.
 """
@@ -28,15 +30,14 @@ import re
 import secrets
 import threading
 import time
-from concurrent import futures
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from .config import PipelineConfig, get_preset
 from .errors import error_type
-from .messages import HINTS, friendly_error, input_failure, scrub_paths  # noqa: F401 - part of jobs' API
+from .messages import (HINTS, friendly_error, input_failure, legacy_error_type,  # noqa: F401 - jobs' API
+                       scrub_paths)
 from .options import apply_overrides
 from .owners import make_private_dir, remove_run, require_owner
 from .pipeline import Pipeline, PipelineError, RunOptions, _write_json_atomic
@@ -118,8 +119,8 @@ MAPPING_THREADS_ENV = "SFM_MAPPING_THREADS"
 
 def server_mapping_threads() -> int | None:
     """The server's ``$SFM_MAPPING_THREADS``: threads of mapping for every run the app and the API start (unset:
-    the preset's, all cores). ``1`` gives every run of the same photos the same model (README, ``--mapping-threads``)
-    and keeps one run from taking every core of a shared server.
+    the preset's, all cores). ``1`` gives every run of the same photos the same model (docs/cli.md,
+    ``--mapping-threads``) and keeps one run from taking every core of a shared server.
 
     Raises:
         ValueError: the variable is set but not a whole number of at least 1 (the message says what to set).
@@ -149,29 +150,48 @@ class Job:
     error_type: str | None = None  # see backend/errors.py
     started: float = field(default_factory=time.time)
     finished: float | None = None
-    future: Future | None = None  # the job in the pool: queued until a worker takes it
+    thread: threading.Thread | None = None  # a daemon thread: a server that stops leaves the run "interrupted"
 
     @property
     def alive(self) -> bool:
         """Queued or running."""
-        return self.future is not None and not self.future.done()
+        return self.thread is not None and self.thread.is_alive()
 
 
 _JOBS: dict[str, Job] = {}
 _JOBS_LOCK = threading.Lock()
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
+_SLOTS = threading.Condition()  # guards _RUNNING; notified when a slot frees or a queued job is cancelled
+_RUNNING = 0
 
 
-def _pool() -> ThreadPoolExecutor:
-    """The process's run queue: ``$SFM_MAX_JOBS`` (default 1) workers, made on first use; the jobs beyond them wait
-    queued (and a queued job cancelled never starts)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max(1, int(os.environ.get("SFM_MAX_JOBS", "1") or 1)),
-                                       thread_name_prefix="sfm-run")
-    return _POOL
+def max_jobs() -> int:
+    """Pipelines this process runs at once: ``$SFM_MAX_JOBS`` (default 1)."""
+    return max(1, int(os.environ.get("SFM_MAX_JOBS", "1") or 1))
+
+
+def _take_slot(job: "Job") -> bool:
+    """Wait, without polling, until a slot is free (True) or the job is cancelled while it waits (False)."""
+    global _RUNNING
+    with _SLOTS:
+        while _RUNNING >= max_jobs() and not job.cancel_event.is_set():
+            _SLOTS.wait()
+        if job.cancel_event.is_set():
+            return False
+        _RUNNING += 1
+        return True
+
+
+def _free_slot() -> None:
+    global _RUNNING
+    with _SLOTS:
+        _RUNNING -= 1
+        _SLOTS.notify_all()
+
+
+def _wake_queued() -> None:
+    """Let the queued jobs look at their cancel events again."""
+    with _SLOTS:
+        _SLOTS.notify_all()
 
 
 def _try_lock(run_dir: Path):
@@ -251,9 +271,11 @@ def start_run(run_dir: Path, images_dir: Path, config: PipelineConfig, until: st
             job = Job(run_id=run_id, run_dir=run_dir, until=until)
             writer = ProgressWriter(run_dir, run_id, until)
             writer.flush(force=True)
+            job.thread = threading.Thread(
+                target=_work, args=(job, writer, Path(images_dir), config, dataset, scene, force, fd),
+                name=f"sfm-run-{run_id}", daemon=True)
             _JOBS[run_id] = job
-            job.future = _pool().submit(_work, job, writer, Path(images_dir), config, dataset, scene, force, fd)
-            job.future.add_done_callback(lambda f: f.cancelled() and _finish(job, writer, fd))
+            job.thread.start()
         except BaseException:
             os.close(fd)
             raise
@@ -332,7 +354,7 @@ def cancel(run_id: str) -> bool:
     job = get_job(run_id)
     if job is not None and job.alive:
         job.cancel_event.set()
-        job.future.cancel()  # a queued job leaves the queue (its done-callback records it); a running one stops
+        _wake_queued()  # a queued job stops waiting at once; a running one stops at the stage's next step
         return True
     if valid_run_id(run_id):
         d = runs_root() / run_id
@@ -379,13 +401,16 @@ def _work(job: Job, writer: ProgressWriter, images_dir: Path, config: PipelineCo
     def flusher():
         while not stop_flusher.wait(WRITE_INTERVAL):
             writer.flush()
-            if (job.run_dir / CANCEL_FILE).exists():
-                job.cancel_event.set()
+            if (job.run_dir / CANCEL_FILE).exists() and not job.cancel_event.is_set():
+                job.cancel_event.set()  # asked by another server process
+                _wake_queued()
 
     ft = threading.Thread(target=flusher, name=f"sfm-progress-{job.run_id}", daemon=True)
     ft.start()
+    slot = False
     try:
-        if job.cancel_event.is_set() or (job.run_dir / CANCEL_FILE).exists():
+        slot = _take_slot(job)
+        if not slot:
             job.state = "cancelled"
             job.error = "cancelled by the user before it started"
             return
@@ -405,25 +430,19 @@ def _work(job: Job, writer: ProgressWriter, images_dir: Path, config: PipelineCo
         log.exception("run %s failed outside its stages", job.run_id)
         _mark_record_failed(job.run_dir, job.error, job.error_type)
     finally:
+        if slot:
+            _free_slot()
+        job.finished = time.time()
         stop_flusher.set()
         ft.join()
-        _finish(job, writer, lock_fd)
-
-
-def _finish(job: Job, writer: ProgressWriter, lock_fd: int) -> None:
-    """Record a job's end (also of a queued job cancelled before a worker took it) and release the run's lock."""
-    if job.state == "queued":
-        job.state = "cancelled"
-        job.error = "cancelled by the user before it started"
-    job.finished = time.time()
-    writer.set(state=job.state, finished=job.finished, error=job.error, error_stage=job.error_stage,
-               error_type=job.error_type)
-    writer.flush(force=True)
-    try:
-        (job.run_dir / CANCEL_FILE).unlink(missing_ok=True)
-    except OSError:
-        pass
-    os.close(lock_fd)
+        writer.set(state=job.state, finished=job.finished, error=job.error, error_stage=job.error_stage,
+                   error_type=job.error_type)
+        writer.flush(force=True)
+        try:
+            (job.run_dir / CANCEL_FILE).unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(lock_fd)
 
 
 def _mark_record_failed(run_dir: Path, error: str, kind: str) -> None:
@@ -496,15 +515,17 @@ def run_state(run_dir: Path) -> dict:
         failed = [(s, v) for s, v in rec.get("stages", {}).items() if v.get("status") in ("failed", "cancelled")]
         if failed:
             stage, r = failed[-1]
-            kind = "Cancelled" if r.get("status") == "cancelled" else r.get("error_type")
+            kind = "Cancelled" if r.get("status") == "cancelled" else \
+                r.get("error_type") or legacy_error_type(stage, r.get("error"))
             error = friendly_error(stage, r.get("error"), kind)
             resumable = not input_failure(kind)
         elif prog.get("error"):
-            kind = "Cancelled" if status == "cancelled" else prog.get("error_type")
+            kind = "Cancelled" if status == "cancelled" else \
+                prog.get("error_type") or legacy_error_type(prog.get("error_stage"), prog.get("error"))
             error = friendly_error(prog.get("error_stage"), prog.get("error"), kind)
             resumable = not input_failure(kind)
         elif rec.get("error"):
-            kind = rec.get("error_type")
+            kind = rec.get("error_type") or legacy_error_type(None, rec.get("error"))
             error = friendly_error(None, rec.get("error"), kind)
         elif status == "cancelled":
             kind = "Cancelled"
@@ -546,6 +567,6 @@ def stage_done(state_or_record: dict, stage: str) -> bool:
 def wait(run_id: str, timeout: float | None = None) -> Job | None:
     """Block until this process's job for ``run_id`` ends (for tests and scripts); returns the job."""
     job = get_job(run_id)
-    if job is not None and job.future is not None:
-        futures.wait([job.future], timeout)
+    if job is not None and job.thread is not None:
+        job.thread.join(timeout)
     return job

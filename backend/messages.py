@@ -59,3 +59,22 @@ def friendly_error(stage: str | None, message: str | None, error_type: str | Non
     return f"{where}: {msg}. {HINTS.get(error_type or '', _RESUME)}"
 
 
+def legacy_error_type(stage: str | None, message: str | None) -> str | None:
+    """The type of a failure recorded before ``run.json`` kept types (layout 1), read once from its message, so that
+    an old run still gets the right advice and no useless Resume. Never used for a run that records its type."""
+    low = (message or "").lower()
+    if not low:
+        return None
+    if "cancelled" in low:
+        return "Cancelled"
+    if stage in ("images", None) and ("usable image" in low or "not a folder" in low):
+        return "InputError"
+    if "weight" in low and ("missing" in low or "sha256" in low or "install" in low):
+        return "MissingWeightsError"
+    if "no space left" in low or "errno 28" in low or "disk quota" in low:
+        return "NoSpaceError"
+    if stage in ("verification", "mapping") or "pycolmap" in low:
+        return "MappingError"
+    if "memory" in low:
+        return "MemoryError"
+    return None

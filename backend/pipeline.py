@@ -1,15 +1,17 @@
-"""The whole pipeline: images -> pairs -> features -> matches -> verification -> scenes -> mapping -> exports.
+"""Runs the stages declared in :mod:`backend.stages` over one run folder, in order: images -> retrieval ->
+features -> matching -> verification -> scenes -> mapping -> exports.
 
 Each stage reads the previous stages' files from the run folder and writes its own; ``run.json`` records the
-config, library versions, weight checksums, and per stage its status, config hash, wall time, peak memory,
-counts and error. A finished stage whose hash (its config and the hashes of its inputs) is unchanged is not
-recomputed, so a crashed or cancelled run resumes where it stopped.
+config, library versions, weight checksums, and per stage its status, hash, wall time, peak memory, counts, and on
+failure the error and its type (``error_type``, :mod:`backend.errors`); ``run.log`` keeps each stage's start, end and
+the traceback of a failure. A finished stage whose hash is unchanged is not recomputed, so a crashed or cancelled
+run resumes where it stopped.
 
 The hashes chain the *content* of the inputs: images (the sha256 of every photo's bytes and the images config)
--> retrieval and features -> matching -> verification (with the mapping config) -> scenes -> mapping -> exports. Within
-a
-stage, ``features.h5`` and ``matches.h5`` reuse an image's or a pair's entry only when it carries the content key
-it would get now (see :mod:`backend.io.h5cache`); ``force`` recomputes every stage and every entry.
+-> retrieval and features -> matching -> verification (its own section and the two camera fields) -> scenes ->
+mapping -> exports. Within a stage, ``features.h5`` and ``matches.h5`` reuse an image's or a pair's entry only when
+it carries the content key it would get now (see :mod:`backend.io.h5cache`); ``force`` recomputes every stage and
+every entry.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``python -m bench.rotation``: one pair per scene with its second image turned by 0, 90 and 180 degrees, matched by
 every extractor + matcher, verified by a fundamental matrix (OpenCV MAGSAC, :mod:`backend.twoview.compare`).
-Prints a markdown table of verified inliers / matches (the README's "rotated photos" table)."""
+Prints a markdown table of verified inliers / matches (the "rotated photos" table of docs/methods.md)."""
 
 from __future__ import annotations
 

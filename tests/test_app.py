@@ -784,23 +784,22 @@ def test_stage_by_stage_then_continue(monkeypatch, tmp_path):
 def test_runs_beyond_the_limit_wait_queued_and_can_be_cancelled(monkeypatch, tmp_path):
     monkeypatch.setenv("SFM_RUNS_DIR", str(tmp_path / "runs"))
     images = _two_images(tmp_path / "imgs")
-    import threading
-
-    release = threading.Event()
-    jobs._pool().submit(release.wait, 120)  # another run holds the only worker (SFM_MAX_JOBS=1)
+    with jobs._SLOTS:
+        jobs._RUNNING += 1  # another run holds the only slot (SFM_MAX_JOBS=1)
     try:
         run_dir = jobs.run_dir_for("waiting")
         job = jobs.start_run(run_dir, images, jobs.build_config("fast"))
         time.sleep(0.5)
         state = jobs.run_state(run_dir)
         assert job.alive and state["status"] == "queued" and jobs.read_progress(run_dir)["state"] == "queued"
+        t0 = time.perf_counter()
         assert jobs.cancel("waiting")
         jobs.wait("waiting", timeout=30)
+        assert time.perf_counter() - t0 < 5  # a queued run stops waiting at once, not when the slot frees
         assert job.state == "cancelled" and "before it started" in job.error
-        assert jobs.run_state(run_dir)["status"] == "cancelled"
-        assert not (run_dir / jobs.LOCK_FILE).exists() or not jobs.locked_elsewhere(run_dir)  # the lock is released
+        assert jobs.run_state(run_dir)["status"] == "cancelled" and not jobs.locked_elsewhere(run_dir)
     finally:
-        release.set()
+        jobs._free_slot()
 
 
 def test_a_second_server_process_cannot_start_the_same_run(monkeypatch, tmp_path):

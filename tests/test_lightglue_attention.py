@@ -102,7 +102,10 @@ def test_mapping_options_from_the_command_line_are_checked(tmp_path, option, mes
     assert not out.exists()
     args = argparse.Namespace(preset="balanced", matcher_option=[],
                               mapping_option=["min_model_size=4", "ba_global_ratio=1.4",
-                                              "ba_ignore_redundant_points=true", "mapper=global"])
-    m = config_from_args(args).mapping
+                                              "ba_ignore_redundant_points=true", "mapper=global"],
+                              verification_option=["ransac_max_error=2", "random_seed=7"])
+    cfg = config_from_args(args)
+    m = cfg.mapping
     assert (m.min_model_size, m.ba_global_ratio, m.ba_ignore_redundant_points, m.mapper) == (4, 1.4, True, "global")
     assert isinstance(m.min_model_size, int) and isinstance(m.ba_global_ratio, float)
+    assert (cfg.verification.ransac_max_error, cfg.verification.random_seed) == (2.0, 7)

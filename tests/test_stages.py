@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from conftest import scene_dir
@@ -117,3 +118,25 @@ def test_typed_errors_reach_run_json_the_log_and_the_page(tmp_path, monkeypatch)
     state = jobs.run_state(run)
     assert state["resumable"] is True and "setup/setup.sh" in state["error"]
     assert state["stages"]["images"]["status"] == "done"  # nothing already done is lost
+
+
+def test_error_types_follow_the_class_not_the_wording(tmp_path):
+    """What the user is told depends on the error's class, also through a wrapper that inherits from it (as Ray's
+    RayTaskError(cause) does), and a full disk is a full disk whatever raised it."""
+    import errno
+
+    from backend.errors import MappingCrashError, MissingWeightsError, error_type
+    from backend.io.pointcloud import read_ply, write_ply
+    from backend.messages import friendly_error
+
+    class RayTaskErrorLike(RuntimeError, MissingWeightsError):
+        pass
+
+    assert error_type(RayTaskErrorLike("task failed")) == "MissingWeightsError"
+    assert error_type(MappingCrashError("signal 6")) == "MappingCrashError"
+    assert error_type(OSError(errno.ENOSPC, "No space left on device")) == "NoSpaceError"
+    assert error_type(ValueError("weights missing, install them")) == "ValueError"  # no guessing from the text
+    assert "setup/setup.sh" in friendly_error("features", "task failed", error_type(RayTaskErrorLike("x")))
+    write_ply(tmp_path / "empty.ply", np.zeros((0, 3)), np.zeros((0, 3), np.uint8))  # an empty clean-up result
+    xyz, rgb = read_ply(tmp_path / "empty.ply")
+    assert xyz.shape == (0, 3)

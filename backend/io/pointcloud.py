@@ -96,13 +96,19 @@ def clean(xyz: np.ndarray, rgb: np.ndarray, nb_neighbors: int = 20, std_ratio: f
 
 
 def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
-    """Points ``xyz`` float [N, 3] with colours ``rgb`` uint8 [N, 3] as a binary PLY (Open3D's writer).
+    """Points ``xyz`` float [N, 3] with colours ``rgb`` uint8 [N, 3] as a binary PLY (Open3D's writer: double x, y,
+    z; uchar red, green, blue). No points: a valid PLY with an empty vertex list.
 
     Raises:
         OSError: Open3D could not write the file.
     """
     import open3d as o3d
 
+    if len(np.asarray(xyz).reshape(-1, 3)) == 0:  # Open3D refuses to write an empty cloud: the header alone
+        Path(path).write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 0\nproperty double x\n"
+                               b"property double y\nproperty double z\nproperty uchar red\nproperty uchar green\n"
+                               b"property uchar blue\nend_header\n")
+        return
     if not o3d.io.write_point_cloud(str(path), to_o3d(xyz, rgb), write_ascii=False):
         raise OSError(f"could not write {Path(path).name}")
 

@@ -39,7 +39,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..utils.graphs import maximum_spanning_forest, tree_walk
+from ..utils.graphs import maximum_spanning_forest_of_edges, tree_walk
 from .decode import load_rgb
 
 SIDE = 640  # px, long side the SIFT pass sees
@@ -154,16 +154,15 @@ def solve_turns(names: list[str], edges: list[tuple[str, str, int, float]]) -> d
     """
     adj: dict[str, list] = defaultdict(list)
     index = {n: i for i, n in enumerate(names)}
-    weight = np.zeros((len(names), len(names)))
     turn = {}
     for a, b, r, w in edges:
         adj[a].append((b, r % 4, w))
         adj[b].append((a, (-r) % 4, w))
-        weight[index[a], index[b]] = weight[index[b], index[a]] = w
         turn[index[a], index[b]], turn[index[b], index[a]] = r % 4, (-r) % 4
     # the strongest pairs decide first: turns propagate along the maximum spanning forest, from each part's
-    # most connected photo
-    forest = maximum_spanning_forest(weight)
+    # most connected photo (a graph of the pairs: memory linear in them, not N x N)
+    forest = maximum_spanning_forest_of_edges(len(names), [(index[a], index[b]) for a, b, _, _ in edges],
+                                              [w for _, _, _, w in edges])
     t: dict[str, int] = {}
     groups = []
     for root in sorted(names, key=lambda n: -sum(w for _, _, w in adj[n])):

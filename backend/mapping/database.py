@@ -5,7 +5,7 @@ Files (in the run folder, or in ``groups/<g>/`` for one group of a collection sp
 
 - ``database.db``: the COLMAP database (keypoints in COLMAP's pixel convention, centres at +0.5);
 - ``database_groups.json``: the shared-camera groups the database was built with (``[]``: one camera per image);
-- ``database_unfolded.db``: ``database.db`` without the pairs across a fold (:func:`.disambiguation.unfold`);
+- ``database_unfolded.db``: ``database.db`` without the pairs across a fold (:func:`.unfold.unfold`);
 - ``pairs_matched.txt``: the pairs whose raw matches were written, one ``name0 name1`` per line.
 """
 

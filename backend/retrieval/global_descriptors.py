@@ -130,27 +130,6 @@ def describe(net: torch.nn.Module, image: np.ndarray, device: torch.device, mult
         return net(t)[0].float().cpu().numpy()
 
 
-def _components(adj: np.ndarray) -> list[list[int]]:
-    """Connected components of a symmetric boolean adjacency matrix [N, N], as lists of node indices."""
-    n = adj.shape[0]
-    label = np.full(n, -1)
-    comps = []
-    for start in range(n):
-        if label[start] >= 0:
-            continue
-        stack, members = [start], []
-        label[start] = len(comps)
-        while stack:
-            i = stack.pop()
-            members.append(i)
-            for j in np.nonzero(adj[i])[0]:
-                if label[j] < 0:
-                    label[j] = len(comps)
-                    stack.append(j)
-        comps.append(sorted(members))
-    return comps
-
-
 def select_pairs(similarity: np.ndarray, cfg: RetrievalConfig) -> list[tuple[int, int, float]]:
     """Pairs ``(i, j, score)`` with i < j from an [N, N] similarity matrix.
 
@@ -172,7 +151,7 @@ def select_pairs(similarity: np.ndarray, cfg: RetrievalConfig) -> list[tuple[int
     keep |= sim >= cfg.min_score
     keep |= keep.T
     for _ in range(n if cfg.bridge_pairs > 0 else 0):  # each round merges every non-largest component into another
-        comps = _components(keep)
+        comps = connected_components(len(keep), np.argwhere(keep))
         if len(comps) == 1:
             break
         largest = max(range(len(comps)), key=lambda c: len(comps[c]))

@@ -39,11 +39,19 @@ def maximum_spanning_forest(weight: np.ndarray) -> list[tuple[int, int]]:
     """
     weight = np.asarray(weight)
     iu = np.argwhere(np.triu(weight > 0, 1))
-    order = np.argsort(-weight[iu[:, 0], iu[:, 1]], kind="stable")
+    return maximum_spanning_forest_of_edges(len(weight), iu.tolist(), weight[iu[:, 0], iu[:, 1]].tolist())
+
+
+def maximum_spanning_forest_of_edges(n: int, edges: list[tuple[int, int]], weights: list[float]) \
+        -> list[tuple[int, int]]:
+    """As :func:`maximum_spanning_forest`, for a graph given as ``edges`` (pairs of nodes in ``0..n-1``) with
+    ``weights`` (> 0), without an [N, N] matrix (memory linear in the edges). Ties: the earlier edge of ``edges``
+    wins."""
+    order = np.argsort(-np.asarray(weights, dtype=np.float64), kind="stable")
     g = nx.Graph()
-    g.add_nodes_from(range(len(weight)))
+    g.add_nodes_from(range(n))
     # the rank in that order as the weight: all distinct, so the minimum spanning forest is unique (Kruskal's)
-    g.add_weighted_edges_from((int(iu[k, 0]), int(iu[k, 1]), r) for r, k in enumerate(order.tolist()))
+    g.add_weighted_edges_from((int(edges[k][0]), int(edges[k][1]), r) for r, k in enumerate(order.tolist()))
     tree = nx.minimum_spanning_tree(g, algorithm="kruskal")
     return [(min(a, b), max(a, b)) for a, b, _ in sorted(tree.edges(data="weight"), key=lambda e: e[2])]
 
