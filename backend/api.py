@@ -210,8 +210,7 @@ def _with_option_fields(endpoint) -> None:
     for o in OPTIONS:
         if o.name == "mapping_threads":
             continue
-        allowed = o.allowed()
-        text = o.help + (f" (one of {', '.join(allowed)})" if allowed else "")
+        text = o.help + (f" ({o.bounds()})" if o.bounds() else "")
         params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[o.type | None, Form(description=text)]))
     endpoint.__signature__ = sig.replace(parameters=params)

@@ -63,20 +63,16 @@ class _TqdmProgress:
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     """The preset, every option of :data:`backend.options.OPTIONS` (each overrides the preset) and the method and
     mapping options as ``KEY=VALUE``."""
-    from .options import OPTIONS
-
     from .config import PRESETS
+    from .options import OPTIONS
 
     p.add_argument("--preset", default="balanced",
                    help=f"{' | '.join(PRESETS)}: the preset the options below change (default: balanced)")
     for o in OPTIONS:
         static = o.choices if isinstance(o.choices, tuple) else None  # registry choices: checked with a message
-        kind = "" if o.allowed() is not None or o.type is not int else \
-            f" (at least {o.minimum})" if o.minimum is not None and o.maximum is None else \
-            f" ({o.minimum}-{o.maximum})" if o.minimum is not None else ""
-        listed = "" if static or o.allowed() is None else f"; one of {' | '.join(o.allowed())}"
+        bounds = "" if static or not o.bounds() else f" ({o.bounds()})"  # argparse lists static choices itself
         p.add_argument(o.cli_flag, dest=o.name, type=o.type, choices=static, metavar=None if static else o.name.upper(),
-                       help=f"{o.help}{listed}{kind} (default: the preset's)")
+                       help=f"{o.help}{bounds} (default: the preset's)")
     p.add_argument("--matcher-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the matcher's default_conf, e.g. cpu_attention=kornia (repeatable)")
     p.add_argument("--mapping-option", action="append", default=[], metavar="KEY=VALUE",

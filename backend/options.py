@@ -48,6 +48,15 @@ class Option:
     def cli_flag(self) -> str:
         return self.flag or "--" + self.name.replace("_", "-")
 
+    def bounds(self) -> str:
+        """What values it takes, in words: ``"one of a | b"``, ``"64-8192"``, ``"at least 1"``, or ``""``."""
+        allowed = self.allowed()
+        if allowed is not None:
+            return "one of " + " | ".join(allowed)
+        if self.minimum is None:
+            return ""
+        return f"{self.minimum}-{self.maximum}" if self.maximum is not None else f"at least {self.minimum}"
+
     def allowed(self) -> tuple[str, ...] | None:
         """The allowed values, from the registry where the option names one; None for a number."""
         return self.choices() if callable(self.choices) else self.choices

@@ -38,7 +38,7 @@ from PIL.JpegImagePlugin import JpegImageFile
 
 from ..config import ImagesConfig
 from ..errors import InputError  # noqa: F401 - raised here, importable from here as before
-from ..utils.hashing import file_sha256 as _file_sha256
+from ..utils.hashing import file_sha256  # noqa: F401 - a photo's content key; importable from here as before
 from .decode import load_rgb  # noqa: F401 - the photos' decoder, importable from here as before
 from .upright import estimate_upright
 
@@ -647,11 +647,4 @@ def upright_turns(run_dir: Path) -> dict[str, int]:
             if int(i.get("upright_turns", 0)) % 4}
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 (64 characters) of a file's bytes: the content key of an input photo for the caches, so that a
-    photo replaced by another of the same name, size and modification time is still seen as changed.
 
-    Raises:
-        OSError: the file cannot be read.
-    """
-    return _file_sha256(path)
