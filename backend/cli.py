@@ -243,9 +243,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             print(f"error: the reconstruction finished but cannot be evaluated: {e}", file=sys.stderr)
             return 2
         record["evaluation"] = res.to_dict()
-        from .pipeline import RUN_JSON, _write_json_atomic
+        from .pipeline import RUN_JSON
+        from .utils.text import write_json_atomic
 
-        _write_json_atomic(run_dir / RUN_JSON, record)
+        write_json_atomic(run_dir / RUN_JSON, record)
         print(res.table())
     return 0
 

@@ -40,9 +40,10 @@ from .messages import (HINTS, friendly_error, input_failure, legacy_error_type, 
                        scrub_paths)
 from .options import apply_overrides
 from .owners import make_private_dir, remove_run, require_owner
-from .pipeline import Pipeline, PipelineError, RunOptions, _write_json_atomic
+from .pipeline import Pipeline, PipelineError, RunOptions
 from .progress import PROGRESS_JSON, WRITE_INTERVAL, ProgressWriter, read_json, read_progress  # noqa: F401
 from .stages import stage_names
+from .utils.text import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ def start_run(run_dir: Path, images_dir: Path, config: PipelineConfig, until: st
             raise JobError(f"Run {run_id} is being computed by another app process; open it again in a minute.")
         try:
             (run_dir / CANCEL_FILE).unlink(missing_ok=True)
-            _write_json_atomic(run_dir / REQUEST_JSON, {
+            write_json_atomic(run_dir / REQUEST_JSON, {
                 "run_id": run_id, "images_dir": str(images_dir), "config": config.to_dict(),
                 "dataset": dataset, "scene": scene, "until": until,
             })
@@ -452,7 +453,7 @@ def _mark_record_failed(run_dir: Path, error: str, kind: str) -> None:
         rec["status"] = "failed"
         rec["error"], rec["error_type"] = error, kind
         try:
-            _write_json_atomic(p, rec)
+            write_json_atomic(p, rec)
         except OSError:
             pass
 

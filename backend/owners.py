@@ -29,6 +29,8 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from .utils.text import write_json_atomic
+
 OWNER_JSON = "owner.json"
 TOMBSTONES = ".deleted"
 SECRET_BYTES = 24  # 192 random bits, url-safe base64 (32 characters)
@@ -81,9 +83,7 @@ def set_owner(run_dir: Path, secret: str) -> None:
     path = run_dir / OWNER_JSON
     if path.exists():
         return
-    tmp = run_dir / f".{OWNER_JSON}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"owner_sha256": secret_hash(secret)}))
-    os.replace(tmp, path)
+    write_json_atomic(path, {"owner_sha256": secret_hash(secret)})
 
 
 def owner_hash(run_dir: Path) -> str | None:

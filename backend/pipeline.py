@@ -27,13 +27,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from .config import PipelineConfig
 from .errors import error_type
 from .stages import get_stage, stage_names, stages
 from .utils.logs import run_log
 from .utils.hashing import json_sha256
+from .utils.text import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -107,31 +107,6 @@ def read_run(run_dir: Path) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file and a rename, so readers see the old file or the
-    new one, never half of one; on a full disk (or any error) the temporary file is removed and the error raised."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, default=_json_default))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
 @dataclass
 class RunOptions:
     """Where a run reads from, how it names its outputs, and where its heavy stages compute.
@@ -181,7 +156,7 @@ class Pipeline:
     # ---- run.json -------------------------------------------------------------------------------------------
     def _save(self):
         with self._lock:
-            _write_json_atomic(self.run_dir / RUN_JSON, self.record)
+            write_json_atomic(self.run_dir / RUN_JSON, self.record)
 
     def _init_record(self):
         from .io.weights import checksums

@@ -9,8 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-from .pipeline import _write_json_atomic
 from .stages import stage_names
+from .utils.text import write_json_atomic
 
 PROGRESS_JSON = "progress.json"
 WRITE_INTERVAL = 0.25  # s between progress.json writes (<= 4 per second)
@@ -73,7 +73,7 @@ class ProgressWriter:
             data = json.loads(json.dumps(self.state, default=str))
             self._dirty = False
         try:
-            _write_json_atomic(self.path, data)
+            write_json_atomic(self.path, data)
         except OSError:
             pass  # the folder was removed; nothing to report to
 

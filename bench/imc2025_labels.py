@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.evaluation.imc_metric import read_thresholds
+from backend.utils.text import parse_numbers
+
 from .__main__ import DATA
 
 LABELS = DATA / "_imc2025_labels"
@@ -22,8 +25,7 @@ LABELS = DATA / "_imc2025_labels"
 def labels_summary() -> dict:
     """Per dataset: scenes (with image counts), outliers, thresholds (per scene, 6 numbers), image naming."""
     rows = list(csv.DictReader(open(LABELS / "train_labels.csv", newline="")))
-    th = {(r["dataset"], r["scene"]): [float(x) for x in r["thresholds"].split(";")]
-          for r in csv.DictReader(open(LABELS / "train_thresholds.csv", newline=""))}
+    th = {k: list(v) for k, v in read_thresholds(LABELS / "train_thresholds.csv").by_scene.items()}
     out = {}
     for r in rows:
         d = out.setdefault(r["dataset"], {"scenes": {}, "outliers": 0, "images": 0, "nan_poses": 0})
@@ -50,9 +52,8 @@ def check_our_writer(rows: list[dict]) -> tuple[list[str], dict]:
         by_ds: dict[str, list] = {}
         for r in rows:
             expected.setdefault(r["dataset"], set()).add(r["image"])
-            R = np.array([float(x) for x in r["rotation_matrix"].split(";")]).reshape(3, 3)
-            t = np.array([float(x) for x in r["translation_vector"].split(";")])
-            pose = None if np.isnan(R).any() else (R, t)
+            R, t = parse_numbers(r["rotation_matrix"]), parse_numbers(r["translation_vector"])
+            pose = None if np.isnan(R).any() else (R.reshape(3, 3), t)
             by_ds.setdefault(r["dataset"], []).append((r["image"], r["scene"], pose))
         parts = []
         for ds, items in by_ds.items():

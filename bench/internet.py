@@ -55,14 +55,10 @@ def parse_variant(name: str) -> tuple[str, int] | None:
 
 
 def read_gt(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    gt = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            R = np.array([float(x) for x in row["rotation_matrix"].split(";")]).reshape(3, 3)
-            t = np.array([float(x) for x in row["translation_vector"].split(";")])
-            K = np.array([float(x) for x in row["calibration_matrix"].split(";")]).reshape(3, 3)
-            gt[row["image_name"]] = (R, t, K)
-    return gt
+    """``{image: (R [3, 3], t [3], K [3, 3])}`` of a scene's gt.csv (world-to-camera; the scenes here all give K)."""
+    from backend.twoview.groundtruth import read_gt_csv
+
+    return read_gt_csv(path)
 
 
 def _exif_with_focal35(f35: float | None) -> bytes:

@@ -7,10 +7,13 @@ the data step runs for real with --only data into a tmp --data-dir.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.server
 import os
+import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -109,74 +112,215 @@ def test_help_and_bad_arguments():
 
 
 # ----------------------------------------------------------------------------- the dry-run plan
+#
+# The dry run prints each command it would run ("    + CMD") and each file it would install, with its content
+# ("    + install -m MODE -o root -g GROUP <rendered> DEST   # content:" then "        | LINE"). The tests parse
+# that plan into argument lists and files, read the files as systemd and nginx read them, and assert what the
+# machine would end up doing (which torch build, which address the app binds, what the proxy forwards where),
+# not how the script words it.
+
+TORCH_PIN = next(line.split("==")[1].strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+                 if line.startswith("torch=="))
+UPLOAD_MB = int(re.search(r"^\s*maxUploadSize\s*=\s*(\d+)", (REPO / ".streamlit" / "config.toml").read_text(),
+                          re.M).group(1))
+FILE_LINE = re.compile(r"install -m (\d+) -o root -g (\S+) <(rendered|token)> (\S+)")
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a dry run would do: the commands (argument lists) and the files it would install."""
+
+    commands: list[list[str]]
+    files: dict[str, dict]  # destination -> {"mode", "group", "content" (None for a secret)}
+    text: str
+
+    def runs(self, *words: str) -> list[list[str]]:
+        """The commands whose arguments contain ``words`` in this order (not necessarily adjacent)."""
+        def has(argv):
+            it = iter(argv)
+            return all(any(a == w for a in it) for w in words)
+        return [c for c in self.commands if has(c)]
+
+    def unit(self, dest: str) -> dict[str, list[tuple[str, str]]]:
+        """A systemd unit as systemd reads it: section -> [(key, value)], repeated keys kept in order."""
+        sections, current = {}, None
+        for line in self.files[dest]["content"].splitlines():
+            line = line.strip()
+            if not line or line.startswith(("#", ";")):
+                continue
+            if line.startswith("["):
+                current = sections.setdefault(line.strip("[]"), [])
+            else:
+                key, _, value = line.partition("=")
+                current.append((key.strip(), value.strip()))
+        return sections
+
+
+def parse_plan(out: str) -> Plan:
+    commands, files, dest = [], {}, None
+    for line in out.splitlines():
+        if dest and line.startswith("        |"):
+            files[dest]["content"] += line[len("        | "):] + "\n"
+            continue
+        dest = None
+        m = re.match(r"^\s+\+ (.*)$", line)
+        if not m:
+            continue
+        cmd = m.group(1)
+        f = FILE_LINE.search(cmd)
+        if f:
+            mode, group, kind, path = f.groups()
+            files[path] = {"mode": mode, "group": group, "content": "" if kind == "rendered" else None}
+            dest = path if kind == "rendered" else None
+            continue
+        commands.append(shlex.split(cmd.split("   #")[0]))
+    return Plan(commands, files, out)
+
+
+def unit_value(unit: dict, section: str, key: str) -> list[str]:
+    return [v for k, v in unit.get(section, []) if k == key]
+
+
+def option(argv: list[str], name: str) -> str:
+    """The value after ``name`` in an argument list."""
+    assert name in argv, (name, argv)
+    return argv[argv.index(name) + 1]
+
+
+def nginx_blocks(text: str) -> list[tuple[list[str], list]]:
+    """nginx's configuration as nested (directive words, children) items (comments dropped)."""
+    tokens = re.findall(r'"[^"]*"|[{};]|[^\s{};"]+', re.sub(r"#[^\n]*", "", text))
+    def block(i):
+        items, words = [], []
+        while i < len(tokens):
+            t = tokens[i]
+            i += 1
+            if t == ";":
+                items.append((words, []))
+                words = []
+            elif t == "{":
+                children, i = block(i)
+                items.append((words, children))
+                words = []
+            elif t == "}":
+                return items, i
+            else:
+                words.append(t)
+        return items, i
+    return block(0)[0]
+
+
+def directives(items, name):
+    return [(words, children) for words, children in items if words and words[0] == name]
+
+
+def assert_tunnel(plan: Plan, user: str, port: int) -> None:
+    """The printed SSH tunnel forwards the app's port on the user's computer to the app on the instance."""
+    ssh = [shlex.split(line.strip()) for line in plan.text.splitlines() if line.strip().startswith("ssh ")]
+    assert ssh, plan.text
+    assert option(ssh[0], "-L") == f"{port}:localhost:{port}" and ssh[0][-1].startswith(user + "@")
+
+
+def assert_app_unit(plan: Plan, user: str, port: int) -> None:
+    """The app's unit runs our venv's streamlit as ``user``, restarts on failure and listens on localhost only."""
+    unit = plan.unit("/etc/systemd/system/sfm-explorer.service")
+    assert unit_value(unit, "Service", "User") == [user]
+    assert unit_value(unit, "Service", "Restart") == ["on-failure"]
+    assert unit_value(unit, "Install", "WantedBy") == ["multi-user.target"]
+    (exec_start,) = unit_value(unit, "Service", "ExecStart")
+    argv = shlex.split(exec_start)
+    assert argv[:5] == [f"{REPO}/.venv/bin/python", "-m", "streamlit", "run", "streamlit_app.py"]
+    assert option(argv, "--server.address") == "127.0.0.1" and option(argv, "--server.port") == str(port)
+    assert plan.runs("systemctl", "enable", "sfm-explorer")
+
+
+def assert_torch(plan: Plan, index: str, spec: str) -> None:
+    """torch comes from ``index`` with ``spec`` before the requirements (whose plain pin it then satisfies)."""
+    pips = plan.runs("-m", "pip", "install")
+    torch = [c for c in pips if any(a.startswith("torch==") for a in c)]
+    assert len(torch) == 1, pips
+    assert option(torch[0], "--index-url") == index and spec in torch[0]
+    reqs = [c for c in pips if "-r" in c]
+    assert reqs and option(reqs[0], "-r") == str(REPO / "requirements.txt")
+    assert pips.index(torch[0]) < pips.index(reqs[0])
+
+
+def assert_changed_nothing(log: Path) -> None:
+    assert not log.exists(), "dry run called: " + log.read_text()
 
 
 def test_dry_run_gpu_plan(tmp_path, stubs):
     stub_dir, log = stubs
     res = run_script("--dry-run", "--user", "ubuntu", path_prefix=[stub_dir, fake_gpu(tmp_path, "12.8")])
-    out = res.stdout
-    assert res.returncode == 0, out + res.stderr
-    assert "pip install --index-url https://download.pytorch.org/whl/cu128 torch==2.13.0+cu128\n" in out
-    assert "whl/cpu" not in out
-    # the pinned requirements and the weights, through setup/common.sh
-    assert "pip install -r" in out and "requirements.txt" in out
-    assert "setup/fetch_weights.py --dinov2 small,base" in out
-    # the systemd unit, bound to localhost, and the tunnel
-    assert "/etc/systemd/system/sfm-explorer.service" in out
-    assert "User=ubuntu" in out and "Restart=on-failure" in out
-    assert ("ExecStart=%s/.venv/bin/python -m streamlit run streamlit_app.py --server.address 127.0.0.1 "
-            "--server.port 8501 --server.headless true" % REPO) in out
-    assert "ssh -i" in out and "-L 8501:localhost:8501 ubuntu@" in out
-    # nothing public without --public
-    assert "nginx" not in out.lower() and "htpasswd" not in out and "basic auth" not in out.lower()
-    assert not log.exists(), "dry run called: " + log.read_text()
+    assert res.returncode == 0, res.stdout + res.stderr
+    plan = parse_plan(res.stdout)
+    assert_torch(plan, "https://download.pytorch.org/whl/cu128", f"torch=={TORCH_PIN}+cu128")
+    weights = plan.runs(str(REPO / "setup" / "fetch_weights.py"))
+    assert weights and "small" in option(weights[0], "--dinov2").split(",")
+    assert_app_unit(plan, "ubuntu", 8501)
+    assert_tunnel(plan, "ubuntu", 8501)
+    # nothing public without --public: no proxy installed or configured
+    assert not [f for f in plan.files if f.startswith("/etc/nginx")] and not plan.runs("nginx")
+    assert not plan.runs("apt-get", "install", "nginx")
+    assert_changed_nothing(log)
 
 
 def test_dry_run_cpu_plan(tmp_path, stubs):
     stub_dir, log = stubs
     res = run_script("--dry-run", "--user", "ubuntu", path_prefix=[stub_dir], no_gpu=True)
-    out = res.stdout
-    assert res.returncode == 0, out + res.stderr
+    assert res.returncode == 0, res.stdout + res.stderr
+    plan = parse_plan(res.stdout)
     # requirements' pin, from the PyTorch CPU index (PyPI's Linux torch would bring the CUDA libraries)
-    assert "pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0\n" in out
-    assert "CPU build" in out
-    assert "cu128" not in out and "cu126" not in out
-    assert "sfm-explorer.service" in out
-    assert "ssh -i" in out and "-L 8501:localhost:8501" in out
-    assert "nginx" not in out.lower() and "basic auth" not in out.lower()
-    assert not log.exists(), "dry run called: " + log.read_text()
+    assert_torch(plan, "https://download.pytorch.org/whl/cpu", f"torch=={TORCH_PIN}")
+    assert_app_unit(plan, "ubuntu", 8501)
+    assert_tunnel(plan, "ubuntu", 8501)
+    assert not [f for f in plan.files if f.startswith("/etc/nginx")]
+    assert_changed_nothing(log)
 
 
 def test_dry_run_api_plan(tmp_path, stubs):
     stub_dir, log = stubs
     res = run_script("--dry-run", "--user", "ubuntu", "--api", path_prefix=[stub_dir], no_gpu=True)
-    out = res.stdout
-    assert res.returncode == 0, out + res.stderr
-    assert "sfm-explorer-api.service" in out and "EnvironmentFile=/etc/sfm-explorer-api.env" in out
-    assert "-m backend serve --host 127.0.0.1 --port 8000 --token ${SFM_API_TOKEN}" in out
-    assert "install -m 600 -o root -g root <token> /etc/sfm-explorer-api.env" in out
-    assert "-L 8000:localhost:8000" in out and "Authorization: Bearer" in out
-    assert not log.exists(), "dry run called: " + log.read_text()
+    assert res.returncode == 0, res.stdout + res.stderr
+    plan = parse_plan(res.stdout)
+    # the token lives in a root-only file that systemd reads; it is never on a command line of the plan
+    env_file = "/etc/sfm-explorer-api.env"
+    assert plan.files[env_file]["mode"] == "600" and plan.files[env_file]["group"] == "root"
+    unit = plan.unit("/etc/systemd/system/sfm-explorer-api.service")
+    assert unit_value(unit, "Service", "EnvironmentFile") == [env_file]
+    assert unit_value(unit, "Service", "User") == ["ubuntu"]
+    argv = shlex.split(unit_value(unit, "Service", "ExecStart")[0])
+    assert argv[1:4] == ["-m", "backend", "serve"]
+    assert option(argv, "--host") == "127.0.0.1" and option(argv, "--port") == "8000"
+    assert option(argv, "--token") == "${SFM_API_TOKEN}"  # expanded by systemd from the environment file
+    assert plan.runs("systemctl", "enable", "sfm-explorer-api")
+    assert_changed_nothing(log)
     res = run_script("--dry-run", "--api-port", "8501", path_prefix=[stub_dir], no_gpu=True)
-    assert res.returncode == 2 and "--api-port must differ from --port" in res.stderr
+    assert res.returncode == 2 and "--api-port" in res.stderr and not parse_plan(res.stdout).commands
 
 
 def test_dry_run_ray_head_and_worker_plans(tmp_path, stubs):
     stub_dir, log = stubs
     res = run_script("--dry-run", "--user", "ubuntu", "--ray-head", path_prefix=[stub_dir], no_gpu=True)
-    out = res.stdout
-    assert res.returncode == 0, out + res.stderr
-    assert "sfm-explorer-ray.service" in out
-    assert "ray start --block --head --port 6379" in out and "--min-worker-port 10002 --max-worker-port 10999" in out
-    assert "--ray-worker THIS_PRIVATE_IP:6379" in out and "--executor ray --ray-address auto" in out
-    assert "Environment=SFM_EXECUTOR=ray" in out  # the app's runs use the cluster
+    assert res.returncode == 0, res.stdout + res.stderr
+    plan = parse_plan(res.stdout)
+    ray = plan.unit("/etc/systemd/system/sfm-explorer-ray.service")
+    argv = shlex.split(unit_value(ray, "Service", "ExecStart")[0])
+    assert argv[1:4] == ["start", "--block", "--head"] and option(argv, "--port") == "6379"
+    # the worker processes' ports are a fixed range, so one security-group rule covers them
+    assert 0 < int(option(argv, "--max-worker-port")) - int(option(argv, "--min-worker-port")) < 2000
+    # the app's runs use the cluster
+    assert "SFM_EXECUTOR=ray" in unit_value(plan.unit("/etc/systemd/system/sfm-explorer.service"), "Service",
+                                            "Environment")
     res = run_script("--dry-run", "--user", "ubuntu", "--ray-worker", "172.31.5.10:6379", path_prefix=[stub_dir],
                      no_gpu=True)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "ray start --block --address 172.31.5.10:6379" in res.stdout
-    assert "joined 172.31.5.10:6379" in res.stdout
-    assert "sfm-explorer.service" not in res.stdout  # a worker serves no app
-    assert not log.exists(), "dry run called: " + log.read_text()
+    worker = parse_plan(res.stdout)
+    argv = shlex.split(unit_value(worker.unit("/etc/systemd/system/sfm-explorer-ray.service"), "Service",
+                                  "ExecStart")[0])
+    assert option(argv, "--address") == "172.31.5.10:6379" and "--head" not in argv
+    assert "/etc/systemd/system/sfm-explorer.service" not in worker.files  # a worker serves no app
+    assert_changed_nothing(log)
     res = run_script("--dry-run", "--ray-worker", "not an address", path_prefix=[stub_dir], no_gpu=True)
     assert res.returncode == 2 and "HOST:PORT" in res.stderr
 
@@ -185,52 +329,70 @@ def test_dry_run_ray_head_and_worker_plans(tmp_path, stubs):
 def test_dry_run_cuda_variant(tmp_path, stubs, cuda, expect):
     res = run_script("--dry-run", "--only", "python", path_prefix=[stubs[0], fake_gpu(tmp_path, cuda)])
     assert res.returncode == 0, res.stdout + res.stderr
-    assert f"--index-url https://download.pytorch.org/whl/{expect} torch==2.13.0+{expect}" in res.stdout
+    assert_torch(parse_plan(res.stdout), f"https://download.pytorch.org/whl/{expect}", f"torch=={TORCH_PIN}+{expect}")
 
 
 def test_dry_run_cpu_forced_on_a_gpu(tmp_path, stubs):
     res = run_script("--dry-run", "--only", "python", "--cpu", path_prefix=[stubs[0], fake_gpu(tmp_path, "12.8")])
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0\n" in res.stdout
+    assert_torch(parse_plan(res.stdout), "https://download.pytorch.org/whl/cpu", f"torch=={TORCH_PIN}")
 
 
 def test_old_driver_fails_clearly(tmp_path, stubs):
     res = run_script("--dry-run", path_prefix=[stubs[0], fake_gpu(tmp_path, "11.8")])
     assert res.returncode == 1
-    assert "CUDA 11.8" in res.stderr and "--cpu" in res.stderr
-    assert "FAILED" in res.stderr and "re-run" in res.stderr
+    assert "11.8" in res.stderr and "--cpu" in res.stderr  # names the driver's CUDA and the way out
+    assert not parse_plan(res.stdout).runs("-m", "pip", "install")  # stops before installing anything
 
 
 def test_dry_run_public_plan(tmp_path, stubs):
     stub_dir, log = stubs
     res = run_script("--dry-run", "--public", "--password", "s3cret-Pw", "--port", "8600", "--user", "ubuntu",
                      path_prefix=[stub_dir], no_gpu=True)
-    out = res.stdout
-    assert res.returncode == 0, out + res.stderr
-    assert "nginx" in out
-    assert "/etc/nginx/sites-available/sfm-explorer" in out
-    assert "auth_basic_user_file /etc/nginx/sfm-explorer.htpasswd;" in out
-    assert "openssl passwd -apr1" in out
-    assert "install -m 640" in out and "/etc/nginx/sfm-explorer.htpasswd" in out
-    assert "location /_stcore/stream" in out and "proxy_set_header Upgrade $http_upgrade;" in out
-    assert "listen 80 default_server;" in out and "proxy_pass http://127.0.0.1:8600;" in out
-    assert "--server.address 127.0.0.1 --server.port 8600" in out  # the app itself stays on localhost
-    assert "-L 8600:localhost:8600" in out
-    assert "certbot" in out
-    assert "@" + "MAX_BODY@" not in out and "client_max_body_size " in out
-    assert "s3cret-Pw" not in out + res.stderr  # never printed, never on a command line
-    assert not log.exists(), "dry run called: " + log.read_text()
+    assert res.returncode == 0, res.stdout + res.stderr
+    plan = parse_plan(res.stdout)
+    assert plan.runs("apt-get", "install", "nginx")
+    assert_app_unit(plan, "ubuntu", 8600)  # the app itself stays on localhost
+    assert_tunnel(plan, "ubuntu", 8600)
+    site = "/etc/nginx/sites-available/sfm-explorer"
+    conf = nginx_blocks(plan.files[site]["content"])
+    (server,) = [children for words, children in directives(conf, "server")]
+    assert ["listen", "80", "default_server"] in [w for w, _ in directives(server, "listen")]
+    # every request needs the password, from a file readable by nginx's group only
+    (auth_file,) = [w[1] for w, _ in directives(server, "auth_basic_user_file")]
+    assert plan.files[auth_file]["mode"] == "640" and plan.files[auth_file]["group"] == "www-data"
+    assert plan.files[auth_file]["content"].startswith("sfm:$apr1$")
+    assert directives(server, "auth_basic")
+    # uploads as large as the app accepts get through
+    (body,) = [w[1] for w, _ in directives(server, "client_max_body_size")]
+    assert body.endswith("m") and int(body[:-1]) > UPLOAD_MB
+    # each location goes to the app on localhost; the websocket location upgrades the connection
+    locations = {w[1]: children for w, children in directives(server, "location")}
+    assert set(locations) == {"/", "/_stcore/stream"}
+    for children in locations.values():
+        assert [w[1] for w, _ in directives(children, "proxy_pass")] == ["http://127.0.0.1:8600"]
+    headers = {w[1]: w[2] for w, _ in directives(locations["/_stcore/stream"], "proxy_set_header")}
+    assert headers["Upgrade"] == "$http_upgrade" and "Connection" in headers
+    assert plan.runs("ln", "-sfn", site, "/etc/nginx/sites-enabled/sfm-explorer")
+    assert plan.runs("nginx", "-t") and plan.runs("systemctl", "reload", "nginx")
+    assert "s3cret-Pw" not in res.stdout + res.stderr  # never printed, never on a command line
+    assert_changed_nothing(log)
 
 
 def test_dry_run_ubuntu_adds_deadsnakes(tmp_path, stubs):
     osr = tmp_path / "os-release"
     osr.write_text('NAME="Ubuntu"\nID=ubuntu\nVERSION_ID="22.04"\n')
-    res = run_script("--dry-run", "--only", "system", path_prefix=[stubs[0]], no_gpu=True,
+    fresh = tmp_path / "fresh"  # a fresh instance: dpkg lists no package as installed
+    fresh.mkdir()
+    _write_exe(fresh / "dpkg-query", "#!/bin/sh\nexit 1\n")
+    res = run_script("--dry-run", "--only", "system", path_prefix=[stubs[0], fresh], no_gpu=True,
                      env_extra={"SFM_OS_RELEASE": str(osr), "PYTHON_BIN": "python3.11-absent"})
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "Ubuntu 22.04" in res.stdout
-    assert "add-apt-repository -y ppa:deadsnakes/ppa" in res.stdout
-    assert "python3.11-venv" in res.stdout
+    plan = parse_plan(res.stdout)
+    # Ubuntu 22.04 has no python3.11 of its own: the deadsnakes PPA is added before the install that needs it
+    ppa = plan.runs("add-apt-repository", "-y", "ppa:deadsnakes/ppa")
+    install = plan.runs("apt-get", "install", "python3.11-venv")
+    assert ppa and install and plan.commands.index(ppa[0]) < plan.commands.index(install[0])
 
 
 def test_dry_run_changes_no_data(tmp_path, stubs):
@@ -239,7 +401,8 @@ def test_dry_run_changes_no_data(tmp_path, stubs):
     res = run_script("--dry-run", "--only", "data", "--data", str(src), "--data-dir", str(data),
                      path_prefix=[stubs[0]])
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "import_data.py" in res.stdout and str(src) in res.stdout
+    imports = parse_plan(res.stdout).runs(str(REPO / "setup" / "ec2" / "import_data.py"))
+    assert imports and str(src) in imports[0]
     assert not data.exists()
 
 

@@ -199,10 +199,10 @@ def test_ground_truth_files_are_checked_naming_the_line(tmp_path):
     eye = ";".join("1 0 0 0 1 0 0 0 1".split())
     k = "800;0;320;0;800;240;0;0;1"
     csv_ = tmp_path / "gt.csv"
-    for bad, says in ((f"b.png,{eye},0;0;1,0;0;0;0;0;0;0;0;1", "line 3: calibration_matrix: the focal lengths"),
-                      (f"b.png,{eye},0;0;1,1e308;0;0;0;1e308;0;0;0;1", "line 3: calibration_matrix: values above"),
-                      (f"b.png,1;2;3;4;5;6;7;8;9,0;0;1,{k}", "line 3: rotation_matrix is not a rotation"),
-                      (f"b.png,{eye},1e308;0;1,{k}", "line 3: translation_vector needs 3 finite")):
+    for bad, says in ((f"b.png,{eye},0;0;1,0;0;0;0;0;0;0;0;1", "gt.csv:3: calibration_matrix: the focal lengths"),
+                      (f"b.png,{eye},0;0;1,1e308;0;0;0;1e308;0;0;0;1", "gt.csv:3: calibration_matrix: values above"),
+                      (f"b.png,1;2;3;4;5;6;7;8;9,0;0;1,{k}", "gt.csv:3: rotation_matrix is not a rotation"),
+                      (f"b.png,{eye},1e308;0;1,{k}", "gt.csv:3: translation_vector has a value of magnitude")):
         csv_.write_text(f"image_name,rotation_matrix,translation_vector,calibration_matrix\na.png,{eye},0;0;0,{k}\n"
                         f"{bad}\n")
         with pytest.raises(ValueError, match=re.escape(says)):
@@ -243,7 +243,7 @@ def test_cli_twoview_refuses_bad_intrinsics_and_ground_truth_before_matching(tmp
     pairs.write_text("a.png b.png 0 0 " + " ".join(["nan"] * 34) + "\n")
     for argv, says in (((str(a), str(b), "--K0", "0,0,0,0", "--K1", GOOD_K), "--K0: the focal lengths"),
                        ((str(a), str(b), "--K0", GOOD_K, "--K1", "1e308,1e308,1e308,1e308"), "--K1: values above"),
-                       ((str(a), str(b), "--gt", str(gt)), "gt.csv line 2: calibration_matrix: the focal lengths"),
+                       ((str(a), str(b), "--gt", str(gt)), "gt.csv:2: calibration_matrix: the focal lengths"),
                        ((str(a), str(b), "--pairs-gt", str(pairs)), "pairs.txt line 1: R needs 9 finite")):
         args = _twoview_args(*argv)
         assert args.func(args) == 2

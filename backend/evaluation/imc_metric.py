@@ -68,6 +68,8 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
+from ..utils.text import parse_numbers
+
 Pose = tuple[np.ndarray, np.ndarray]
 PoseDict = Mapping[str, Union[Pose, None]]
 ThresholdSpec = Union[str, Path, Sequence[float], np.ndarray, float]
@@ -84,6 +86,7 @@ DEFAULT_SCENE = "scene"
 NAME_COLUMNS = ("image_name", "image", "image_path")  # by priority; image_path is reduced to its basename
 ROTATION_COLUMN = "rotation_matrix"
 TRANSLATION_COLUMN = "translation_vector"
+CALIBRATION_COLUMN = "calibration_matrix"  # optional: K row-major, pixels
 
 _TRIPLET_CHUNK = 4096  # triplets per vectorised block, scaled by 4 M / cameras (bounds memory)
 _REFINE_CHUNK = 2048  # refined inlier sets per vectorised block
@@ -99,7 +102,8 @@ _SEEN_LIMIT = 2_000_000  # inlier sets remembered to skip repeated refinements (
 @dataclass
 class PoseRow:
     """One row of a pose file: ``R`` float64 [3, 3] and ``t`` float64 [3] world-to-camera, or None (unregistered).
-    ``dataset`` / ``scene`` are None when the file has no such column."""
+    ``dataset`` / ``scene`` are None when the file has no such column; ``K`` float64 [3, 3] (pixels) is the row's
+    ``calibration_matrix`` when the file has that column and the field holds 9 finite numbers, else None."""
 
     image: str
     R: np.ndarray | None
@@ -107,6 +111,7 @@ class PoseRow:
     dataset: str | None = None
     scene: str | None = None
     line: int = 0
+    K: np.ndarray | None = None
 
     @property
     def center(self) -> np.ndarray:
@@ -117,19 +122,12 @@ class PoseRow:
 
 
 def _parse_vector(text: str, expected: int, what: str, where: str) -> np.ndarray | None:
-    """Numbers of one pose field; None when the field says "not registered" (empty or NaN)."""
-    text = text.strip()
-    if not text:
-        return None
-    tokens = [tok for tok in re.split(r"[;\s]+", text) if tok]
-    try:
-        values = np.array([float(tok) for tok in tokens], dtype=np.float64)
-    except ValueError:
-        raise ValueError(f"{where}: {what} {text[:80]!r} is not a list of numbers separated by ';'") from None
-    if values.size and np.any(np.isnan(values)):
+    """Numbers of one pose field; None when the field says "not registered" (empty, NaN or infinite)."""
+    values = parse_numbers(text, what, where)
+    if not values.size or np.any(np.isnan(values)):
         return None
     if values.size != expected:
-        raise ValueError(f"{where}: {what} has {values.size} numbers, expected {expected} (got {text[:80]!r})")
+        raise ValueError(f"{where}: {what} has {values.size} numbers, expected {expected} (got {text.strip()[:80]!r})")
     if not np.all(np.isfinite(values)):
         return None
     return values
@@ -145,11 +143,7 @@ def _gt_pose(rot: str, trans: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     """
     out = []
     for text, n, what in ((rot, 9, ROTATION_COLUMN), (trans, 3, TRANSLATION_COLUMN)):
-        tokens = [tok for tok in re.split(r"[;\s]+", text.strip()) if tok]
-        try:
-            v = np.array([float(tok) for tok in tokens], dtype=np.float64)
-        except ValueError:
-            raise ValueError(f"{where}: {what} {text[:80]!r} is not a list of numbers separated by ';'") from None
+        v = parse_numbers(text, what, where)
         if v.size != n or not np.all(np.isfinite(v)):
             raise ValueError(f"{where}: {what} {text[:80]!r} is not {n} finite numbers: a ground-truth pose needs "
                              "them on every line (empty, nan or inf mean 'not registered', which only images of the "
@@ -217,6 +211,7 @@ def read_pose_table(path: str | Path, *, label: str | None = None, ground_truth:
             use_basename = header[name_col] == "image_path"
             rot_col = header.index(ROTATION_COLUMN)
             trans_col = header.index(TRANSLATION_COLUMN)
+            k_col = header.index(CALIBRATION_COLUMN) if CALIBRATION_COLUMN in header else None
             ds_col = header.index("dataset") if "dataset" in header else None
             sc_col = header.index("scene") if "scene" in header else None
             for row in reader:
@@ -244,7 +239,9 @@ def read_pose_table(path: str | Path, *, label: str | None = None, ground_truth:
                     t = _parse_vector(row[trans_col], 3, TRANSLATION_COLUMN, where)
                 if R is None or t is None:
                     R = t = None
-                rows.append(PoseRow(image, None if R is None else R.reshape(3, 3), t, dataset, scene, line))
+                K = _parse_vector(row[k_col], 9, CALIBRATION_COLUMN, where) if k_col is not None else None
+                rows.append(PoseRow(image, None if R is None else R.reshape(3, 3), t, dataset, scene, line,
+                                    None if K is None else K.reshape(3, 3)))
     except csv.Error as e:
         raise ValueError(f"{name}: not a pose CSV ({e}); expected columns such as "
                          "'image_name,rotation_matrix,translation_vector'") from None
@@ -326,23 +323,17 @@ def parse_threshold_text(text: str, source: str = "thresholds") -> np.ndarray:
             tightest, which the metric skips).
     """
     text = "\n".join(line.split("#", 1)[0] for line in str(text).splitlines())
-    tokens = [tok for tok in re.split(r"[;,\s\[\]()]+", text) if tok]
-    if len(tokens) > MAX_THRESHOLDS:
-        raise ValueError(f"{source}: {len(tokens)} values, at most {MAX_THRESHOLDS}")
-    values = []
-    for tok in tokens:
-        try:
-            v = float(tok)
-        except ValueError:
-            raise ValueError(f"{source}: {tok[:40]!r} is not a number") from None
+    values = parse_numbers(text, source)
+    if len(values) > MAX_THRESHOLDS:
+        raise ValueError(f"{source}: {len(values)} values, at most {MAX_THRESHOLDS}")
+    for v in values:
         if not math.isfinite(v) or v < 0:
-            raise ValueError(f"{source}: {tok[:40]!r} is not a positive number")
-        values.append(v)
-    if not values:
+            raise ValueError(f"{source}: '{v:g}' is not a positive number")
+    if not len(values):
         raise ValueError(f"{source}: no threshold given")
     if max(values) <= 0:
         raise ValueError(f"{source}: every threshold is 0; give positive distances")
-    return np.sort(np.array(values, dtype=np.float64))
+    return np.sort(values)
 
 
 def check_threshold_count(thresholds: np.ndarray, source: str = "thresholds") -> np.ndarray:

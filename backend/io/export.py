@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.text import parse_numbers
+
 POSES_CSV = "poses.csv"
 SUBMISSION_CSV = "submission.csv"
 SCENES_DIR = "scenes"
@@ -282,12 +284,11 @@ def check_submission(path: Path, expected: dict[str, set[str]]) -> list[str]:
             if not scene:
                 problems.append(f"{where}: empty scene")
             for text, n, what in ((rot, 9, "rotation_matrix"), (trans, 3, "translation_vector")):
-                parts = text.split(";")
-                try:
-                    [float(x) for x in parts]
+                try:  # the official layout: exactly n numbers, each between ';'
+                    ok = len(parse_numbers(text, what, where)) == n == len(text.split(";"))
                 except ValueError:
-                    parts = []
-                if len(parts) != n:
+                    ok = False
+                if not ok:
                     problems.append(f"{where}: {what} is not {n} numbers separated by ';'")
             if (ds, image) in seen:
                 problems.append(f"{where}: {image} of {ds} listed twice")

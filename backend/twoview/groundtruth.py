@@ -30,12 +30,13 @@ epipolar line, so it is an upper bound on the true precision.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..evaluation.imc_metric import read_pose_table
+from ..utils.text import parse_numbers
 from .geometry import fundamental_from_pose
 
 PRECISION_PX = 4.0
@@ -62,16 +63,6 @@ class PairGT:
     def inverse(self) -> "PairGT":
         """The same pair seen from image 1 to image 0 (``x0 = R^T x1 - R^T t``, K swapped)."""
         return PairGT(self.R.T, -self.R.T @ self.t, self.K1, self.K0, self.source)
-
-
-def _floats(text: str, n: int, what: str, where: str) -> np.ndarray:
-    try:
-        v = np.array([float(x) for x in text.replace(",", ";").split(";") if x.strip()], float)
-    except ValueError:
-        raise ValueError(f"{where}: {what} is not a list of numbers") from None
-    if v.size != n or not np.all(np.isfinite(v)):
-        raise ValueError(f"{where}: {what} needs {n} finite numbers, found {v.size}")
-    return v
 
 
 def check_rotation(R: np.ndarray, what: str = "R") -> np.ndarray:
@@ -145,14 +136,14 @@ def check_pair_gt(gt: PairGT) -> PairGT:
 
 def _typed(text: str, sizes: tuple[int, ...], what: str, example: str) -> np.ndarray:
     try:
-        v = [float(x) for x in str(text).replace(";", ",").replace(" ", ",").split(",") if x]
+        v = parse_numbers(text, what)
     except ValueError:
         v = None
     if v is None or len(v) not in sizes:
         got = "" if v is None else f" (got {len(v)})"
         n = " or ".join(str(k) for k in sizes)
         raise ValueError(f"{what}: type {n} numbers separated by commas{got}, e.g. {example}")
-    return np.array(v, np.float64)
+    return v
 
 
 def parse_intrinsics(text: str, what: str = "K") -> np.ndarray:
@@ -198,26 +189,15 @@ def read_gt_csv(path: str | Path, label: str | None = None) -> dict[str, tuple[n
             (:func:`check_rotation`, :func:`check_translation`, :func:`check_intrinsics`); the message names the line
             and what to fix.
     """
-    path = Path(path)
-    where = label or path.name
     out = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = csv.DictReader(f)
-        cols = set(rows.fieldnames or [])
-        name_col = "image_name" if "image_name" in cols else ("image" if "image" in cols else None)
-        if name_col is None or not {"rotation_matrix", "translation_vector"} <= cols:
-            raise ValueError(f"{where}: needs the columns image_name, rotation_matrix, translation_vector "
-                             "(and optionally calibration_matrix), as in the IMC pose CSV")
-        for i, row in enumerate(rows, start=2):
-            at = f"{where} line {i}"
-            R = check_rotation(_floats(row["rotation_matrix"] or "", 9, "rotation_matrix", at), f"{at}: "
-                               "rotation_matrix")
-            t = check_translation(_floats(row["translation_vector"] or "", 3, "translation_vector", at),
-                                  f"{at}: translation_vector")
-            k = (row.get("calibration_matrix") or "").strip()
-            K = check_intrinsics(_floats(k, 9, "calibration_matrix", at), f"{at}: calibration_matrix") \
-                if k and k.lower() != "nan" else None
-            out[row[name_col].strip()] = (R, t, K)
+    for row in read_pose_table(path, label=label or Path(path).name, ground_truth=True):
+        if row.R is None:  # an IMC 2025 outlier image: no pose
+            continue
+        at = f"{label or Path(path).name}:{row.line}"
+        R = check_rotation(row.R, f"{at}: rotation_matrix")
+        t = check_translation(row.t, f"{at}: translation_vector")
+        K = None if row.K is None else check_intrinsics(row.K, f"{at}: calibration_matrix")
+        out[row.image] = (R, t, K)
     return out
 
 
