@@ -42,7 +42,7 @@ import threading
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -50,7 +50,7 @@ from fastapi_offline import FastAPIOffline
 
 from . import jobs, owners
 from .io import sessions, uploads
-from .io.images import release_memory
+from .utils.memory import release_memory
 
 EXPORTS = {"poses.csv": "text/csv", "poses_imc2024.csv": "text/csv", "submission.csv": "text/csv",
            "points.ply": "application/octet-stream", "model.zip": "application/zip"}
@@ -216,6 +216,201 @@ def _with_option_fields(endpoint) -> None:
     endpoint.__signature__ = sig.replace(parameters=params)
 
 
+# ---- errors: every one as JSON with what to do ---------------------------------------------------------------------
+
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    # every HTTP error, ours and the framework's (unknown route 404, wrong method 405, malformed multipart 400)
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no endpoint {request.url.path[:80]!r}; the endpoints are listed at /docs"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path[:80]!r}; see /docs for the methods"
+    elif exc.status_code == 400 and ("parsing the body" in detail or "multipart" in detail.lower()):
+        detail = ("the request body is not valid multipart/form-data; send the photos as form fields "
+                  "(see /docs)")
+    return JSONResponse({"error": detail, "status": exc.status_code}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+async def _validation_error(request: Request, exc: RequestValidationError):
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
+    return JSONResponse({"error": "bad request: " + "; ".join(parts) + " (see /docs)", "status": 422},
+                        status_code=422)
+
+
+# ---- the endpoints -------------------------------------------------------------------------------------------------
+
+router = APIRouter()
+
+
+def owner_secrets(request: Request) -> list[str]:
+    """The owner secrets a request holds (header ``X-Run-Owner``, comma-separated; at most 16)."""
+    return [s.strip() for s in request.headers.get(OWNER_HEADER, "").split(",") if s.strip()][:16]
+
+@router.get("/v1/methods")
+def methods() -> dict:
+    """Registered extractors, matchers (and which extractors each accepts), estimators and presets."""
+    from .config import PRESETS
+    from .features import EXTRACTORS
+    from .matchers import MATCHERS, matchers_for
+    from .twoview.geometry import ESTIMATORS
+
+    return {"features": {f: matchers_for(f) for f in EXTRACTORS}, "matchers": list(MATCHERS),
+            "estimators": list(ESTIMATORS), "presets": list(PRESETS)}
+
+@router.post("/v1/match")
+def match(image0: Annotated[UploadFile, File(description="first photo (JPEG, PNG or HEIC)")],
+          image1: Annotated[UploadFile, File(description="second photo")],
+          features: Annotated[str, Form()] = "aliked-n16", matcher: Annotated[str, Form()] = "lightglue",
+          tta: Annotated[bool, Form()] = False, estimator: Annotated[str, Form()] = "poselib",
+          resize: Annotated[int, Form(ge=64, le=4096)] = 1024,
+          max_keypoints: Annotated[int, Form(ge=16, le=16384)] = 2048,
+          similarity: Annotated[bool, Form()] = True,
+          runtime: Annotated[Literal["torch", "onnx"], Form(
+              description="the matcher's runtime: torch, or onnx (LightGlue / LighterGlue exported to ONNX and run "
+                          "by ONNX Runtime on the CPU, all layers; exported on first use)")] = "torch") -> dict:
+    """Match two photos and verify their two-view geometry (see ``python -m backend twoview``)."""
+    from .io.weights import MissingWeightsError
+    from .onnx_export import OnnxRuntimeMissing
+    from .twoview.pair import match_prepared, prepare_image
+
+    limit = uploads.DEFAULT_LIMITS.max_image_bytes
+    data = [_read_upload(image0, limit, "image0"), _read_upload(image1, limit, "image1")]
+    labels = [uploads.sanitize_name(f.filename or f"image{i}") for i, f in enumerate((image0, image1))]
+    # the photos stay in a private folder under the runs root (never the system temp folder), removed on return;
+    # a server killed mid-request leaves it to remove_stale() at the next start
+    with _MATCH_LOCK, _scratch("api-match-") as tmp:
+        ims = []
+        for i, d in enumerate(data):
+            src = Path(tmp) / f"upload{i}"
+            src.write_bytes(d)
+            try:
+                ims.append(prepare_image(src, Path(tmp) / "images", f"image{i}.jpg", labels[i]))
+            except (ValueError, OSError) as e:
+                raise _error(400, f"image{i} ({labels[i]}) is not a usable photo: {e}") from None
+        try:
+            res = match_prepared(ims[0], ims[1], features, matcher, resize=resize, max_keypoints=max_keypoints,
+                                 tta=tta, estimator=estimator, similarity=similarity, models=_MODELS,
+                                 runtime=runtime)
+        except (MissingWeightsError, OnnxRuntimeMissing) as e:
+            raise _error(503, f"{e}") from None
+        except ValueError as e:
+            raise _error(400, f"{e}") from None
+        finally:
+            del ims
+            release_memory()  # give the decoded photos and the matcher's buffers back to the system
+    return res.to_dict()
+
+def create_run(request: Request,
+               files: Annotated[list[UploadFile], File(description="photos and/or zips of photos")],
+               preset: Annotated[str, Form()] = "balanced", **options) -> dict:
+    """Start a reconstruction of the uploaded photos; poll ``GET /v1/runs/{id}``. Every option of the option table
+    (``backend/options.py``; the table in docs/cli.md) but ``mapping_threads`` (the server's) is a form
+    field of the same name that overrides the preset; the ``KEY=VALUE`` options of the command line are not. The
+    answer carries ``owner_secret``: send it as header ``X-Run-Owner`` to list, cancel or delete your runs (send
+    your own secret in that header here to group several runs under one)."""
+    held = owner_secrets(request)
+    secret = held[0] if held else owners.new_secret()
+    if not owners.valid_secret(secret):
+        raise _error(400, "X-Run-Owner must be 16-128 letters, digits, '-' or '_' (leave it out to get one)")
+    try:
+        cfg = jobs.build_config(preset, **options)
+    except ValueError as e:
+        raise _error(400, f"{e}") from None
+    run_id = jobs.new_run_id()
+    run_dir = jobs.run_dir_for(run_id)
+    owners.set_owner(run_dir, secret)
+    res = uploads.save_uploads(((f.filename or "upload", f.file) for f in files), run_dir / "upload")
+    if len(res.saved) < 2:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in res.skipped[:10])
+        raise _error(400, f"{len(res.saved)} usable photo(s): a reconstruction needs at least two JPEG, PNG or "
+                          f"HEIC photos of the same scene ({uploads.DEFAULT_LIMITS.describe()})"
+                     + (f". Skipped: {reasons}" if reasons else ""))
+    try:
+        jobs.start_run(run_dir, run_dir / "upload", cfg)
+    except jobs.JobError as e:
+        raise _error(409, f"{e}") from None
+    return {"run_id": run_id, "status_url": f"/v1/runs/{run_id}", "preset": preset, "saved": res.saved,
+            "skipped": res.skipped, "owner_secret": secret}
+
+_with_option_fields(create_run)
+router.post("/v1/runs", status_code=202)(create_run)
+
+@router.get("/v1/runs")
+def list_runs(request: Request,
+              x_run_owner: Annotated[str | None, Header(description="owner secret(s) from POST /v1/runs, "
+                                                                    "comma-separated")] = None) -> dict:
+    """Your runs (newest first) and their status: the runs whose owner secret you send in ``X-Run-Owner``.
+    Nobody else's runs are listed; open a run you were given by its id."""
+    root = jobs.runs_root()
+    held = owner_secrets(request)
+    out = {"runs": [{"run_id": r, "status": jobs.run_state(root / r)["status"]}
+                    for r in owners.owned_runs(root, held) if jobs.run_exists(r)]}
+    if not held:
+        out["note"] = ("send the owner secret returned by POST /v1/runs as header X-Run-Owner to list your runs")
+    return out
+
+@router.get("/v1/runs/{run_id}")
+def run_status(run_id: str) -> dict:
+    """Status, per-stage progress and timings, and the exports ready to download."""
+    d = _run_dir(run_id)
+    s = jobs.run_state(d)
+    rec = s["record"]
+    return {"run_id": run_id, "status": s["status"], "error": s["error"], "error_type": s["error_type"],
+            "resumable": s["resumable"], "elapsed_seconds": s["elapsed"],
+            "queue_position": s["queue_position"],
+            "stages": {k: {"status": v["status"], "done": v["done"], "total": v["total"],
+                           "message": v["message"], "seconds": v["seconds"], "counts": v["counts"]}
+                       for k, v in s["stages"].items()},
+            "summary": rec.get("summary", {}),
+            "exports": {n: f"/v1/runs/{run_id}/{n}" for n in EXPORTS if (d / n).is_file()}}
+
+@router.get("/v1/runs/{run_id}/{export}")
+def run_export(run_id: str, export: str):
+    """Download an export: ``poses.csv``, ``poses_imc2024.csv``, ``submission.csv`` (IMC 2025: scenes and
+    outliers), ``points.ply`` or ``model.zip``."""
+    if export not in EXPORTS:
+        raise _error(404, f"no export {export[:80]!r}; choose one of {', '.join(EXPORTS)}")
+    d = _run_dir(run_id)
+    path = d / export
+    if not path.is_file():
+        status = jobs.run_state(d)["status"]
+        raise _error(404, f"{export} is not ready (run status: {status}); poll GET /v1/runs/{run_id}")
+    return FileResponse(path, media_type=EXPORTS[export], filename=f"{run_id}_{export}")
+
+@router.post("/v1/runs/{run_id}/resume", status_code=202)
+def resume_run(run_id: str, request: Request,
+               x_run_owner: Annotated[str | None, Header(description="the run's owner secret")] = None) -> dict:
+    """Resume a failed, cancelled or interrupted run from its last finished stage (owner only). A server that
+    restarts resumes the runs its stop interrupted by itself."""
+    d = _run_dir(run_id)
+    try:
+        owners.require_owner(d, owner_secrets(request), "resume")
+        jobs.continue_run(d)
+    except owners.NotOwnerError as e:
+        raise _error(403, f"{e}") from None
+    except jobs.JobError as e:
+        raise _error(409, f"{e}") from None
+    return {"run_id": run_id, "status_url": f"/v1/runs/{run_id}"}
+
+@router.delete("/v1/runs/{run_id}")
+def delete_run(run_id: str, request: Request,
+               x_run_owner: Annotated[str | None, Header(description="the run's owner secret")] = None) -> dict:
+    """Cancel the run if it is working, then remove its folder. Only its owner may (header ``X-Run-Owner``);
+    anyone else gets 403 and the run is untouched."""
+    _run_dir(run_id)
+    try:
+        jobs.delete_run(run_id, owner_secrets(request))
+    except owners.NotOwnerError as e:
+        raise _error(403, f"{e}") from None
+    except jobs.JobError as e:
+        raise _error(409, f"{e}") from None
+    return {"deleted": run_id}
+
+
 def create_app(token: str | None = None) -> FastAPI:
     """The FastAPI application; ``token``: the bearer token every ``/v1`` request must carry (None: no check)."""
     # FastAPIOffline: /docs (Swagger UI 5) and /redoc from the pinned fastapi-offline package, so the page works
@@ -224,195 +419,10 @@ def create_app(token: str | None = None) -> FastAPI:
                   description="Two-view matching and reconstruction runs of SfM Explorer. Errors are "
                               '{"error": "...", "status": code} with what to do.')
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        # every HTTP error, ours and the framework's (unknown route 404, wrong method 405, malformed multipart 400)
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 404 and detail == "Not Found":
-            detail = f"no endpoint {request.url.path[:80]!r}; the endpoints are listed at /docs"
-        elif exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path[:80]!r}; see /docs for the methods"
-        elif exc.status_code == 400 and ("parsing the body" in detail or "multipart" in detail.lower()):
-            detail = ("the request body is not valid multipart/form-data; send the photos as form fields "
-                      "(see /docs)")
-        return JSONResponse({"error": detail, "status": exc.status_code}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        parts = []
-        for e in exc.errors():
-            loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
-            parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
-        return JSONResponse({"error": "bad request: " + "; ".join(parts) + " (see /docs)", "status": 422},
-                            status_code=422)
-
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(_Guard, token=token)
-
-    def owner_secrets(request: Request) -> list[str]:
-        return [s.strip() for s in request.headers.get(OWNER_HEADER, "").split(",") if s.strip()][:16]
-
-    @app.get("/v1/methods")
-    def methods() -> dict:
-        """Registered extractors, matchers (and which extractors each accepts), estimators and presets."""
-        from .config import PRESETS
-        from .features import EXTRACTORS
-        from .matchers import MATCHERS, matchers_for
-        from .twoview.geometry import ESTIMATORS
-
-        return {"features": {f: matchers_for(f) for f in EXTRACTORS}, "matchers": list(MATCHERS),
-                "estimators": list(ESTIMATORS), "presets": list(PRESETS)}
-
-    @app.post("/v1/match")
-    def match(image0: Annotated[UploadFile, File(description="first photo (JPEG, PNG or HEIC)")],
-              image1: Annotated[UploadFile, File(description="second photo")],
-              features: Annotated[str, Form()] = "aliked-n16", matcher: Annotated[str, Form()] = "lightglue",
-              tta: Annotated[bool, Form()] = False, estimator: Annotated[str, Form()] = "poselib",
-              resize: Annotated[int, Form(ge=64, le=4096)] = 1024,
-              max_keypoints: Annotated[int, Form(ge=16, le=16384)] = 2048,
-              similarity: Annotated[bool, Form()] = True,
-              runtime: Annotated[Literal["torch", "onnx"], Form(
-                  description="the matcher's runtime: torch, or onnx (LightGlue / LighterGlue exported to ONNX and run "
-                              "by ONNX Runtime on the CPU, all layers; exported on first use)")] = "torch") -> dict:
-        """Match two photos and verify their two-view geometry (see ``python -m backend twoview``)."""
-        from .io.weights import MissingWeightsError
-        from .onnx_export import OnnxRuntimeMissing
-        from .twoview.pair import match_prepared, prepare_image
-
-        limit = uploads.DEFAULT_LIMITS.max_image_bytes
-        data = [_read_upload(image0, limit, "image0"), _read_upload(image1, limit, "image1")]
-        labels = [uploads.sanitize_name(f.filename or f"image{i}") for i, f in enumerate((image0, image1))]
-        # the photos stay in a private folder under the runs root (never the system temp folder), removed on return;
-        # a server killed mid-request leaves it to remove_stale() at the next start
-        with _MATCH_LOCK, _scratch("api-match-") as tmp:
-            ims = []
-            for i, d in enumerate(data):
-                src = Path(tmp) / f"upload{i}"
-                src.write_bytes(d)
-                try:
-                    ims.append(prepare_image(src, Path(tmp) / "images", f"image{i}.jpg", labels[i]))
-                except (ValueError, OSError) as e:
-                    raise _error(400, f"image{i} ({labels[i]}) is not a usable photo: {e}") from None
-            try:
-                res = match_prepared(ims[0], ims[1], features, matcher, resize=resize, max_keypoints=max_keypoints,
-                                     tta=tta, estimator=estimator, similarity=similarity, models=_MODELS,
-                                     runtime=runtime)
-            except (MissingWeightsError, OnnxRuntimeMissing) as e:
-                raise _error(503, f"{e}") from None
-            except ValueError as e:
-                raise _error(400, f"{e}") from None
-            finally:
-                del ims
-                release_memory()  # give the decoded photos and the matcher's buffers back to the system
-        return res.to_dict()
-
-    def create_run(request: Request,
-                   files: Annotated[list[UploadFile], File(description="photos and/or zips of photos")],
-                   preset: Annotated[str, Form()] = "balanced", **options) -> dict:
-        """Start a reconstruction of the uploaded photos; poll ``GET /v1/runs/{id}``. Every option of the option table
-        (``backend/options.py``; the table at the end of docs/cli.md) but ``mapping_threads`` (the server's) is a form
-        field of the same name that overrides the preset; the ``KEY=VALUE`` options of the command line are not. The
-        answer carries ``owner_secret``: send it as header ``X-Run-Owner`` to list, cancel or delete your runs (send
-        your own secret in that header here to group several runs under one)."""
-        held = owner_secrets(request)
-        secret = held[0] if held else owners.new_secret()
-        if not owners.valid_secret(secret):
-            raise _error(400, "X-Run-Owner must be 16-128 letters, digits, '-' or '_' (leave it out to get one)")
-        try:
-            cfg = jobs.build_config(preset, **options)
-        except ValueError as e:
-            raise _error(400, f"{e}") from None
-        run_id = jobs.new_run_id()
-        run_dir = jobs.run_dir_for(run_id)
-        owners.set_owner(run_dir, secret)
-        res = uploads.save_uploads(((f.filename or "upload", f.file) for f in files), run_dir / "upload")
-        if len(res.saved) < 2:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in res.skipped[:10])
-            raise _error(400, f"{len(res.saved)} usable photo(s): a reconstruction needs at least two JPEG, PNG or "
-                              f"HEIC photos of the same scene ({uploads.DEFAULT_LIMITS.describe()})"
-                         + (f". Skipped: {reasons}" if reasons else ""))
-        try:
-            jobs.start_run(run_dir, run_dir / "upload", cfg)
-        except jobs.JobError as e:
-            raise _error(409, f"{e}") from None
-        return {"run_id": run_id, "status_url": f"/v1/runs/{run_id}", "preset": preset, "saved": res.saved,
-                "skipped": res.skipped, "owner_secret": secret}
-
-    _with_option_fields(create_run)
-    app.post("/v1/runs", status_code=202)(create_run)
-
-    @app.get("/v1/runs")
-    def list_runs(request: Request,
-                  x_run_owner: Annotated[str | None, Header(description="owner secret(s) from POST /v1/runs, "
-                                                                        "comma-separated")] = None) -> dict:
-        """Your runs (newest first) and their status: the runs whose owner secret you send in ``X-Run-Owner``.
-        Nobody else's runs are listed; open a run you were given by its id."""
-        root = jobs.runs_root()
-        held = owner_secrets(request)
-        out = {"runs": [{"run_id": r, "status": jobs.run_state(root / r)["status"]}
-                        for r in owners.owned_runs(root, held) if jobs.run_exists(r)]}
-        if not held:
-            out["note"] = ("send the owner secret returned by POST /v1/runs as header X-Run-Owner to list your runs")
-        return out
-
-    @app.get("/v1/runs/{run_id}")
-    def run_status(run_id: str) -> dict:
-        """Status, per-stage progress and timings, and the exports ready to download."""
-        d = _run_dir(run_id)
-        s = jobs.run_state(d)
-        rec = s["record"]
-        return {"run_id": run_id, "status": s["status"], "error": s["error"], "error_type": s["error_type"],
-                "resumable": s["resumable"], "elapsed_seconds": s["elapsed"],
-                "queue_position": s["queue_position"],
-                "stages": {k: {"status": v["status"], "done": v["done"], "total": v["total"],
-                               "message": v["message"], "seconds": v["seconds"], "counts": v["counts"]}
-                           for k, v in s["stages"].items()},
-                "summary": rec.get("summary", {}),
-                "exports": {n: f"/v1/runs/{run_id}/{n}" for n in EXPORTS if (d / n).is_file()}}
-
-    @app.get("/v1/runs/{run_id}/{export}")
-    def run_export(run_id: str, export: str):
-        """Download an export: ``poses.csv``, ``poses_imc2024.csv``, ``submission.csv`` (IMC 2025: scenes and
-        outliers), ``points.ply`` or ``model.zip``."""
-        if export not in EXPORTS:
-            raise _error(404, f"no export {export[:80]!r}; choose one of {', '.join(EXPORTS)}")
-        d = _run_dir(run_id)
-        path = d / export
-        if not path.is_file():
-            status = jobs.run_state(d)["status"]
-            raise _error(404, f"{export} is not ready (run status: {status}); poll GET /v1/runs/{run_id}")
-        return FileResponse(path, media_type=EXPORTS[export], filename=f"{run_id}_{export}")
-
-    @app.post("/v1/runs/{run_id}/resume", status_code=202)
-    def resume_run(run_id: str, request: Request,
-                   x_run_owner: Annotated[str | None, Header(description="the run's owner secret")] = None) -> dict:
-        """Resume a failed, cancelled or interrupted run from its last finished stage (owner only). A server that
-        restarts resumes the runs its stop interrupted by itself."""
-        d = _run_dir(run_id)
-        try:
-            owners.require_owner(d, owner_secrets(request), "resume")
-            jobs.continue_run(d)
-        except owners.NotOwnerError as e:
-            raise _error(403, f"{e}") from None
-        except jobs.JobError as e:
-            raise _error(409, f"{e}") from None
-        return {"run_id": run_id, "status_url": f"/v1/runs/{run_id}"}
-
-    @app.delete("/v1/runs/{run_id}")
-    def delete_run(run_id: str, request: Request,
-                   x_run_owner: Annotated[str | None, Header(description="the run's owner secret")] = None) -> dict:
-        """Cancel the run if it is working, then remove its folder. Only its owner may (header ``X-Run-Owner``);
-        anyone else gets 403 and the run is untouched."""
-        _run_dir(run_id)
-        try:
-            jobs.delete_run(run_id, owner_secrets(request))
-        except owners.NotOwnerError as e:
-            raise _error(403, f"{e}") from None
-        except jobs.JobError as e:
-            raise _error(409, f"{e}") from None
-        return {"deleted": run_id}
-
+    app.include_router(router)
     return app
 
 

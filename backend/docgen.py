@@ -1,6 +1,6 @@
 """The parts of ``docs/`` that list what the code declares, generated from the code so that they cannot drift:
-the stages (:mod:`backend.stages`), the extractors and matchers (their registries) and the command line's options
-(its argparse parser).
+the stages (:mod:`backend.stages`), the extractors and matchers (their registries), the options
+(:data:`backend.options.OPTIONS`, with every preset's value) and ``reconstruct --help`` as argparse prints it.
 
 A generated block sits between ``<!-- generated: NAME -->`` and ``<!-- end generated -->`` in a page.
 ``python -m backend.docgen`` rewrites every block; ``python -m backend.docgen --check`` exits 1 and names the pages
@@ -61,26 +61,56 @@ def matchers_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def cli_options(command: str = "reconstruct") -> str:
-    """The options of ``python -m backend COMMAND`` as a table (flag, what it does), from the parser."""
-    from .cli import build_parser
+def options_table() -> str:
+    """Every option of :data:`backend.options.OPTIONS`: its flag, what it takes, each preset's value, its help and
+    details. The same table builds the CLI's flags, the app's widgets and the API's form fields."""
+    from .config import PRESETS
+    from .options import OPTIONS
 
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    parser = sub.choices[command]
-    rows = ["| option | what it does |", "|---|---|"]
-    for a in parser._actions:
-        if not a.option_strings or a.help == argparse.SUPPRESS:
-            continue
-        flags = ", ".join(a.option_strings)
-        metavar = "" if a.nargs == 0 else f" {a.metavar or a.dest.upper()}" if not a.choices else \
-            " " + "\\|".join(map(str, a.choices))
-        text = (a.help or "").replace("%(default)s", str(a.default))
-        rows.append(f"| `{flags}{metavar}` | {_cell(text)} |")
+    names = list(PRESETS)
+    rows = ["| option | takes | " + " | ".join(f"`{p}`" for p in names) + " | what it does |",
+            "|---|---|" + "---|" * len(names) + "---|"]
+    for o in OPTIONS:
+        values = []
+        for p in names:
+            v = getattr(getattr(PRESETS[p], o.section), o.key)
+            values.append("all cores" if o.name == "mapping_threads" and (v is None or v <= 0) else f"`{v}`")
+        text = o.help + (". " + o.details if o.details else "")
+        rows.append(f"| `{o.cli_flag}` | {_cell(o.bounds() or o.type.__name__)} | " + " | ".join(values)
+                    + f" | {_cell(text)} |")
     return "\n".join(rows) + "\n"
 
 
+def cli_help(command: str = "reconstruct") -> str:
+    """``python -m backend COMMAND --help`` as printed (100 columns), in a fenced block."""
+    from .cli import build_parser
+
+    text = _subcommand_help(build_parser(), command)
+    return "```text\n" + text.rstrip() + "\n```\n"
+
+
+def _subcommand_help(parser: argparse.ArgumentParser, command: str) -> str:
+    """The help of one subcommand through argparse's public interface: parsing ``COMMAND --help`` prints it."""
+    import contextlib
+    import io
+    import os
+
+    out = io.StringIO()
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # the subparser's formatter reads the terminal width
+    try:
+        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+            parser.parse_args([command, "--help"])
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
+    return out.getvalue()
+
+
 BLOCKS = {"stages": stages_table, "extractors": extractors_table, "matchers": matchers_table,
-          "cli-reconstruct": cli_options}
+          "options": options_table, "cli-reconstruct": cli_help}
 
 
 def render(text: str) -> str:

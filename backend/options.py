@@ -29,6 +29,7 @@ class Option:
         minimum, maximum: bounds of an ``int`` option (inclusive; None: unbounded).
         flag: the CLI flag (default ``--`` + name with dashes).
         app: shown in the app's advanced options; ``step``: the app's step for a number.
+        details: what the docs add to ``help`` (markdown: measurements, caveats, links); not in the CLI's help.
     """
 
     name: str
@@ -43,6 +44,7 @@ class Option:
     flag: str | None = None
     app: bool = True
     step: int = 1
+    details: str = ""
 
     @property
     def cli_flag(self) -> str:
@@ -85,14 +87,22 @@ OPTIONS: list[Option] = [
            "global descriptor for pair selection; auto: DINOv2-small when its weights are installed, else "
            "EfficientNet-Lite0", choices=_retrieval, flag="--retrieval"),
     Option("num_neighbors", "retrieval", "num_neighbors", "Pairs per image (k)",
-           "retrieval: the k most similar photos per photo are matched", int, minimum=1, maximum=1000),
+           "retrieval: the k most similar photos per photo are matched", int, minimum=1, maximum=1000,
+           details="Above 4096 photos the pairs are chosen block by block from the global descriptors (128 MB of "
+                   "similarities at a time, no N x N matrix; `retrieval.h5` then holds no `similarity`)."),
     Option("exhaustive_below", "retrieval", "exhaustive_below", "Match all pairs up to (photos)",
-           "match all pairs when there are at most this many photos", int, minimum=0, app=False),
+           "match all pairs when there are at most this many photos", int, minimum=0, app=False,
+           details="The IMC baseline uses 20."),
     Option("features", "features", "name", "Local features",
            "local features (naming only these picks their own matcher when the preset's cannot match them)",
-           choices=_extractors),
+           choices=_extractors,
+           details="See [Local features and matchers](methods.md)."),
     Option("matcher", "matching", "name", "Matcher",
-           "the matcher; only the matchers that can match the features are accepted", choices=_matchers),
+           "the matcher; only the matchers that can match the features are accepted", choices=_matchers,
+           details="`lightglue` matches ALIKED (n16, n16rot, n32) and DISK, `lighterglue` XFeat, `nn-ratio` and "
+                   "`adalam` any features. Without it: the preset's matcher, or the features' own when the "
+                   "preset's cannot match them. A combination that cannot work is refused (exit 2), naming the "
+                   "ones that can. `--matcher-option` sets the matcher's own options (below)."),
     Option("resize", "features", "resize", "Resize (long side, px)",
            "the long side in px the extractor sees (never upscales)", int, minimum=64, maximum=8192, step=64),
     Option("max_keypoints", "features", "max_keypoints", "Maximum keypoints per image",
@@ -102,37 +112,65 @@ OPTIONS: list[Option] = [
     Option("camera_mode", "mapping", "camera_mode", "Cameras",
            "auto: photos of one size and the same EXIF share a camera, kept only when their own focal lengths "
            "agree after mapping; per_image: one camera per photo; shared: one camera for all (one photo size)",
-           choices=("auto", "per_image", "shared")),
+           choices=("auto", "per_image", "shared"),
+           details="`auto` keeps sharing only when each photo's own focal length, re-estimated after mapping, "
+                   "agrees; otherwise it maps with one camera per photo, then shares where the refined focal "
+                   "lengths agree."),
     Option("min_matches", "matching", "min_matches", "Minimum matches per pair",
            "pairs with fewer matches are not used for the reconstruction", int, minimum=1, maximum=100000),
     Option("mapper", "mapping", "mapper", "Mapper",
            "incremental: COLMAP's, one photo at a time; global: GLOMAP (rotation averaging, then all positions at "
            "once); hierarchical: COLMAP's, overlapping clusters mapped apart and merged (thousands of photos)",
-           choices=MAPPERS),
+           choices=MAPPERS,
+           details="`hierarchical` cuts the pair graph into overlapping clusters of at most `--leaf-max-images` "
+                   "photos, maps the clusters in parallel and merges them. `global` is "
+                   "`pycolmap.global_mapping`, after `pycolmap.calibrate_view_graph` upgrades the pairs verified "
+                   "without intrinsics. With any mapper, a camera whose focal length runs away (bundle "
+                   "adjustment trading focal length for depth on a far camera seen through few points) is put "
+                   "back at its prior focal length with its pose re-estimated, and the Reconstruction page says "
+                   "so."),
     Option("leaf_max_images", "mapping", "leaf_max_images", "Largest cluster (photos)",
            "hierarchical mapper: the largest cluster mapped on its own", int, minimum=20, app=False),
     Option("background", "images", "background", "Background of transparent photos",
            "the colour transparent photos are composited onto", choices=("white", "black"), app=False),
     Option("upright", "images", "upright", "Turned photos",
            "auto: find photos turned by 90, 180 or 270 degrees against the others and match them turned back; "
-           "off: use every photo as stored", choices=UPRIGHT_MODES),
+           "off: use every photo as stored", choices=UPRIGHT_MODES,
+           details="`auto` (balanced, accurate) votes OpenCV SIFT orientations of verified pairs over the pair "
+                   "graph (about 0.2 s per photo) and shows the turned photos to retrieval and the extractor "
+                   "turned back; keypoints and poses stay in the stored photo's pixels. A collection whose views "
+                   "turn by arbitrary angles (a camera orbiting an object from above) is left as it is. `off` "
+                   "(fast, naive)."),
     Option("disambiguate", "mapping", "disambiguate", "Symmetric structure",
            "auto: check the model for a fold (one side of a symmetric building mapped onto the other) and map the "
-           "two sides as two models; off: keep the mapper's model", choices=DISAMBIGUATE_MODES),
+           "two sides as two models; off: keep the mapper's model", choices=DISAMBIGUATE_MODES,
+           details="`auto` (balanced, accurate): church's two identical clock faces fold its model; the check "
+                   "splits it into two correct models "
+                   "([Symmetric structure](outputs.md#symmetric-structure-folded-models)). It costs 0.5 s on "
+                   "reichstag, 2 s on church, 26 s on lego's 50 photos. `off` (fast, naive)."),
     Option("scenes", "scenes", "mode", "Scenes",
            "auto: group the photos into scenes by their verified pairs, mark photos that join none as outliers and "
-           "map each scene on its own; single: map every photo as one scene", choices=SCENES_MODES),
+           "map each scene on its own; single: map every photo as one scene", choices=SCENES_MODES,
+           details="See [Mixed collections](mixed-collections.md). `--single-scene` is the same as `--scenes "
+                   "single`."),
     Option("min_scene_size", "scenes", "min_scene_size", "Smallest scene (photos)",
            "smaller groups of photos are outliers", int, minimum=2, maximum=100000),
     Option("sequential", "retrieval", "sequential", "Sequential pairs",
            "auto: when the file names form one numbered sequence (video frames), also pair each photo with the "
            "next --sequential-overlap photos, as COLMAP's sequential matcher",
-           choices=SEQUENTIAL_MODES, app=False),
+           choices=SEQUENTIAL_MODES, app=False,
+           details="Recognised names: `frame_0001.jpg`, `0001.jpg`, `IMG_1234.JPG`; retrieval's pairs stay as "
+                   "loop closures. Off by default: on the 492-frame gum video retrieval alone already registers "
+                   "every frame (see [Many photos, many machines](scale.md))."),
     Option("sequential_overlap", "retrieval", "sequential_overlap", "Sequential pairs per photo",
            "sequential pairs per photo", int, minimum=1, app=False),
     Option("mapping_threads", "mapping", "num_threads", "Mapping threads",
            "threads of mapping (the preset's: all cores; a server's $SFM_MAPPING_THREADS wins); 1 makes mapping "
-           "reproducible: the same model every run", int, minimum=1, app=False),
+           "reproducible: the same model every run", int, minimum=1, app=False,
+           details="With more than one thread, bundle adjustment sums in a varying order and a photo at the edge "
+                   "of registration can go either way (church's fold split: 15 or 16 photos between identical "
+                   "runs; `bench/NOTES.md`, \"Reproducible mapping\"). On church one thread took as long as two "
+                   "(21 s against 19-22 s of mapping)."),
 ]
 OPTION = {o.name: o for o in OPTIONS}
 

@@ -11,8 +11,8 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
 
-from backend.io import images as images_mod
 from backend.config import ImagesConfig
 from backend.io.images import header_problem, load_rgb, run_images, validate_image
 
@@ -219,13 +219,13 @@ def test_large_jpeg_is_decoded_at_half_size_in_draft_mode(tmp_path, monkeypatch)
     never exist in memory; it is stored at 6000 x 4500."""
     Image.new("L", (12000, 9000), 120).save(tmp_path / "big.jpg", quality=80)
     calls = []
-    real = images_mod.JpegImageFile.draft
+    real = JpegImageFile.draft
 
     def spy(self, mode, size):
         calls.append((mode, size))
         return real(self, mode, size)
 
-    monkeypatch.setattr(images_mod.JpegImageFile, "draft", spy)
+    monkeypatch.setattr(JpegImageFile, "draft", spy)
     out = tmp_path / "out"
     out.mkdir()
     info = validate_image(tmp_path / "big.jpg", out, ImagesConfig())

@@ -162,7 +162,7 @@ def test_every_method_reconstructs_the_scene(reconstruct, name, matcher, extra, 
     assert ev["mAA"] >= floor
 
 
-def test_the_readme_example_extractor_works_without_touching_the_pipeline(temple_pair, tmp_path, monkeypatch):
+def test_the_architecture_docs_example_extractor_runs_through_features_and_matching(temple_pair, tmp_path, monkeypatch):
     """The "Adding an extractor" example of docs/architecture.md, loaded as a module of ``backend.features`` plus its
     one registry entry, runs through the real features and matching stages."""
     import re

@@ -886,6 +886,8 @@ def _group(rows: list[PoseRow], default_dataset: str, default_scene: str) -> dic
     return out
 
 
+# One function over ~80 lines on purpose: it follows the official metric.py's scoring loop step by step (match
+# scenes to clusters, score each pair, aggregate per dataset), so the two can be read side by side.
 def score(gt_rows: list[PoseRow], pred_rows: list[PoseRow], thresholds: ThresholdSpec | ThresholdTable) -> Score:
     """The official IMC 2025 score of a submission (see the module docstring).
 

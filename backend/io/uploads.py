@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO, Iterable, Union
 
-from .images import MAX_PIXELS, header_problem
+from .limits import MAX_PIXELS, header_problem
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".heic", ".heif"}
 UPLOAD_JSON = "upload.json"

@@ -72,43 +72,9 @@ def _child_main(job_file: str) -> int:
     return 0
 
 
-def run_in_child(
-    run_dir: Path,
-    names: list[str],
-    images: dict,
-    pairs: list[tuple[str, str]],
-    cfg: MappingConfig,
-    min_matches: int,
-    stages: list[str],
-    progress: Callable[[str, int, int, str], None] | None = None,
-    cancel: threading.Event | None = None,
-    split: dict | None = None,
-    verification: VerificationConfig | None = None,
-) -> dict:
-    """Run ``stages`` (``"verification"``, ``"mapping"``) in a child Python process; mapping maps the groups of
-    ``split`` (:meth:`backend.mapping.scenes.SceneSplit.to_dict`; None: one scene) with
-    :func:`.scene_mapping.map_scenes`; ``verification``: how pairs are verified (the default config when None).
-
-    The child is a plain subprocess (``python -m backend.mapping.child``), not ``multiprocessing``, so it works
-    from any caller (scripts without a ``__main__`` guard, Streamlit, threads) and a pycolmap abort (SIGABRT) only
-    ends the child. Returns the merged result dicts of the stages, plus ``child_peak_rss_mb``. Progress arrives as
-    ``progress(stage, done, total, msg)``.
-
-    Raises:
-        MappingCrashError: the child died (e.g. SIGABRT in pycolmap).
-        MappingError: pycolmap raised, or ``cancel`` was set.
-    """
-    import psutil
-
-    run_dir = Path(run_dir)
-    job_file = run_dir / "mapping_job.json"
-    job_file.write_text(json.dumps({
-        "run_dir": str(run_dir), "names": names, "images": images, "pairs": [list(p) for p in pairs],
-        "cfg": vars(cfg).copy(),
-        "verification_cfg": vars(verification or VerificationConfig()).copy(), "min_matches": min_matches,
-        "stages": stages, "split": split,
-    }))
-    log_path = run_dir / "mapping.log"
+def _start_child(job_file: Path, log_path: Path) -> tuple[subprocess.Popen, queue.Queue]:
+    """Start ``python -m backend.mapping.child JOB_FILE`` (stderr appended to ``log_path``) and a thread that puts
+    each JSON line it prints on the returned queue (None at its end)."""
     repo_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = repo_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -126,6 +92,17 @@ def run_in_child(
         messages.put(None)
 
     threading.Thread(target=reader, daemon=True).start()
+    return p, messages
+
+
+def _follow(p: subprocess.Popen, messages: queue.Queue, progress, cancel) -> tuple[dict | None, str | None, float]:
+    """Pass the child's progress on until it ends; returns ``(result, error, peak resident MB)``.
+
+    Raises:
+        MappingError: ``cancel`` was set (the child is terminated first).
+    """
+    import psutil
+
     try:
         ps = psutil.Process(p.pid)
     except psutil.Error:
@@ -154,6 +131,46 @@ def run_in_child(
             p.terminate()
             p.wait(10)
             raise MappingError("cancelled")
+    return result, error, peak
+
+
+def run_in_child(
+    run_dir: Path,
+    names: list[str],
+    images: dict,
+    pairs: list[tuple[str, str]],
+    cfg: MappingConfig,
+    min_matches: int,
+    stages: list[str],
+    progress: Callable[[str, int, int, str], None] | None = None,
+    cancel: threading.Event | None = None,
+    split: dict | None = None,
+    verification: VerificationConfig | None = None,
+) -> dict:
+    """Run ``stages`` (``"verification"``, ``"mapping"``) in a child Python process; mapping maps the groups of
+    ``split`` (:meth:`backend.mapping.scenes.SceneSplit.to_dict`; None: one scene) with
+    :func:`.scene_mapping.map_scenes`; ``verification``: how pairs are verified (the default config when None).
+
+    The child is a plain subprocess (``python -m backend.mapping.child``), not ``multiprocessing``, so it works
+    from any caller (scripts without a ``__main__`` guard, Streamlit, threads) and a pycolmap abort (SIGABRT) only
+    ends the child. Returns the merged result dicts of the stages, plus ``child_peak_rss_mb``. Progress arrives as
+    ``progress(stage, done, total, msg)``.
+
+    Raises:
+        MappingCrashError: the child died (e.g. SIGABRT in pycolmap).
+        MappingError: pycolmap raised, or ``cancel`` was set.
+    """
+    run_dir = Path(run_dir)
+    job_file = run_dir / "mapping_job.json"
+    job_file.write_text(json.dumps({
+        "run_dir": str(run_dir), "names": names, "images": images, "pairs": [list(p) for p in pairs],
+        "cfg": vars(cfg).copy(),
+        "verification_cfg": vars(verification or VerificationConfig()).copy(), "min_matches": min_matches,
+        "stages": stages, "split": split,
+    }))
+    log_path = run_dir / "mapping.log"
+    p, messages = _start_child(job_file, log_path)
+    result, error, peak = _follow(p, messages, progress, cancel)
     code = p.wait()
     if error is None and result is None:
         sig = f"signal {-code}" if code < 0 else f"exit code {code}"

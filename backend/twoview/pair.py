@@ -240,40 +240,22 @@ def match_prepared(im0: PairImage, im1: PairImage, features: str = "aliked-n16",
         OnnxRuntimeMissing: runtime ``"onnx"`` without onnxruntime installed.
         MissingWeightsError: the method's weights are missing or fail their check.
     """
-    from ..features import load_extractor
-    from ..utils.device import get_device
-    from ..matchers import check_combination, load_matcher
+    from ..matchers import check_combination
+    from ..onnx_export import RUNTIMES
 
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     if (K0 is None) != (K1 is None):
         raise ValueError("give the intrinsics of both images or of neither")
-    from ..onnx_export import RUNTIMES, onnx_matcher
-
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     check_combination(features, matcher)
     models = {} if models is None else models
-    device = get_device()
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    ext = models.get(("features", features, resize, max_keypoints))
-    if ext is None:
-        ext = models[("features", features, resize, max_keypoints)] = load_extractor(
-            features, device, max_keypoints=max_keypoints)
-    mat = models.get(("matcher", matcher, features, runtime))
-    if mat is None:
-        mat = models[("matcher", matcher, features, runtime)] = (
-            onnx_matcher(features, matcher) if runtime == "onnx" else load_matcher(matcher, features, device))
+    ext, mat = _models(models, features, matcher, resize, max_keypoints, runtime)
     seconds["load_models"] = time.perf_counter() - t
-
-    intrinsics = "none (fundamental matrix)"
-    if K0 is not None:
-        intrinsics = "given"
-    elif gt is not None and gt.K0 is not None and gt.K1 is not None:
-        K0, K1, intrinsics = gt.K0, gt.K1, "ground truth"
-    elif im0.exif_K() is not None and im1.exif_K() is not None:
-        K0, K1, intrinsics = im0.exif_K(), im1.exif_K(), "EXIF focal length"
+    K0, K1, intrinsics = _intrinsics(im0, im1, K0, K1, gt)
     thr = threshold_px * max(1.0, max(im0.width, im0.height) / resize, max(im1.width, im1.height) / resize)
 
     seconds["extraction"] = seconds["matching"] = seconds["verification"] = 0.0
@@ -318,23 +300,59 @@ def match_prepared(im0: PairImage, im1: PairImage, features: str = "aliked-n16",
         res.similarity_percent, res.similarity_model = similarity_percent(im0.path, im1.path)
         seconds["similarity"] = time.perf_counter() - t
     if gt is not None:
-        r_err, t_err = pose_errors(g.R, g.t, gt)
-        res.gt = {"rotation_error_deg": None if not np.isfinite(r_err) else round(r_err, 4),
-                  "translation_error_deg": None if not np.isfinite(t_err) else round(t_err, 4),
-                  "pose_error_deg": None if not np.isfinite(max(r_err, t_err)) else round(max(r_err, t_err), 4),
-                  "gt_source": gt.source}
-        if gt.K0 is not None and gt.K1 is not None:
-            p, correct = match_precision(f0["keypoints"][m[:, 0]], f1["keypoints"][m[:, 1]], gt, precision_px)
-            res.correct = correct
-            res.gt.update({"match_precision": None if not np.isfinite(p) else round(p, 4),
-                           "correct_matches": int(correct.sum()), "precision_threshold_px": precision_px})
-            inl = g.inliers
-            res.gt["inlier_precision"] = round(float(correct[inl].mean()), 4) if inl.any() else None
-        else:
-            res.notes.append("the ground truth has no intrinsics: match precision not computed")
-        if g.R is None:
-            res.notes.append("no relative pose (no intrinsics, or too few inliers): pose errors are undefined")
+        _score_against_gt(res, gt, precision_px)
     return res
+
+
+def _models(models: dict, features: str, matcher: str, resize: int, max_keypoints: int, runtime: str) -> tuple:
+    """The extractor and the matcher, loaded once per ``models`` dict (keys ``(kind, name, ...)``)."""
+    from ..features import load_extractor
+    from ..matchers import load_matcher
+    from ..onnx_export import onnx_matcher
+    from ..utils.device import get_device
+
+    device = get_device()
+    ext = models.get(("features", features, resize, max_keypoints))
+    if ext is None:
+        ext = models[("features", features, resize, max_keypoints)] = load_extractor(
+            features, device, max_keypoints=max_keypoints)
+    mat = models.get(("matcher", matcher, features, runtime))
+    if mat is None:
+        mat = models[("matcher", matcher, features, runtime)] = (
+            onnx_matcher(features, matcher) if runtime == "onnx" else load_matcher(matcher, features, device))
+    return ext, mat
+
+
+def _intrinsics(im0: PairImage, im1: PairImage, K0, K1, gt: PairGT | None) -> tuple:
+    """``(K0, K1, where they come from)``: the given ones, else the ground truth's, else EXIF, else none."""
+    if K0 is not None:
+        return K0, K1, "given"
+    if gt is not None and gt.K0 is not None and gt.K1 is not None:
+        return gt.K0, gt.K1, "ground truth"
+    if im0.exif_K() is not None and im1.exif_K() is not None:
+        return im0.exif_K(), im1.exif_K(), "EXIF focal length"
+    return None, None, "none (fundamental matrix)"
+
+
+def _score_against_gt(res: PairResult, gt: PairGT, precision_px: float) -> None:
+    """Add the pose errors and, with the ground truth's intrinsics, the match precision to ``res`` (in place)."""
+    g, m = res.geometry, res.matches
+    r_err, t_err = pose_errors(g.R, g.t, gt)
+    res.gt = {"rotation_error_deg": None if not np.isfinite(r_err) else round(r_err, 4),
+              "translation_error_deg": None if not np.isfinite(t_err) else round(t_err, 4),
+              "pose_error_deg": None if not np.isfinite(max(r_err, t_err)) else round(max(r_err, t_err), 4),
+              "gt_source": gt.source}
+    if gt.K0 is not None and gt.K1 is not None:
+        p, correct = match_precision(res.keypoints0[m[:, 0]], res.keypoints1[m[:, 1]], gt, precision_px)
+        res.correct = correct
+        res.gt.update({"match_precision": None if not np.isfinite(p) else round(p, 4),
+                       "correct_matches": int(correct.sum()), "precision_threshold_px": precision_px})
+        inl = g.inliers
+        res.gt["inlier_precision"] = round(float(correct[inl].mean()), 4) if inl.any() else None
+    else:
+        res.notes.append("the ground truth has no intrinsics: match precision not computed")
+    if g.R is None:
+        res.notes.append("no relative pose (no intrinsics, or too few inliers): pose errors are undefined")
 
 
 def match_pair(path0: str | Path, path1: str | Path, features: str = "aliked-n16", matcher: str = "lightglue", *,
