@@ -3,10 +3,13 @@ clean-up with an offscreen preview, and downloads."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 import app_common as ui
-from backend import jobs
+from backend import exports, jobs
+from backend.exports import FORMATS
 from backend.io import pointcloud
 from backend.views import runview, viz
 
@@ -133,7 +136,7 @@ def page() -> None:
                    + ". A camera with almost no observed points or such a focal length is not a usable pose.")
 
     _open3d(run_dir, int(k), xyz, rgb)
-    _downloads(run_dir, state)
+    _downloads(run_dir, state, k)
 
 
 def _open3d(run_dir, k: int, xyz, rgb) -> None:
@@ -181,7 +184,7 @@ def _open3d(run_dir, k: int, xyz, rgb) -> None:
                            mime="application/octet-stream", key="dl_cleaned")
 
 
-def _downloads(run_dir, state) -> None:
+def _downloads(run_dir, state, model: int | None = None) -> None:
     st.subheader("Downloads")
     if not jobs.stage_done(state, "exports"):
         st.info("The exports are written by the last stage, which has not finished yet.")
@@ -193,6 +196,24 @@ def _downloads(run_dir, state) -> None:
             col.download_button(label, p.read_bytes(), file_name=f"{run_dir.name}_{fname}", mime=mime,
                                 key=f"dl_{fname}", icon=":material/download:", help=help_)
     st.caption("Exports are of the largest model. Poses are world-to-camera (x_cam = R X + t), K in pixels.")
+    if model is not None:
+        _formats(run_dir, model)
+
+
+def _formats(run_dir, model: int) -> None:
+    """The model for another tool (backend.exports), made on request and kept in the run folder."""
+    st.markdown(f"**For other tools** (model {model}; each format's conventions: docs/outputs.md)")
+    fmt = st.radio("Format", list(FORMATS), key="rec_format", horizontal=True,
+                   format_func=lambda f: f, captions=[FORMATS[f][1] for f in FORMATS])
+    made = st.session_state.get("rec_format_zip")
+    if st.button(f"Prepare {fmt}", key="rec_format_make", icon=":material/package_2:"):
+        with st.spinner(f"Writing {fmt} of model {model}..."):
+            made = st.session_state["rec_format_zip"] = (fmt, model, str(exports.export_zip(run_dir, fmt, model)))
+    if made and made[:2] == (fmt, model):
+        path = Path(made[2])
+        st.download_button(f"Download {path.name} ({path.stat().st_size / 1e6:.1f} MB)", path.read_bytes(),
+                           file_name=f"{run_dir.name}_{path.name}", mime="application/zip", key="rec_format_dl",
+                           icon=":material/download:")
 
 
 page()

@@ -42,13 +42,14 @@ import threading
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi_offline import FastAPIOffline
 
 from . import jobs, owners
+from .exports import FORMATS
 from .io import sessions, uploads
 from .utils.memory import release_memory
 
@@ -366,7 +367,9 @@ def run_status(run_id: str) -> dict:
                            "message": v["message"], "seconds": v["seconds"], "counts": v["counts"]}
                        for k, v in s["stages"].items()},
             "summary": rec.get("summary", {}),
-            "exports": {n: f"/v1/runs/{run_id}/{n}" for n in EXPORTS if (d / n).is_file()}}
+            "exports": {n: f"/v1/runs/{run_id}/{n}" for n in EXPORTS if (d / n).is_file()},
+            "formats": {f: f"/v1/runs/{run_id}/formats/{f}" for f in FORMATS}
+            if (d / "sparse" / "0" / "images.bin").is_file() else {}}
 
 @router.get("/v1/runs/{run_id}/{export}")
 def run_export(run_id: str, export: str):
@@ -380,6 +383,27 @@ def run_export(run_id: str, export: str):
         status = jobs.run_state(d)["status"]
         raise _error(404, f"{export} is not ready (run status: {status}); poll GET /v1/runs/{run_id}")
     return FileResponse(path, media_type=EXPORTS[export], filename=f"{run_id}_{export}")
+
+@router.get("/v1/runs/{run_id}/formats/{fmt}")
+def run_format(run_id: str, fmt: str, model: Annotated[int, Query(ge=0, le=100000)] = 0):
+    """Download the model for another tool, as a zip: ``colmap-text`` (COLMAP's text model and database.db),
+    ``nerfstudio`` (transforms.json, images, sparse_pc.ply) or ``undistorted`` (a COLMAP workspace of undistorted
+    PINHOLE photos for gsplat, OpenSplat, OpenMVS); ``model``: which model (default 0, the largest scene's). Made on
+    the first request (seconds), then served from the run folder."""
+    from .errors import InputError
+    from .exports import export_zip
+
+    if fmt not in FORMATS:
+        raise _error(404, f"no format {fmt[:80]!r}; choose one of {', '.join(FORMATS)}")
+    d = _run_dir(run_id)
+    try:
+        path = export_zip(d, fmt, model)
+    except InputError as e:
+        raise _error(404, f"{e}; poll GET /v1/runs/{run_id}") from None
+    except ValueError as e:
+        raise _error(400, f"{e}") from None
+    return FileResponse(path, media_type="application/zip", filename=f"{run_id}_{fmt}-{model}.zip")
+
 
 @router.post("/v1/runs/{run_id}/resume", status_code=202)
 def resume_run(run_id: str, request: Request,

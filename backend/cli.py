@@ -338,6 +338,25 @@ def cmd_twoview(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .errors import InputError
+    from .exports import export_model
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "run.json").is_file():
+        print(f"error: {run_dir} is not a run folder (no run.json); give the --out folder of a reconstruct run",
+              file=sys.stderr)
+        return 2
+    try:
+        res = export_model(run_dir, args.format, Path(args.out) if args.out else None, model=args.model)
+    except (ValueError, InputError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{k} {v}" for k, v in res.counts.items())
+    print(f"wrote {args.format} of model {res.model} to {res.out_dir} ({counts})")
+    return 0
+
+
 def cmd_export_onnx(args) -> int:
     from .io.weights import MissingWeightsError
     from .onnx_export import NOT_EXPORTED, export_matcher
@@ -429,6 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "into weights/onnx/) by ONNX Runtime on the CPU, all layers")
     t.add_argument("--json", action="store_true", help="print the result as JSON")
     t.set_defaults(func=cmd_twoview)
+    from .exports import FORMATS
+
+    xp = sub.add_parser("export", help="a run's model for another tool: "
+                        + "; ".join(f"{k}: {v[1]}" for k, v in FORMATS.items()))
+    xp.add_argument("run_dir", help="the run folder (reconstruct's --out)")
+    xp.add_argument("--format", required=True, choices=list(FORMATS))
+    xp.add_argument("--out", help="a new or empty folder (default: RUN_DIR/exports/FORMAT-MODEL/)")
+    xp.add_argument("--model", type=int, default=0,
+                    help="which model (sparse/MODEL; default 0, the largest scene's)")
+    xp.set_defaults(func=cmd_export)
     x = sub.add_parser("export-onnx", help="export a learned matcher (LightGlue, LighterGlue) with our weights to ONNX")
     x.add_argument("out_dir", help="folder for <matcher>-<features>.onnx and manifest.json")
     x.add_argument("--features", default="aliked-n16", choices=list(EXTRACTORS))

@@ -109,7 +109,17 @@ def _subcommand_help(parser: argparse.ArgumentParser, command: str) -> str:
     return out.getvalue()
 
 
-BLOCKS = {"stages": stages_table, "extractors": extractors_table, "matchers": matchers_table,
+def formats_table() -> str:
+    """Every export format of :data:`backend.exports.FORMATS`: name, module, what it holds and which tools read it."""
+    from .exports import FORMATS
+
+    rows = ["| `--format` | file | what it holds, for which tools |", "|---|---|---|"]
+    for name, (module, what) in FORMATS.items():
+        rows.append(f"| `{name}` | `backend/exports/{module}.py` | {_cell(what)} |")
+    return "\n".join(rows) + "\n"
+
+
+BLOCKS = {"formats": formats_table, "stages": stages_table, "extractors": extractors_table, "matchers": matchers_table,
           "options": options_table, "cli-reconstruct": cli_help}
 
 

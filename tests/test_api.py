@@ -179,6 +179,17 @@ def test_run_from_upload_to_scored_poses_then_delete(api, tmp_path):
         Path(n).name for n in zipfile.ZipFile(io.BytesIO(model)).namelist()}
     status, body, _ = call("GET", f"{base}/v1/runs/{run_id}/..%2F..%2Fetc%2Fpasswd")
     assert status == 404
+    # the model for nerfstudio, as a zip whose transforms.json frames are the registered photos, shipped beside it
+    assert set(state["formats"]) == {"colmap-text", "nerfstudio", "undistorted"}
+    status, ns, _ = call("GET", f"{base}{state['formats']['nerfstudio']}")
+    assert status == 200, ns[:300]
+    z = zipfile.ZipFile(io.BytesIO(ns))
+    frames = json.loads(z.read("transforms.json"))["frames"]
+    assert len(frames) >= 5 and all(f["file_path"] in z.namelist() for f in frames)
+    status, body, _ = call("GET", f"{base}/v1/runs/{run_id}/formats/nerfstudio?model=7")
+    assert status == 404 and "no model 7" in json.loads(body)["error"]
+    status, body, _ = call("GET", f"{base}/v1/runs/{run_id}/formats/blender")
+    assert status == 404 and "nerfstudio" in json.loads(body)["error"]
     status, body, _ = call("DELETE", f"{base}/v1/runs/{run_id}", owner=created["owner_secret"])
     assert status == 200 and not (runs / run_id).exists()
     status, body, _ = call("GET", f"{base}/v1/runs/{run_id}")

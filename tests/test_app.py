@@ -233,6 +233,23 @@ def test_reconstruction_camera_pick_and_open3d(app, finished_run):
     assert rendered and "could not be rendered" not in text
 
 
+def test_reconstruction_prepares_the_model_for_nerfstudio(app, finished_run, runs_root):
+    """The Reconstruction page's "For other tools": the chosen format is written into the run folder and offered as
+    a download whose transforms.json lists the registered photos it carries."""
+    app.query_params["run"] = finished_run
+    app.run()
+    app.switch_page("app_pages/reconstruction.py").run()
+    app.radio(key="rec_format").set_value("nerfstudio").run()
+    app.button(key="rec_format_make").click().run()
+    assert not app.exception and not app.error
+    made = runs_root / finished_run / "exports" / "nerfstudio-0.zip"
+    with zipfile.ZipFile(made) as z:
+        frames = json.loads(z.read("transforms.json"))["frames"]
+        assert len(frames) >= 3 and all(f["file_path"] in z.namelist() for f in frames)
+    labels = [b.label for b in app.get("download_button")]
+    assert any(lab.startswith("Download nerfstudio-0.zip") for lab in labels), labels
+
+
 @pytest.fixture(scope="session")
 def two_model_run(runs_root, finished_run) -> tuple[str, dict]:
     """The finished run with its model split in two and a sixth photo that no model holds, as the church sample

@@ -15,8 +15,10 @@
   ``outliers``, ``nan`` poses for unregistered images; ``image_id`` is ``<dataset>_<image>_public``.
 - ``points.ply``: the largest scene's sparse points with colours (binary little-endian PLY: float x, y, z; uchar
   r, g, b).
-- ``sparse_txt/``: the largest scene's model as COLMAP text files; ``model.zip``: every model (binary) and the text
-  copy.
+- ``sparse_txt/``: the largest scene's model as COLMAP text files; ``model.zip``: every model (binary), the text
+  copy and ``database.db`` (keypoints, matches and two-view geometries, for COLMAP's GUI).
+- For other tools (nerfstudio, undistorted workspaces, COLMAP text with the database) see :mod:`backend.exports`,
+  made on request.
 - ``scenes/<k>/``, when there are several scenes: ``poses.csv``, ``points.ply`` and ``model.zip`` of scene k.
 """
 
@@ -166,13 +168,17 @@ def read_scenes(run_dir: Path, names: list[str]) -> tuple[list[dict], list[dict]
     return [{"name": "scene0", "images": list(names), "model": 0, "why": "one scene"}], []
 
 
-def _zip_model(zip_path: Path, parts: list[tuple[Path, str]]) -> None:
-    """Zip every file under each ``(folder, name in the archive)``."""
+def _zip_model(zip_path: Path, parts: list[tuple[Path, str]], files: tuple[tuple[Path, str], ...] = ()) -> None:
+    """Zip every file under each ``(folder, name in the archive)``, and each ``(file, name)`` of ``files`` that
+    exists."""
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
         for folder, arc in parts:
             for p in sorted(folder.rglob("*")) if folder.exists() else []:
                 if p.is_file():
                     z.write(p, f"{arc}/{p.relative_to(folder)}")
+        for path, arc in files:
+            if path.is_file():
+                z.write(path, arc)
 
 
 def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> dict:
@@ -228,7 +234,9 @@ def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> di
     write_imc2024_csv(run_dir / POSES_IMC2024_CSV, names, poses_all, dataset, scene,
                       scene_of if several or outliers else None)
     write_model_ply(run_dir / POINTS_PLY, rec)
-    _zip_model(run_dir / MODEL_ZIP, [(run_dir / "sparse", "sparse"), (run_dir / "sparse_txt", "sparse_txt")])
+    # database.db beside the models: COLMAP's GUI opens it (File > Open project) to go on from our matches
+    _zip_model(run_dir / MODEL_ZIP, [(run_dir / "sparse", "sparse"), (run_dir / "sparse_txt", "sparse_txt")],
+               files=((run_dir / "database.db", "database.db"),))
     info = load_images_json(run_dir)
     rows = []
     by_source = {}
