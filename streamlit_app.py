@@ -130,10 +130,10 @@ def start_new_run(source: str, files, preset: str, overrides: dict, until: str |
         run_dir = jobs.run_dir_for(run_id)
         owners.set_owner(run_dir, ui.owner_secret())  # this browser owns the run: only it may cancel or delete it
         res = uploads.save_uploads(((f.name, f) for f in files), run_dir / "upload")
-        if len(res.saved) < 2:
+        if not res.enough():
             shutil.rmtree(run_dir, ignore_errors=True)
             st.error(f"{len(res.saved)} usable photo(s): a reconstruction needs at least two JPEG, PNG or HEIC "
-                     "photos of the same scene. Add more photos and press Start again.")
+                     "photos of the same scene, or a video (MP4, MOV). Add more and press Start again.")
             if res.skipped:
                 st.dataframe(res.skipped, hide_index=True, width="stretch")
             return
@@ -394,7 +394,8 @@ def home() -> None:
                                                  "sample": "Sample scene: church (16 photos)"}[s])
         files = None
         if source == "upload":
-            files = st.file_uploader("Photos of one scene (JPEG, PNG or HEIC), several files or one .zip",
+            files = st.file_uploader("Photos of one scene (JPEG, PNG or HEIC), several files or one .zip, or a "
+                                     "video (MP4, MOV)",
                                      accept_multiple_files=True, key=f"uploader_{ss.get('upload_nonce', 0)}")
             uploaded_list(files)
             st.caption(f"{uploads.DEFAULT_LIMITS.describe()}; at most "

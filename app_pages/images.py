@@ -39,6 +39,12 @@ def page() -> None:
     if n_turned:
         st.markdown(f"**{n_turned}** photo(s) are turned against the others (marked below): retrieval and the "
                     "features saw them turned back; keypoints and poses refer to the photos as stored")
+    for v in info.get("videos", []):  # a video became its sharpest frames (backend/io/video.py)
+        st.info(f"Video {ui.md_escape(v['video'])}: {ui.md_escape(v['note'])}. Each kept frame is the sharpest of "
+                "its interval; 'interval median' is the median sharpness of the frames looked at there.")
+        st.dataframe([{"frame kept": k["name"], "video frame": k["frame"], "time (s)": k["time_s"],
+                       "sharpness": k["sharpness"], "interval median": k["interval_median"]} for k in v["kept"]],
+                     hide_index=True, width="stretch", height=min(400, 38 + 35 * len(v["kept"])))
     if info.get("renamed"):
         with st.expander(f"{len(info['renamed'])} file name(s) were cleaned up"):
             st.dataframe([{"uploaded as": k, "saved as": v} for k, v in info["renamed"].items()], hide_index=True)

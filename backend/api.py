@@ -324,7 +324,7 @@ def create_run(request: Request,
     run_dir = jobs.run_dir_for(run_id)
     owners.set_owner(run_dir, secret)
     res = uploads.save_uploads(((f.filename or "upload", f.file) for f in files), run_dir / "upload")
-    if len(res.saved) < 2:
+    if not res.enough():
         shutil.rmtree(run_dir, ignore_errors=True)
         reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in res.skipped[:10])
         raise _error(400, f"{len(res.saved)} usable photo(s): a reconstruction needs at least two JPEG, PNG or "

@@ -45,6 +45,9 @@ class RetrievalConfig:
     # ``sequential_overlap`` (COLMAP's sequential matcher); "off": retrieval alone
     sequential: str = "off"  # one of SEQUENTIAL_MODES
     sequential_overlap: int = 5
+    # "on": the frames of each video (images.json "videos") are also paired with the next ``sequential_overlap``
+    # frames of that video, in time order; "off": a video's frames get retrieval's pairs only
+    video_sequential: str = "on"  # one of VIDEO_SEQUENTIAL_MODES
 
 
 @dataclass
@@ -76,6 +79,7 @@ class MatchingConfig:
 
 UPRIGHT_MODES = ("off", "auto")  # ImagesConfig.upright
 SEQUENTIAL_MODES = ("off", "auto")  # RetrievalConfig.sequential
+VIDEO_SEQUENTIAL_MODES = ("on", "off")  # RetrievalConfig.video_sequential
 DISAMBIGUATE_MODES = ("off", "auto")  # MappingConfig.disambiguate
 MAPPERS = ("incremental", "global", "hierarchical")  # MappingConfig.mapper; the CLI and the app list these
 
@@ -218,6 +222,7 @@ class PipelineConfig:
 
 
 _HASH_NEW_DEFAULTS = {("retrieval", "sequential"): "off", ("retrieval", "sequential_overlap"): 5,
+                      ("retrieval", "video_sequential"): "on",
                       ("mapping", "leaf_max_images"): 500, ("mapping", "final_ba_principal_point"): "shared",
                       ("mapping", "ceiling_seconds_per_image"): 60.0, ("mapping", "ba_global_max_refinements"): 5,
                       ("mapping", "structure_less_fallback"): True}

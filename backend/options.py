@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .config import (DISAMBIGUATE_MODES, MAPPERS, SCENES_MODES, SEQUENTIAL_MODES, UPRIGHT_MODES,
-                     PipelineConfig)
+                     VIDEO_SEQUENTIAL_MODES, PipelineConfig)
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,11 @@ OPTIONS: list[Option] = [
            details="Recognised names: `frame_0001.jpg`, `0001.jpg`, `IMG_1234.JPG`; retrieval's pairs stay as "
                    "loop closures. Off by default: on the 492-frame gum video retrieval alone already registers "
                    "every frame (see [Many photos, many machines](scale.md))."),
+    Option("video_sequential", "retrieval", "video_sequential", "Sequential pairs of video frames",
+           "on: the frames kept of a video are also paired with the next --sequential-overlap frames of it, in "
+           "time order; off: retrieval's pairs only", choices=VIDEO_SEQUENTIAL_MODES, app=False,
+           details="A video (MP4, MOV) in the photos becomes its sharpest frame of every 0.5 s (at most 300 "
+                   "frames; [Outputs](outputs.md) has the record of what was kept)."),
     Option("sequential_overlap", "retrieval", "sequential_overlap", "Sequential pairs per photo",
            "sequential pairs per photo", int, minimum=1, app=False),
     Option("mapping_threads", "mapping", "num_threads", "Mapping threads",

@@ -38,10 +38,12 @@ from .limits import (HEIF_SUPPORTED, MAX_DECODE_BYTES, MAX_PIXELS, REDUCE_ABOVE_
                      _bomb_reason, _open, _read_head, _reduced_by_decoder, decode_limit_problem, decode_size,
                      header_problem, pixel_limit_problem)
 from .upright import estimate_upright
+from .video import is_video
 
 HEIF_EXTENSIONS = {".heic", ".heif"}
 SUPPORTED_EXTENSIONS = {".jpg", ".jpeg", ".png"} | HEIF_EXTENSIONS
 SUPPORTED_TEXT = "JPEG, PNG or HEIC"
+VIDEO_FRAMES_DIR = "video_frames"  # <run>/video_frames/: the frames kept of each video (backend/io/video.py)
 IMAGES_JSON = "images.json"
 
 STRIP_ROWS = 256  # rows converted at a time (a 12000 px wide RGBA strip is 12 MB)
@@ -297,7 +299,7 @@ def _validate_image(path: Path, out_dir: Path, cfg: ImagesConfig, out_name: str 
 
 
 def list_candidates(images_dir: Path) -> tuple[list[Path], list[SkippedFile]]:
-    """Files in ``images_dir`` (not recursive) with a supported extension, and the others as skipped.
+    """Files in ``images_dir`` (not recursive) with a photo's or a video's extension, and the others as skipped.
 
     Raises:
         InputError: ``images_dir`` is not a folder.
@@ -311,7 +313,7 @@ def list_candidates(images_dir: Path) -> tuple[list[Path], list[SkippedFile]]:
             continue
         if p.is_dir():
             skipped.append(SkippedFile(p.name, "folder (sub-folders are not read)"))
-        elif p.suffix.lower() in SUPPORTED_EXTENSIONS:
+        elif p.suffix.lower() in SUPPORTED_EXTENSIONS or is_video(p):
             files.append(p)
         else:
             skipped.append(SkippedFile(p.name, f"unsupported file type '{p.suffix or 'none'}' "
@@ -374,8 +376,10 @@ def run_images(
     ``cfg.upright == "auto"`` also find each photo's quarter-turn against the others (``upright_turns``, see
     :mod:`backend.io.upright`).
 
-    Returns the parsed ``images.json``: ``{"images": [ImageInfo...], "skipped": [SkippedFile...]}``. Of
-    byte-identical files the first by name is used; the others are skipped as ``identical to <name>``.
+    Returns the parsed ``images.json``: ``{"images": [ImageInfo...], "skipped": [SkippedFile...]}``, and
+    ``"videos": [VideoFrames...]`` when the folder holds videos (each becomes its sharpest frames,
+    :mod:`backend.io.video`; the frames are then validated as photos). Of byte-identical files the first by name
+    is used; the others are skipped as ``identical to <name>``.
 
     Raises:
         InputError: fewer than two usable images (the message lists why files were skipped).
@@ -383,6 +387,7 @@ def run_images(
     out_dir = Path(run_dir) / "images"
     out_dir.mkdir(parents=True, exist_ok=True)
     files, skipped = list_candidates(Path(images_dir))
+    files, videos = _frames_of_videos(files, Path(run_dir) / VIDEO_FRAMES_DIR, skipped, progress)
     names = _stored_names(files)
     copies = _duplicates(files)
     infos: list[ImageInfo] = []
@@ -400,6 +405,8 @@ def run_images(
         for i in infos:
             i.upright_turns = found[i.name]["turns"]
     result = {"images": [asdict(i) for i in infos], "skipped": [asdict(s) for s in skipped]}
+    if videos:
+        result["videos"] = [v.to_dict() for v in videos]
     (Path(run_dir) / IMAGES_JSON).write_text(json.dumps(result, indent=1))
     if len(infos) < 2:
         why = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5])
@@ -408,6 +415,30 @@ def run_images(
             f"of the same scene" + (f" (skipped: {why})" if why else "")
         )
     return result
+
+
+def _frames_of_videos(files: list[Path], frames_dir: Path, skipped: list[SkippedFile],
+                      progress: Callable[[int, int, str], None] | None) -> tuple[list[Path], list]:
+    """``files`` with each video replaced by its kept frames (written into ``frames_dir/<video stem>/``), and
+    the :class:`~backend.io.video.VideoFrames` of each video. A video that cannot be read is added to
+    ``skipped`` with the reason."""
+    from .video import extract_frames
+
+    photos, videos = [], []
+    for p in files:
+        if not is_video(p):
+            photos.append(p)
+            continue
+        d = frames_dir / p.stem
+        shutil.rmtree(d, ignore_errors=True)  # a re-run of the stage samples again
+        try:
+            v = extract_frames(p, d, progress=progress)
+        except ValueError as e:
+            skipped.append(SkippedFile(p.name, str(e)))
+            continue
+        videos.append(v)
+        photos += [d / k["name"] for k in v.kept]
+    return photos, videos
 
 
 def load_images_json(run_dir: Path) -> dict:

@@ -1,4 +1,5 @@
-"""Safe saving of uploaded photos (JPEG/PNG/HEIC files, or zips of them) into a run's ``upload/`` folder.
+"""Safe saving of uploaded photos (JPEG/PNG/HEIC files, or zips of them) and videos (MP4/MOV, at most
+:data:`Limits.max_videos` of :data:`Limits.max_video_bytes` each) into a run's ``upload/`` folder.
 
 Nothing the user sends is ever used as a path: every saved file gets a sanitised name (ASCII letters,
 digits, ``.``, ``_``, ``-``, accents transliterated; no folders; de-duplicated) inside the destination
@@ -24,8 +25,11 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO, Iterable, Union
 
 from .limits import MAX_PIXELS, header_problem
+from .video import VIDEO_EXTENSIONS
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".heic", ".heif"}
+# the first box of an MP4 / MOV (ISO base media, QuickTime): what a video's bytes 4-8 say
+_VIDEO_BOXES = {b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"}
 UPLOAD_JSON = "upload.json"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -51,10 +55,13 @@ class Limits:
     max_total_bytes: int = 2 * 2**30  # all photos of a run, after unzipping
     max_zip_entries: int = 5000  # entries looked at in one zip
     max_ratio: float = 200.0  # uncompressed / compressed size of one zip entry (JPEG/PNG barely compress)
+    max_videos: int = 4  # videos per run (each becomes at most 300 frames: backend/io/video.py)
+    max_video_bytes: int = 400 * 2**20  # one video (under the app's 500 MB per upload)
 
     def describe(self) -> str:
         return (f"{_TYPES} photos (up to {self.max_image_bytes // 2**20} MB and {MAX_PIXELS // 10**6} MP each) or "
-                f"zips of them; at most {self.max_files} photos and {self.max_total_bytes / 2**30:g} GB in all")
+                f"zips of them, or up to {self.max_videos} MP4/MOV videos (up to {self.max_video_bytes // 2**20} MB "
+                f"each); at most {self.max_files} photos and {self.max_total_bytes / 2**30:g} GB in all")
 
 
 DEFAULT_LIMITS = Limits()
@@ -73,6 +80,11 @@ class UploadResult:
     renamed: dict[str, str] = field(default_factory=dict)
     total_bytes: int = 0
     refused_photos: list[str] = field(default_factory=list)
+
+    def enough(self) -> bool:
+        """True when a reconstruction can start: two photos or more, or a video (which gives many frames)."""
+        videos = sum(1 for n in self.saved if PurePosixPath(n).suffix.lower() in VIDEO_EXTENSIONS)
+        return videos > 0 or len(self.saved) >= 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -221,6 +233,49 @@ class _Saver:
         if name != short:
             self.res.renamed[_display(shown)] = name
 
+    def save_video(self, shown: str, src: "Source") -> None:
+        """Save a video (MP4/MOV, checked by its first box) in chunks, at most ``max_video_bytes``; the images
+        stage turns it into frames (:mod:`backend.io.video`)."""
+        if sum(1 for n in self.res.saved if PurePosixPath(n).suffix.lower() in VIDEO_EXTENSIONS) \
+                >= self.limits.max_videos:
+            self.skip(shown, f"more than {self.limits.max_videos} videos: the rest were not saved")
+            return
+        fileobj = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray)) else src
+        try:
+            fileobj.seek(0)
+        except (OSError, ValueError, AttributeError):
+            pass
+        head = fileobj.read(_HEAD)
+        if head[4:8] not in _VIDEO_BOXES:
+            self.skip(shown, "not an MP4 or MOV video although named so (the content does not match)")
+            return
+        name = self._unique(sanitize_name(shown))
+        target = self.dest / name
+        if target.resolve().parent != self.dest.resolve():
+            self.skip(shown, "unsafe file name")
+            return
+        size, cap = len(head), self.limits.max_video_bytes
+        room = self.limits.max_total_bytes - self.res.total_bytes
+        with open(target, "wb") as f:
+            f.write(head)
+            while size <= min(cap, room):
+                chunk = fileobj.read(_CHUNK)
+                if not chunk:
+                    break
+                f.write(chunk)
+                size += len(chunk)
+        if size > min(cap, room):
+            target.unlink()
+            self.used.discard(name.lower())
+            self.skip(shown, f"larger than {cap // 2**20} MB" if size > cap else
+                      f"the uploads exceed {self.limits.max_total_bytes / 2**30:g} GB in all: not saved")
+            return
+        self.res.saved.append(name)
+        self.res.total_bytes += size
+        short = re.split(r"[\\/]", shown)[-1]
+        if name != short:
+            self.res.renamed[_display(shown)] = name
+
     def save_zip(self, shown: str, fileobj: BinaryIO) -> None:
         try:
             zf = zipfile.ZipFile(fileobj)
@@ -346,6 +401,9 @@ def save_uploads(files: Iterable[tuple[str, Source]], dest: Path, limits: Limits
         if ext == ".zip" or _kind(head) == "zip" and ext not in IMAGE_EXTENSIONS:
             fileobj = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray)) else src
             saver.save_zip(shown, fileobj)
+            continue
+        if ext in VIDEO_EXTENSIONS:
+            saver.save_video(shown, src)
             continue
         data = _read_all(src, limits.max_image_bytes)
         if data is None:

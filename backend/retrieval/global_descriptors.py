@@ -21,6 +21,7 @@ O(k N) and memory stays bounded.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -256,6 +257,18 @@ def capture_order(names: list[str]) -> list[str] | None:
     return [n for _, n in sorted(keyed)]
 
 
+def video_orders(run_dir: Path, names: list[str]) -> list[list[str]]:
+    """The frames of each video of the run (``images.json`` ``videos``, :mod:`backend.io.video`) that are among
+    ``names``, in time order; [] when the run has no video."""
+    try:
+        videos = json.loads((Path(run_dir) / IMAGES_JSON).read_text()).get("videos", [])
+    except (OSError, ValueError):
+        return []
+    have = set(names)
+    orders = [[k["name"] for k in sorted(v["kept"], key=lambda k: k["frame"]) if k["name"] in have] for v in videos]
+    return [o for o in orders if len(o) >= 2]
+
+
 def sequential_pairs(order: list[str], overlap: int) -> list[tuple[str, str]]:
     """Each photo with the next ``overlap`` photos of the capture order (COLMAP's sequential matcher)."""
     return [(order[i], order[j]) for i in range(len(order)) for j in range(i + 1, min(len(order), i + 1 + overlap))]
@@ -274,7 +287,8 @@ def run_retrieval(
 
     With ``cfg.sequential == "auto"`` and names that form one numbered sequence (:func:`capture_order`), each photo
     is also paired with the next ``cfg.sequential_overlap`` photos (COLMAP's sequential matcher; retrieval keeps
-    the loop-closure pairs).
+    the loop-closure pairs); with ``cfg.video_sequential == "on"`` so is each frame of a video with the next frames
+    of that video (:func:`video_orders`).
 
     Returns counts ``{"pairs", "model", "fallback_reason", "exhaustive", "sequential_pairs", "dense"}``.
 
@@ -303,16 +317,20 @@ def run_retrieval(
     sim = (d @ d.T).astype(np.float32) if dense else None
     pairs = select_pairs(sim, cfg) if dense else select_pairs_blocked(d, cfg)
     order = capture_order(names) if cfg.sequential == "auto" else None
+    orders = [order] if order is not None else []
+    if cfg.video_sequential == "on":
+        orders += video_orders(run_dir, names)
     n_seq = 0
-    if order is not None and cfg.sequential_overlap > 0:
+    if orders and cfg.sequential_overlap > 0:
         index = {n: i for i, n in enumerate(names)}
         have = {(i, j) for i, j, _ in pairs}
-        for a, b in sequential_pairs(order, cfg.sequential_overlap):
-            i, j = sorted((index[a], index[b]))
-            if (i, j) not in have:
-                have.add((i, j))
-                pairs.append((i, j, float(d[i] @ d[j])))
-                n_seq += 1
+        for seq in orders:
+            for a, b in sequential_pairs(seq, cfg.sequential_overlap):
+                i, j = sorted((index[a], index[b]))
+                if (i, j) not in have:
+                    have.add((i, j))
+                    pairs.append((i, j, float(d[i] @ d[j])))
+                    n_seq += 1
         pairs.sort()
     # both files are written beside and renamed into place: a killed run never leaves half of one, and readers (the
     # app) keep the old file open undisturbed
@@ -328,7 +346,8 @@ def run_retrieval(
         if sim is not None:
             f.create_dataset("similarity", data=sim)
         f.attrs["model"] = model
-        f.attrs["sequential"] = "" if order is None else f"{len(order)} photos in name order"
+        f.attrs["sequential"] = "; ".join(f"{len(o)} photos in {'name' if o is order else 'time'} order"
+                                          for o in orders)
         f.attrs["fallback_reason"] = reason
     os.replace(tmp, run_dir / RETRIEVAL_H5)
     return {
