@@ -135,8 +135,30 @@ def page() -> None:
                    "counts: " + "; ".join(f"{ui.md_escape(d['image'])}: {ui.md_escape(d['reason'])}" for d in dereg)
                    + ". A camera with almost no observed points or such a focal length is not a usable pose.")
 
+    if k == models[0]["model"]:
+        _georef(run_dir)
     _open3d(run_dir, int(k), xyz, rgb)
     _downloads(run_dir, state, k)
+
+
+def _georef(run_dir) -> None:
+    """The largest model aligned to the photos' GPS: the residual per photo, and the geo-referenced poses."""
+    geo = runview.georef(run_dir)
+    if geo is None:
+        return
+    st.subheader("Geo-referenced (GPS in the photos)")
+    st.markdown(ui.md_escape(geo["note"]) + ". Residual: the distance between a photo's aligned camera centre and "
+                "its GPS position.")
+    st.dataframe([{"photo": r["image"], "residual (m)": r["residual_m"], "used": r["inlier"],
+                   "east (m)": r["enu"][0], "north (m)": r["enu"][1], "up (m)": r["enu"][2]}
+                  for r in sorted(geo["residuals"], key=lambda r: -r["residual_m"])],
+                 hide_index=True, width="stretch", height=min(400, 38 + 35 * len(geo["residuals"])))
+    cols = st.columns(max(1, len(geo["files"])))
+    for col, (name, path) in zip(cols, geo["files"].items()):
+        col.download_button(name, path.read_bytes(), file_name=f"{run_dir.name}_{name}", mime="text/csv",
+                            key=f"dl_geo_{name}", icon=":material/download:",
+                            help="poses_enu.csv: world-to-camera in East-North-Up metres about the stated origin; "
+                                 "cameras_wgs84.csv: each camera's latitude, longitude, altitude and its residual")
 
 
 def _open3d(run_dir, k: int, xyz, rgb) -> None:

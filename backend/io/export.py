@@ -17,6 +17,8 @@
   r, g, b).
 - ``sparse_txt/``: the largest scene's model as COLMAP text files; ``model.zip``: every model (binary), the text
   copy and ``database.db`` (keypoints, matches and two-view geometries, for COLMAP's GUI).
+- ``geo/``, when at least 3 registered photos of the largest scene carry EXIF GPS: the model aligned to it
+  (:func:`backend.io.gps.write_geo`: ``georef.json``, ``poses_enu.csv``, ``cameras_wgs84.csv``).
 - For other tools (nerfstudio, undistorted workspaces, COLMAP text with the database) see :mod:`backend.exports`,
   made on request.
 - ``scenes/<k>/``, when there are several scenes: ``poses.csv``, ``points.ply`` and ``model.zip`` of scene k.
@@ -195,6 +197,7 @@ def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> di
     """
     import pycolmap
 
+    from .gps import write_geo
     from .images import SUPPORTED_EXTENSIONS, load_images_json
 
     run_dir = Path(run_dir)
@@ -256,9 +259,11 @@ def run_exports(run_dir: Path, names: list[str], dataset: str, scene: str) -> di
     refused = upload_refused_rows(run_dir, {r[0].lower() for r in rows})  # refused at upload: no image file at all
     rows += refused
     skipped_photos += len(refused)
+    gps = {im["name"]: im.get("gps") for im in info["images"]}
+    geo = write_geo(run_dir, rec, gps) if rec is not None else {"georeferenced": 0}
     counts = {"registered_images": len(poses0), "points": rec.num_points3D() if rec is not None else 0,
               "scenes": len(scenes),
-              "registered_all_scenes": len(poses_all), "outliers": len(outliers) + skipped_photos}
+              "registered_all_scenes": len(poses_all), "outliers": len(outliers) + skipped_photos, **geo}
     try:
         write_submission_csv(run_dir / SUBMISSION_CSV, rows, dataset)
     except ValueError as e:  # a name an IMC CSV cannot carry: every other export stays

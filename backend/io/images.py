@@ -34,6 +34,7 @@ from ..errors import InputError  # noqa: F401 - raised here, importable from her
 from ..utils.hashing import file_sha256  # noqa: F401 - a photo's content key; importable from here as before
 from ..utils.memory import RELEASE_ABOVE_BYTES, release_memory  # noqa: F401 - importable from here as before
 from .decode import load_rgb  # noqa: F401 - the photos' decoder, importable from here as before
+from .gps import read_exif_gps
 from .limits import (HEIF_SUPPORTED, MAX_DECODE_BYTES, MAX_PIXELS, REDUCE_ABOVE_PIXELS, DecodeSize,  # noqa: F401
                      _bomb_reason, _open, _read_head, _reduced_by_decoder, decode_limit_problem, decode_size,
                      header_problem, pixel_limit_problem)
@@ -81,6 +82,8 @@ class ImageInfo:
     # quarter-turns counter-clockwise the content shows against the collection (ImagesConfig.upright "auto", see
     # backend/io/upright.py); retrieval and the extractor see the photo turned back
     upright_turns: int = 0
+    # EXIF GPS: [latitude, longitude (deg, WGS84), altitude (m) or None], None without one (backend/io/gps.py)
+    gps: list | None = None
 
 
 @dataclass
@@ -246,6 +249,7 @@ def _validate_image(path: Path, out_dir: Path, cfg: ImagesConfig, out_name: str 
                 large.append(True)
             img.load()  # decode fully: truncated or corrupt data fails here
             make, model, focal, f35, orientation = _exif_fields(img)
+            gps = read_exif_gps(img)
             sixteen = fmt == "PNG" and size.bytes_per_sample == 2
             half = w0 * h0 > REDUCE_ABOVE_PIXELS and not reduced
             rgb, conversion = _to_rgb8(img, cfg.background, half=half)  # strip by strip
@@ -295,6 +299,7 @@ def _validate_image(path: Path, out_dir: Path, cfg: ImagesConfig, out_name: str 
         exif_focal_mm=focal,
         conversion=conversion,
         source=str(path),
+        gps=gps,
     )
 
 

@@ -443,6 +443,18 @@ def load_model(run_dir: Path, k: int):
     return pycolmap.Reconstruction(d)
 
 
+def georef(run_dir: Path) -> dict | None:
+    """``geo/georef.json`` of a run (the largest model aligned to its photos' GPS, :mod:`backend.io.gps`), with
+    the paths of its CSVs under ``files``; None when the run was not geo-referenced."""
+    d = Path(run_dir) / "geo"
+    try:
+        g = json.loads((d / "georef.json").read_text())
+    except (OSError, ValueError):
+        return None
+    g["files"] = {n: d / n for n in ("poses_enu.csv", "cameras_wgs84.csv") if (d / n).is_file()}
+    return g
+
+
 def scenes(run_dir: Path) -> dict:
     """What the Scenes view shows: ``scenes`` (``[{"name", "images", "registered", "model", "group", "why"}]`` of
     ``mapping.json``, largest first), ``outliers`` (``[{"image", "reason"}]``, skipped input files included),
