@@ -137,7 +137,12 @@ for line in open(sys.argv[1]):
     try:
         have = version(m.group(1))
     except PackageNotFoundError:
-        sys.exit(1)
+        try:  # a CUDA build of pycolmap (pycolmap-cuda12) stands in for pycolmap at the same version
+            have = version(m.group(1) + "-cuda12") if m.group(1) == "pycolmap" else ""
+        except PackageNotFoundError:
+            have = ""
+        if not have:
+            sys.exit(1)
     if have.split("+", 1)[0] != m.group(2):
         sys.exit(1)
 PY
@@ -146,7 +151,8 @@ PY
 # install_python_requirements [TORCH_SPEC [INDEX_URL]]
 #   pip install -r requirements.txt into the venv. With TORCH_SPEC (e.g. torch==2.13.0+cu128) that
 #   torch is installed first, from INDEX_URL or, for a +cuXXX spec, https://download.pytorch.org/whl/cuXXX;
-#   requirements' torch==2.13.0 then accepts it. Skips pip entirely when the stamp
+#   requirements' torch==2.13.0 then accepts it; a +cuXXX spec also swaps pycolmap for pycolmap-cuda12 at the same
+#   version (PatchMatch stereo is CUDA only). Skips pip entirely when the stamp
 #   $VENV_DIR/.requirements.sha256 matches requirements.txt (and the torch spec) and the pins are installed.
 install_python_requirements() {
     local torch_spec="${1:-}" index_url="${2:-}"
@@ -170,6 +176,14 @@ install_python_requirements() {
     fi
     _log "pip install -r requirements.txt (torch stays pinned; this takes minutes on a new venv)"
     "${pip[@]}" install -q -r "$req"
+    if [[ "$torch_spec" == *+cu* ]]; then
+        # COLMAP's PatchMatch stereo (densify --method patchmatch) is CUDA only: the CUDA build of the same pycolmap
+        local colmap_pin
+        colmap_pin="$(sed -n 's/^pycolmap==\([^ #]*\).*/\1/p' "$req")"
+        _log "installing pycolmap-cuda12==$colmap_pin in place of pycolmap (CUDA: dense multi-view stereo)"
+        "${pip[@]}" uninstall -q -y pycolmap
+        "${pip[@]}" install -q "pycolmap-cuda12==$colmap_pin"
+    fi
     if "${pip[@]}" show -q torchvision >/dev/null 2>&1; then
         _err "torchvision is installed in $VENV_DIR: it cannot import beside the pinned torch and breaks transformers;"
         _err "remove it with: $VENV_DIR/bin/python -m pip uninstall -y torchvision"

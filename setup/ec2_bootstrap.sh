@@ -472,6 +472,10 @@ step_python() {
         _log "install_python_requirements (setup/common.sh; skipped when the stamp $VENV_DIR/.requirements.sha256 matches):"
         run "$VENV_DIR/bin/python" -m pip install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC"
         run "$VENV_DIR/bin/python" -m pip install -r "$REPO_ROOT/requirements.txt"
+        if [[ "$TORCH_SPEC" == *+cu* ]]; then
+            run "$VENV_DIR/bin/python" -m pip uninstall -y pycolmap
+            run "$VENV_DIR/bin/python" -m pip install "pycolmap-cuda12==$(sed -n 's/^pycolmap==\([^ #]*\).*/\1/p' "$REPO_ROOT/requirements.txt")"
+        fi
         return 0
     fi
     create_venv

@@ -121,6 +121,8 @@ def test_help_and_bad_arguments():
 
 TORCH_PIN = next(line.split("==")[1].strip() for line in (REPO / "requirements.txt").read_text().splitlines()
                  if line.startswith("torch=="))
+COLMAP_PIN = next(line.split("==")[1].strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+                  if line.startswith("pycolmap=="))
 UPLOAD_MB = int(re.search(r"^\s*maxUploadSize\s*=\s*(\d+)", (REPO / ".streamlit" / "config.toml").read_text(),
                           re.M).group(1))
 FILE_LINE = re.compile(r"install -m (\d+) -o root -g (\S+) <(rendered|token)> (\S+)")
@@ -255,6 +257,11 @@ def test_dry_run_gpu_plan(tmp_path, stubs):
     assert res.returncode == 0, res.stdout + res.stderr
     plan = parse_plan(res.stdout)
     assert_torch(plan, "https://download.pytorch.org/whl/cu128", f"torch=={TORCH_PIN}+cu128")
+    # the CUDA build of the pinned pycolmap replaces the CPU one (PatchMatch stereo), after the requirements
+    swap = plan.runs("-m", "pip", "install", f"pycolmap-cuda12=={COLMAP_PIN}")
+    gone = plan.runs("-m", "pip", "uninstall", "-y", "pycolmap")
+    reqs = [c for c in plan.runs("-m", "pip", "install") if "-r" in c]
+    assert swap and gone and plan.commands.index(reqs[0]) < plan.commands.index(gone[0]) < plan.commands.index(swap[0])
     weights = plan.runs(str(REPO / "setup" / "fetch_weights.py"))
     assert weights and "small" in option(weights[0], "--dinov2").split(",")
     assert_app_unit(plan, "ubuntu", 8501)
@@ -272,6 +279,7 @@ def test_dry_run_cpu_plan(tmp_path, stubs):
     plan = parse_plan(res.stdout)
     # requirements' pin, from the PyTorch CPU index (PyPI's Linux torch would bring the CUDA libraries)
     assert_torch(plan, "https://download.pytorch.org/whl/cpu", f"torch=={TORCH_PIN}")
+    assert not plan.runs("-m", "pip", "uninstall", "-y", "pycolmap")  # the CPU build stays
     assert_app_unit(plan, "ubuntu", 8501)
     assert_tunnel(plan, "ubuntu", 8501)
     assert not [f for f in plan.files if f.startswith("/etc/nginx")]
