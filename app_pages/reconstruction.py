@@ -99,6 +99,15 @@ def page() -> None:
     if bound_text:
         st.warning(bound_text)
 
+    dense_info = runview.dense(run_dir, k)
+    mesh = None
+    if dense_info is not None:
+        view = st.radio("Show", ["sparse points", "dense points", "dense points and mesh"], horizontal=True,
+                        key="rec_dense_view", index=1)
+        if view != "sparse points":
+            xyz, rgb = runview.dense_points(run_dir)
+        if view.endswith("mesh") and "mesh.ply" in dense_info["files"]:
+            mesh = runview.dense_mesh(run_dir)
     names = [cv.name for cv in cams]
     picked = ui.camera_click(f"rec_click_{k}")
     if picked in names:
@@ -114,7 +123,7 @@ def page() -> None:
             st.image(str(runview.thumbnail_path(run_dir, sel, 640)),
                      caption=f"{ui.md_escape(sel)} · {cv.num_points} points seen", width="stretch")
     with left:
-        fig = viz.reconstruction_figure(xyz, rgb, cams, selected=sel, point_size=size)
+        fig = viz.reconstruction_figure(xyz, rgb, cams, selected=sel, point_size=size, mesh=mesh)
         st.plotly_chart(fig, width="stretch", key=f"rec3d_{k}", config={"displaylogo": False})
         st.caption("Drag to rotate, scroll to zoom; hover a camera for its image name, click it to see the photo. "
                    "Red frusta: registered cameras.")
@@ -135,10 +144,43 @@ def page() -> None:
                    "counts: " + "; ".join(f"{ui.md_escape(d['image'])}: {ui.md_escape(d['reason'])}" for d in dereg)
                    + ". A camera with almost no observed points or such a focal length is not a usable pose.")
 
+    _dense(run_dir, int(k), dense_info)
     if k == models[0]["model"]:
         _georef(run_dir)
     _open3d(run_dir, int(k), xyz, rgb)
     _downloads(run_dir, state, k)
+
+
+def _dense(run_dir, k: int, info: dict | None) -> None:
+    """Dense points and a mesh of model k (backend.dense): run it here with a progress bar, or show what it made."""
+    from backend.dense import default_method
+    from backend.dense.triangulate import densify
+
+    st.subheader("Dense points and a mesh")
+    if info is None:
+        method = default_method()
+        st.caption("More keypoints per photo, matched along the epipolar lines of the registered cameras and "
+                   "triangulated into their poses, then a Poisson mesh (CPU; about 80 s for the 16-photo sample). "
+                   + ("With CUDA: COLMAP's PatchMatch stereo (python -m backend densify --method patchmatch)."
+                      if method == "patchmatch" else ""))
+        if st.button(f"Densify model {k}", key="rec_densify", icon=":material/blur_on:"):
+            bar = st.progress(0.0, text="starting")
+            densify(run_dir, model=k, progress=lambda d, t, m: bar.progress(min(1.0, d / max(t, 1)), text=m[:90]))
+            st.rerun()
+        return
+    b, a = info["before"], info["after"]
+    c = st.columns(4)
+    c[0].metric("Dense points", f"{a['points']:,}", f"{a['points'] / max(1, b['points']):.1f}x the sparse points",
+                delta_color="off")
+    c[1].metric("Mean track length (dense)", f"{a.get('mean_track_length', 0):.2f}")
+    c[2].metric("Mean reprojection error (dense)", f"{a.get('mean_reprojection_error_px', 0):.2f} px")
+    c[3].metric("Mesh triangles", f"{info.get('mesh', {}).get('triangles', 0):,}")
+    st.caption(f"{info['method']}: {info['seconds'].get('total', 0):.0f} s; the cloud and the mesh are in the model's "
+               "frame (as the sparse points and poses).")
+    cols = st.columns(max(1, len(info["files"])))
+    for col, (name, path) in zip(cols, info["files"].items()):
+        col.download_button(f"dense {name}", path.read_bytes(), file_name=f"{run_dir.name}_dense_{name}",
+                            mime="application/octet-stream", key=f"dl_dense_{name}", icon=":material/download:")
 
 
 def _georef(run_dir) -> None:

@@ -154,9 +154,11 @@ def frustum_lines(cam: CameraView, depth: float) -> np.ndarray:
 
 def reconstruction_figure(xyz: np.ndarray, rgb: np.ndarray, cams: list[CameraView], selected: str | None = None,
                           max_points: int = 100_000, point_size: float = 2.0, frustum_scale: float = 0.06,
-                          height: int = 700) -> go.Figure:
+                          height: int = 700, mesh: tuple | None = None) -> go.Figure:
     """Interactive 3D view: sparse points in their image colours, a frustum per registered camera (hover: image
-    name; the camera centres carry the name as ``customdata`` for click selection), ``selected`` highlighted."""
+    name; the camera centres carry the name as ``customdata`` for click selection), ``selected`` highlighted;
+    ``mesh``: ``(vertices float [V, 3], triangles int [F, 3], vertex colours uint8 [V, 3] or None)`` drawn as a
+    surface (:func:`backend.views.runview.dense_mesh`)."""
     xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     rgb = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
     if len(xyz) > max_points:
@@ -167,6 +169,13 @@ def reconstruction_figure(xyz: np.ndarray, rgb: np.ndarray, cams: list[CameraVie
         fig.add_trace(go.Scatter3d(
             x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="markers", name=f"points ({len(xyz)})",
             marker=dict(size=point_size, color=[f"rgb({r},{g},{b})" for r, g, b in rgb]), hoverinfo="skip"))
+    if mesh is not None and len(mesh[1]):
+        V, F, C = mesh
+        fig.add_trace(go.Mesh3d(
+            x=V[:, 0], y=V[:, 1], z=V[:, 2], i=F[:, 0], j=F[:, 1], k=F[:, 2], name=f"mesh ({len(F)} triangles)",
+            vertexcolor=None if C is None else [f"rgb({r},{g},{b})" for r, g, b in C],
+            color="#bbbbbb" if C is None else None, flatshading=False, hoverinfo="skip", showlegend=True,
+            lighting=dict(ambient=0.6, diffuse=0.6)))
     depth = frustum_depth(xyz, cams, frustum_scale)
     for highlight in (False, True):
         group = [c for c in cams if (c.name == selected) == highlight]
