@@ -410,6 +410,7 @@ _CAMERA_CLICK_JS = """
 export default function(component) {
   const { setTriggerValue } = component;
   window.__sfmPickCamera = (name) => setTriggerValue('camera', name);
+  window.__sfmPickPoint = (id) => setTriggerValue('point', id);
   const bind = () => {
     document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot').forEach((gd) => {
       if (gd.__sfmCameraPick || typeof gd.on !== 'function' || !gd.data) return;
@@ -418,6 +419,11 @@ export default function(component) {
       gd.on('plotly_click', (ev) => {
         for (const p of (ev && ev.points) || []) {
           const trace = p.data || (gd.data[p.curveNumber] || {});
+          if (typeof trace.name === 'string' && trace.name.startsWith('points')) {
+            const id = typeof p.customdata === 'number' ? p.customdata : (trace.customdata || [])[p.pointNumber];
+            if (typeof id === 'number' && window.__sfmPickPoint) { window.__sfmPickPoint(id); return; }
+            continue;
+          }
           if (trace.name !== 'camera centres') continue;
           const name = typeof p.customdata === 'string' ? p.customdata
             : (trace.customdata || [])[p.pointNumber];
@@ -436,14 +442,22 @@ _camera_click = None
 
 def camera_click(key: str) -> str | None:
     """Mount the click listener; returns the camera name clicked since the last run, else None."""
+    return pick_3d(key)[0]
+
+
+def pick_3d(key: str) -> tuple[str | None, int | None]:
+    """Mount the click listener of a 3D view; returns ``(camera name, 3D point id)`` clicked since the last run
+    (None for what was not clicked). A point is clickable when its trace's name starts with "points" and its
+    ``customdata`` holds point ids."""
     global _camera_click
     if _camera_click is None:
         _camera_click = st.components.v2.component("sfm_camera_click", js=_CAMERA_CLICK_JS)
     try:
-        res = _camera_click(key=key, on_camera_change=lambda: None)
-        return getattr(res, "camera", None)
+        res = _camera_click(key=key, on_camera_change=lambda: None, on_point_change=lambda: None)
+        point = getattr(res, "point", None)
+        return getattr(res, "camera", None), (int(point) if isinstance(point, (int, float)) else None)
     except Exception:  # noqa: BLE001 - the picker still works without click support
-        return None
+        return None, None
 
 
 # ---- Start waits for the uploads ---------------------------------------------------------------------------------

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 import app_common as ui
 from backend import exports, jobs
 from backend.exports import FORMATS
 from backend.io import pointcloud
-from backend.views import runview, viz
+from backend.views import inspect, runview, viz
 
 DOWNLOADS = [
     ("poses.csv", "poses.csv", "text/csv", "IMC convention: image_name, rotation_matrix (world-to-camera), "
@@ -29,12 +30,23 @@ DOWNLOADS = [
 def _model(run_dir: str, k: int, key: str):
     rec = runview.load_model(run_dir, k)
     xyz, rgb, cams = viz.reconstruction_arrays(rec)
+    points = inspect.point_arrays(rec)  # the same order as xyz
     stats = {
         "registered": rec.num_reg_images(), "points": rec.num_points3D(),
         "track": rec.compute_mean_track_length() if rec.num_points3D() else None,
         "error": rec.compute_mean_reprojection_error() if rec.num_points3D() else None,
     }
-    return xyz, rgb, cams, stats
+    return xyz, rgb, cams, stats, points
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _track(run_dir: str, k: int, key: str, point_id: int) -> dict:
+    return inspect.point_track(runview.load_model(run_dir, k), point_id)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _residuals(run_dir: str, k: int, key: str, name: str) -> dict:
+    return inspect.image_residuals(runview.load_model(run_dir, k), name)
 
 
 @ui.guarded
@@ -79,7 +91,7 @@ def page() -> None:
                        "The exports are of the largest one.")
     else:
         k = models[0]["model"]
-    xyz, rgb, cams, stats = _model(str(run_dir), int(k), runview.model_key(run_dir, int(k)))
+    xyz, rgb, cams, stats, point_info = _model(str(run_dir), int(k), runview.model_key(run_dir, int(k)))
     scene = next((sc for sc in scene_list if sc["model"] == k), None) if len(scene_list) > 1 else None
     if scene is not None:  # a collection of several scenes: count against this scene's photos
         n_images = len(scene["images"])
@@ -100,7 +112,7 @@ def page() -> None:
         st.warning(bound_text)
 
     dense_info = runview.dense(run_dir, k)
-    mesh = None
+    mesh, view = None, "sparse points"
     if dense_info is not None:
         view = st.radio("Show", ["sparse points", "dense points", "dense points and mesh"], horizontal=True,
                         key="rec_dense_view", index=1)
@@ -109,24 +121,41 @@ def page() -> None:
         if view.endswith("mesh") and "mesh.ply" in dense_info["files"]:
             mesh = runview.dense_mesh(run_dir)
     names = [cv.name for cv in cams]
-    picked = ui.camera_click(f"rec_click_{k}")
+    picked, picked_point = ui.pick_3d(f"rec_click_{k}")
     if picked in names:
         st.session_state["rec_camera"] = picked
+    if picked_point is not None:
+        st.session_state["rec_point"] = picked_point
     left, right = st.columns([3, 1])
+    ids = None
     with right:
         sel = st.selectbox("Camera", ["(none)"] + names, key="rec_camera",
                            help="or click a camera (a red diamond) in the 3D view")
         sel = None if sel == "(none)" else sel
         size = st.slider("Point size", 1.0, 6.0, 2.0, 0.5, key="rec_point_size")
+        if dense_info is None or view == "sparse points":
+            xyz, rgb, ids = _colour_and_filter(point_info)
         if sel:
             cv = next(x for x in cams if x.name == sel)
             st.image(str(runview.thumbnail_path(run_dir, sel, 640)),
                      caption=f"{ui.md_escape(sel)} · {cv.num_points} points seen", width="stretch")
+    point_id = st.session_state.get("rec_point")
+    track = None
+    if point_id is not None and ids is not None:
+        try:
+            track = _track(str(run_dir), int(k), runview.model_key(run_dir, int(k)), int(point_id))
+        except KeyError:
+            track = None
     with left:
-        fig = viz.reconstruction_figure(xyz, rgb, cams, selected=sel, point_size=size, mesh=mesh)
+        fig = viz.reconstruction_figure(xyz, rgb, cams, selected=sel, point_size=size, mesh=mesh, point_ids=ids,
+                                        selected_point=None if track is None else track["xyz"])
         st.plotly_chart(fig, width="stretch", key=f"rec3d_{k}", config={"displaylogo": False})
-        st.caption("Drag to rotate, scroll to zoom; hover a camera for its image name, click it to see the photo. "
-                   "Red frusta: registered cameras.")
+        st.caption("Drag to rotate, scroll to zoom; hover a camera for its image name, click it to see the photo "
+                   "and its residuals; click a point for its track. Red frusta: registered cameras.")
+    if track is not None:
+        _point_section(run_dir, track)
+    if sel:
+        _camera_section(run_dir, int(k), sel)
     pool = scene["images"] if scene is not None else [i["name"] for i in runview.images_info(run_dir)["images"]]
     unregistered = [n for n in pool if n not in set(names)]
     if unregistered:
@@ -149,6 +178,70 @@ def page() -> None:
         _georef(run_dir)
     _open3d(run_dir, int(k), xyz, rgb)
     _downloads(run_dir, state, k)
+
+
+def _colour_and_filter(points: dict):
+    """The sparse points as the controls ask: coloured by photo colour, track length or reprojection error, and
+    filtered by both; returns (xyz, rgb, ids)."""
+    by = st.selectbox("Colour points by", inspect.COLOUR_BY, key="rec_colour_by")
+    longest = int(points["track_length"].max()) if len(points["ids"]) else 2
+    min_track = st.slider("Seen by at least (photos)", 2, max(3, longest), 2, key="rec_min_track")
+    worst = float(np.ceil(points["error"].max() * 10) / 10) if len(points["ids"]) else 1.0
+    max_err = st.slider("Reprojection error at most (px)", 0.1, max(0.2, worst), max(0.2, worst), 0.1,
+                        key="rec_max_error")
+    keep = inspect.point_filter(points, min_track, max_err)
+    st.caption(f"{int(keep.sum()):,} of {len(keep):,} points shown")
+    if by == "track length":
+        rgb = inspect.colour_points(points["track_length"][keep], lo=2)
+    elif by == "reprojection error":
+        rgb = inspect.colour_points(points["error"][keep], lo=0)
+    else:
+        rgb = points["rgb"][keep]
+    if by != "photo colour":
+        st.caption(f"viridis: purple = low, yellow = high {by}")
+    return points["xyz"][keep], rgb, points["ids"][keep]
+
+
+def _point_section(run_dir, track: dict) -> None:
+    """A 3D point's track: each photo that sees it, its keypoint and the point's projection, the error."""
+    st.subheader(f"Point {track['point_id']}")
+    obs = track["observations"]
+    st.markdown(f"Seen by **{len(obs)}** photos · mean reprojection error **{track['error_px']:.2f} px** · "
+                f"position {', '.join(f'{v:.3f}' for v in track['xyz'])} (model frame)")
+    st.dataframe([{"photo": o["image"], "keypoint x": o["keypoint"][0], "keypoint y": o["keypoint"][1],
+                   "projection x": o["projection"][0], "projection y": o["projection"][1],
+                   "error (px)": o["error_px"]} for o in obs], hide_index=True, width="stretch")
+    cols = st.columns(min(6, len(obs)))
+    for i, o in enumerate(obs[:12]):
+        crop = inspect.observation_crop(runview.image_path(run_dir, o["image"]), o["keypoint"], o["projection"])
+        cols[i % len(cols)].image(crop, caption=f"{ui.md_escape(o['image'])}: {o['error_px']:.2f} px")
+    st.caption("Green circle: the keypoint; red cross: the 3D point projected into the photo (crops enlarged 2x).")
+
+
+def _camera_section(run_dir, k: int, name: str) -> None:
+    """A camera's photo with its observations' residuals, its intrinsics and pose, and its verified pairs."""
+    res = _residuals(str(run_dir), k, runview.model_key(run_dir, k), name)
+    st.subheader(f"Camera {name}")
+    left, right = st.columns([2, 1])
+    with left:
+        fig = inspect.residual_figure(runview.image_path(run_dir, name), res)
+        st.pyplot(fig, clear_figure=True)
+        st.caption(f"{ui.md_escape(name)}: reprojection residuals of its {len(res['errors'])} observations")
+    with right:
+        cam = res["camera"]
+        st.markdown(f"**Intrinsics** ({cam['model']}, {cam['width']} x {cam['height']} px): " + ", ".join(
+            f"{n.strip()} = {v:.4g}" for n, v in zip(cam["params_info"].split(","), cam["params"])))
+        st.markdown("**Pose** (`cam_from_world`): R = " + "; ".join(" ".join(f"{v:.4f}" for v in row)
+                                                                  for row in res["R"])
+                    + " · t = " + " ".join(f"{v:.4f}" for v in res["t"])
+                    + " · centre = " + " ".join(f"{v:.4f}" for v in res["centre"]))
+        if len(res["errors"]):
+            st.markdown(f"Reprojection error: mean **{res['errors'].mean():.2f} px**, median "
+                        f"{np.median(res['errors']):.2f}, max {res['errors'].max():.2f}")
+        pairs = runview.verified_partners(run_dir, name)
+        st.markdown(f"**Verified pairs** ({len(pairs)}):")
+        st.dataframe([{"with": n, "inliers": c} for n, c in pairs], hide_index=True, width="stretch",
+                     height=min(300, 38 + 35 * len(pairs)))
 
 
 def _dense(run_dir, k: int, info: dict | None) -> None:

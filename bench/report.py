@@ -125,6 +125,11 @@ def write_report(results: dict, out: Path, md_path: Path) -> None:
         from .scale import report_lines as scale_lines
 
         lines += [""] + scale_lines(json.loads(scale.read_text()))
+    dense = Path(out) / "dense.json"
+    if dense.exists():
+        from .dense import report_lines as dense_lines
+
+        lines += [""] + dense_lines(json.loads(dense.read_text()))
     labels = Path(out) / "imc2025_labels.md"
     if labels.exists():
         lines += [""] + labels.read_text().splitlines()

@@ -157,7 +157,28 @@ def test_upload_run_explore_download(server, browser, tmp_path):
                 return tr.customdata[1];
             }""")
             page.locator('[data-testid="stImageCaption"]').filter(has_text=name).wait_for()
+            # ... with its observations' reprojection residuals, intrinsics and verified pairs
+            page.get_by_role("heading", name=f"Camera {name}").wait_for(timeout=60_000)
+            residuals = re.compile(re.escape(name) + r": reprojection residuals of its \d+ observations")
+            page.get_by_text(residuals).wait_for()
+            page.get_by_text(re.compile(r"Verified pairs \(\d+\)")).wait_for()
             _settle(page)
+            _screenshot(page, "8a_reconstruction_camera")
+            # clicking a 3D point shows its track: every photo that sees it, with the keypoint and the error
+            point = page.evaluate("""() => {
+                const gd = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+                const k = gd.data.findIndex((t) => typeof t.name === 'string' && t.name.startsWith('points'));
+                const tr = gd.data[k];
+                gd.emit('plotly_click', {points: [{curveNumber: k, pointNumber: 0, customdata: tr.customdata[0],
+                                                   data: tr}]});
+                return tr.customdata[0];
+            }""")
+            page.get_by_role("heading", name=f"Point {point}").wait_for(timeout=60_000)
+            page.get_by_text(re.compile(r"Seen by \d+ photos")).wait_for()
+            crops = page.locator('[data-testid="stImageCaption"]').filter(has_text=re.compile(r": \d+\.\d\d px"))
+            assert crops.count() >= 2  # one crop per photo of the track, with its reprojection error
+            _settle(page)
+            _screenshot(page, "8b_reconstruction_point")
             # Open3D clean-up: an offscreen rendering, or the readable fallback with a plotly view
             page.get_by_role("button", name="Clean and render").click()
             page.get_by_text("after outlier removal").wait_for(timeout=180_000)

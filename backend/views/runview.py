@@ -443,6 +443,22 @@ def load_model(run_dir: Path, k: int):
     return pycolmap.Reconstruction(d)
 
 
+def verified_partners(run_dir: Path, name: str) -> list[tuple[str, int]]:
+    """The photos ``name`` forms a verified pair with (``two_view.h5``) and their inlier counts, most first."""
+    p = Path(run_dir) / "two_view.h5"
+    if not p.exists():
+        return []
+    out = []
+    with h5py.File(p, "r") as f:
+        for a in f:
+            for b in f[a]:
+                if name in (a, b):
+                    n = int(f[a][b]["inliers"].shape[0])
+                    if n:
+                        out.append((b if a == name else a, n))
+    return sorted(out, key=lambda x: -x[1])
+
+
 def dense(run_dir: Path, k: int) -> dict | None:
     """``dense/dense.json`` of a run when it densified model ``k`` (:mod:`backend.dense`), with the paths of its
     files under ``files`` (``points.ply``, ``mesh.ply``); None otherwise."""

@@ -154,21 +154,32 @@ def frustum_lines(cam: CameraView, depth: float) -> np.ndarray:
 
 def reconstruction_figure(xyz: np.ndarray, rgb: np.ndarray, cams: list[CameraView], selected: str | None = None,
                           max_points: int = 100_000, point_size: float = 2.0, frustum_scale: float = 0.06,
-                          height: int = 700, mesh: tuple | None = None) -> go.Figure:
+                          height: int = 700, mesh: tuple | None = None, point_ids: np.ndarray | None = None,
+                          selected_point: np.ndarray | None = None) -> go.Figure:
     """Interactive 3D view: sparse points in their image colours, a frustum per registered camera (hover: image
     name; the camera centres carry the name as ``customdata`` for click selection), ``selected`` highlighted;
     ``mesh``: ``(vertices float [V, 3], triangles int [F, 3], vertex colours uint8 [V, 3] or None)`` drawn as a
-    surface (:func:`backend.views.runview.dense_mesh`)."""
+    surface (:func:`backend.views.runview.dense_mesh`); ``point_ids`` int [N]: the points' ids as ``customdata`` (a
+    click on a point selects it); ``selected_point``: xyz [3] of a selected point, drawn large."""
     xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     rgb = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
+    ids = None if point_ids is None else np.asarray(point_ids).reshape(-1)
     if len(xyz) > max_points:
         keep = np.sort(np.random.default_rng(0).choice(len(xyz), max_points, replace=False))
         xyz, rgb = xyz[keep], rgb[keep]
+        ids = None if ids is None else ids[keep]
     fig = go.Figure()
     if len(xyz):
         fig.add_trace(go.Scatter3d(
             x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="markers", name=f"points ({len(xyz)})",
-            marker=dict(size=point_size, color=[f"rgb({r},{g},{b})" for r, g, b in rgb]), hoverinfo="skip"))
+            marker=dict(size=point_size, color=[f"rgb({r},{g},{b})" for r, g, b in rgb]),
+            customdata=None if ids is None else ids.tolist(),
+            hovertemplate=None if ids is None else "point %{customdata}<extra></extra>",
+            hoverinfo="skip" if ids is None else None))
+    if selected_point is not None:
+        q = np.asarray(selected_point, float).reshape(1, 3)
+        fig.add_trace(go.Scatter3d(x=q[:, 0], y=q[:, 1], z=q[:, 2], mode="markers", name="selected point",
+                                   marker=dict(size=10, color="#ff00ff", symbol="circle-open"), hoverinfo="skip"))
     if mesh is not None and len(mesh[1]):
         V, F, C = mesh
         fig.add_trace(go.Mesh3d(
