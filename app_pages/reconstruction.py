@@ -12,7 +12,7 @@ import app_common as ui
 from backend import exports, jobs
 from backend.exports import FORMATS
 from backend.io import pointcloud
-from backend.views import inspect, runview, viz
+from backend.views import inspect, products, runview, viz
 
 DOWNLOADS = [
     ("poses.csv", "poses.csv", "text/csv", "IMC convention: image_name, rotation_matrix (world-to-camera), "
@@ -111,15 +111,15 @@ def page() -> None:
     if bound_text:
         st.warning(bound_text)
 
-    dense_info = runview.dense(run_dir, k)
+    dense_info = products.dense(run_dir, k)
     mesh, view = None, "sparse points"
     if dense_info is not None:
         view = st.radio("Show", ["sparse points", "dense points", "dense points and mesh"], horizontal=True,
                         key="rec_dense_view", index=1)
         if view != "sparse points":
-            xyz, rgb = runview.dense_points(run_dir)
+            xyz, rgb = products.dense_points(run_dir)
         if view.endswith("mesh") and "mesh.ply" in dense_info["files"]:
-            mesh = runview.dense_mesh(run_dir)
+            mesh = products.dense_mesh(run_dir)
     names = [cv.name for cv in cams]
     picked, picked_point = ui.pick_3d(f"rec_click_{k}")
     if picked in names:
@@ -278,7 +278,7 @@ def _dense(run_dir, k: int, info: dict | None) -> None:
 
 def _georef(run_dir) -> None:
     """The largest model aligned to the photos' GPS: the residual per photo, and the geo-referenced poses."""
-    geo = runview.georef(run_dir)
+    geo = products.georef(run_dir)
     if geo is None:
         return
     st.subheader("Geo-referenced (GPS in the photos)")

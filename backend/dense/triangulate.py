@@ -178,6 +178,63 @@ def mesh_from_points(xyz: np.ndarray, rgb: np.ndarray, centres: list[np.ndarray]
     return {"vertices": len(mesh.vertices), "triangles": len(mesh.triangles), "points_used": len(pts)}
 
 
+def _keypoints(run_dir: Path, images: dict, cfg, progress) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per registered image id: keypoints float64 [N, 2] (COLMAP's pixel convention) and L2-normalised descriptors
+    float32 [N, D], extracted at ``cfg``."""
+    from ..features import load_extractor
+    from ..features.extract import extract_for_matching
+    from ..utils.device import get_device
+
+    extractor = load_extractor(cfg.name, get_device(), max_keypoints=cfg.max_keypoints)
+    feats = {}
+    for k, (i, im) in enumerate(sorted(images.items(), key=lambda x: x[1].name)):
+        f = extract_for_matching(extractor, cfg, Path(run_dir) / "images" / im.name)
+        d = f["descriptors"].astype(np.float32)
+        d /= np.linalg.norm(d, axis=1, keepdims=True) + 1e-12
+        feats[i] = (f["keypoints"].astype(np.float64) + 0.5, d)  # COLMAP's pixel convention
+        if progress:
+            progress(k + 1, len(images), f"keypoints: {im.name} ({len(d)})")
+    return feats
+
+
+def _match_pairs(rec, images: dict, feats: dict, pairs: list[tuple[int, int]], opts: dict,
+                 progress) -> dict[tuple[int, int], np.ndarray]:
+    """:func:`guided_matches` of every pair, from the model's relative poses."""
+    matches = {}
+    for k, (a, b) in enumerate(pairs):
+        pa, pb = images[a].cam_from_world(), images[b].cam_from_world()
+        Ra, Rb = np.asarray(pa.rotation.matrix()), np.asarray(pb.rotation.matrix())
+        R = Rb @ Ra.T
+        t = np.asarray(pb.translation) - R @ np.asarray(pa.translation)
+        matches[(a, b)] = guided_matches(feats[a][0], feats[b][0], feats[a][1], feats[b][1],
+                                         rec.cameras[images[a].camera_id], rec.cameras[images[b].camera_id], R, t,
+                                         float(opts["epipolar_px"]), float(opts["min_similarity"]))
+        if progress:
+            progress(k + 1, len(pairs), f"guided matching: {images[a].name} - {images[b].name}: "
+                                        f"{len(matches[(a, b)])} matches")
+    return matches
+
+
+def _write_database(rec, db_path: Path, feats: dict, matches: dict) -> None:
+    """The database ``triangulate_points`` reads: the model's cameras and images, the keypoints, and each pair's
+    guided matches as raw matches and as a calibrated two-view geometry's inliers."""
+    import pycolmap
+
+    _database_from_model(rec, db_path)
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        for i, (kp, _) in feats.items():
+            db.write_keypoints(i, kp.astype(np.float32))
+        for (a, b), m in matches.items():
+            db.write_matches(a, b, m.astype(np.uint32))
+            g = pycolmap.TwoViewGeometry()
+            g.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+            g.inlier_matches = m.astype(np.uint32)
+            db.write_two_view_geometry(a, b, g)
+    finally:
+        db.close()
+
+
 def densify(run_dir: Path, model: int = 0, progress: Callable[[int, int, str], None] | None = None,
             **options) -> dict:
     """Densify model ``model`` of a run into ``<run>/dense/`` (module doc for the steps).
@@ -198,11 +255,9 @@ def densify(run_dir: Path, model: int = 0, progress: Callable[[int, int, str], N
     import pycolmap
 
     from ..exports import model_dir
-    from ..features import extractor_class, load_extractor
-    from ..features.extract import extract_for_matching
+    from ..features import extractor_class
     from ..config import FeaturesConfig
     from ..io.export import model_points
-    from ..utils.device import get_device
 
     unknown = set(options) - set(DEFAULTS)
     if unknown:
@@ -221,47 +276,16 @@ def densify(run_dir: Path, model: int = 0, progress: Callable[[int, int, str], N
     run_cfg = json.loads((run_dir / "run.json").read_text()).get("config", {}).get("features", {})
     cfg = FeaturesConfig(name=opts["features"], resize=int(run_cfg.get("resize", 1024)),
                          max_keypoints=int(opts["max_keypoints"]))
-    extractor = load_extractor(cfg.name, get_device(), max_keypoints=cfg.max_keypoints)
     images = {i: im for i, im in rec.images.items() if im.has_pose}
-    feats = {}
-    for k, (i, im) in enumerate(sorted(images.items(), key=lambda x: x[1].name)):
-        f = extract_for_matching(extractor, cfg, run_dir / "images" / im.name)
-        d = f["descriptors"].astype(np.float32)
-        d /= np.linalg.norm(d, axis=1, keepdims=True) + 1e-12
-        feats[i] = (f["keypoints"].astype(np.float64) + 0.5, d)  # COLMAP's pixel convention
-        if progress:
-            progress(k + 1, len(images), f"keypoints: {im.name} ({len(d)})")
+    feats = _keypoints(run_dir, images, cfg, progress)
     seconds["keypoints"] = round(time.perf_counter() - t0, 2)
     t1 = time.perf_counter()
     pairs = covisible_pairs(rec, int(opts["neighbours"]))
-    matches = {}
-    for k, (a, b) in enumerate(pairs):
-        pa, pb = images[a].cam_from_world(), images[b].cam_from_world()
-        Ra, Rb = np.asarray(pa.rotation.matrix()), np.asarray(pb.rotation.matrix())
-        R = Rb @ Ra.T
-        t = np.asarray(pb.translation) - R @ np.asarray(pa.translation)
-        matches[(a, b)] = guided_matches(feats[a][0], feats[b][0], feats[a][1], feats[b][1],
-                                         rec.cameras[images[a].camera_id], rec.cameras[images[b].camera_id], R, t,
-                                         float(opts["epipolar_px"]), float(opts["min_similarity"]))
-        if progress:
-            progress(k + 1, len(pairs), f"guided matching: {images[a].name} - {images[b].name}: "
-                                        f"{len(matches[(a, b)])} matches")
+    matches = _match_pairs(rec, images, feats, pairs, opts, progress)
     seconds["matching"] = round(time.perf_counter() - t1, 2)
     t2 = time.perf_counter()
     db_path = out / "database.db"
-    _database_from_model(rec, db_path)
-    db = pycolmap.Database.open(str(db_path))
-    try:
-        for i, (kp, _) in feats.items():
-            db.write_keypoints(i, kp.astype(np.float32))
-        for (a, b), m in matches.items():
-            db.write_matches(a, b, m.astype(np.uint32))
-            g = pycolmap.TwoViewGeometry()
-            g.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
-            g.inlier_matches = m.astype(np.uint32)
-            db.write_two_view_geometry(a, b, g)
-    finally:
-        db.close()
+    _write_database(rec, db_path, feats, matches)
     (out / "sparse").mkdir()
     if progress:
         progress(0, 1, "triangulating into the fixed poses (pycolmap)")
