@@ -97,7 +97,8 @@ def add_run_tools(sub) -> None:
                          "else triangulate")
     dp.add_argument("--model", type=int, default=0, help="which model (sparse/MODEL; default 0, the largest)")
     dp.add_argument("--option", action="append", metavar="KEY=VALUE",
-                    help="triangulate's options: features, max_keypoints (8192), neighbours (6), epipolar_px (2), "
+                    help="triangulate's options: features, max_keypoints (8192), detection_threshold (0.001), "
+                         "nms_radius (1), neighbours (6), epipolar_px (2), "
                          "min_similarity (0.5), mesh_depth (9)")
     dp.add_argument("--quiet", action="store_true", help="no progress bars")
     dp.set_defaults(func=cmd_densify)
