@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .__main__ import DATA, REPO
+from .__main__ import DATA, REPO, machine
 
 OUT = REPO / "bench" / "out"
 SCENES = ("temple_ring_middlebury", "fox_instant_ngp")
@@ -128,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenes", nargs="+", default=list(SCENES))
     a = ap.parse_args(argv)
     results = {"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "scenes": []}
-    try:
-        results["machine"] = machine_line(_machine())
-    except Exception:  # noqa: BLE001 - the line is informative only
-        results["machine"] = ""
+    results["machine"] = machine_line(machine())
     for scene in a.scenes:
         r = measure(scene)
         print(json.dumps({k: r.get(k) for k in ("scene", "before", "after", "accuracy", "seconds")}))
@@ -139,14 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     (OUT / "dense.json").write_text(json.dumps(results, indent=1, default=str))
     print("\n".join(report_lines(results)))
     return 0
-
-
-def _machine() -> dict:
-    import os
-
-    import psutil
-
-    return {"cpu_count": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30)}
 
 
 if __name__ == "__main__":

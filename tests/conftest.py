@@ -68,7 +68,16 @@ def reconstruct(tmp_path_factory):
     return _run
 
 
-SLOW_FIXTURES = {"reconstruct", "finished_run", "server", "browser"}
+@pytest.fixture(scope="session")
+def church_run(reconstruct):
+    """The church sample (the bundled scene) reconstructed once per session with the default preset: its run
+    folder. Tests that write into it keep to their own sub-folder (``dense/``, ``exports/``)."""
+    run_dir, _, res = reconstruct("church_imc2024")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return run_dir
+
+
+SLOW_FIXTURES = {"reconstruct", "church_run", "finished_run", "server", "browser"}
 SLOW_FILES = {"test_scenes.py", "test_browser.py", "test_browser_holes.py", "test_cache.py"}
 
 

@@ -14,10 +14,8 @@ pycolmap = pytest.importorskip("pycolmap")
 
 
 @pytest.fixture(scope="module")
-def church(reconstruct):
-    run_dir, _, res = reconstruct("church_imc2024")
-    assert res.returncode == 0, res.stderr[-3000:]
-    return run_dir
+def church(church_run):
+    return church_run
 
 
 def test_patchmatch_without_cuda_says_what_to_do_before_any_work(church):

@@ -13,10 +13,8 @@ from backend.views import inspect  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def church(reconstruct):
-    run_dir, _, res = reconstruct("church_imc2024")
-    assert res.returncode == 0, res.stderr[-3000:]
-    return run_dir, pycolmap.Reconstruction(run_dir / "sparse" / "0")
+def church(church_run):
+    return church_run, pycolmap.Reconstruction(church_run / "sparse" / "0")
 
 
 def test_a_cameras_observations_are_its_own_keypoints_and_errors_match_colmaps(church):
